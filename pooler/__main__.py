@@ -1,0 +1,5 @@
+import sys
+
+from pooler.cli import main
+
+sys.exit(main())
