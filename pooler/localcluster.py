@@ -756,6 +756,20 @@ class LocalCluster:
             f"{', '.join(lagging)} not streaming from the primary after {timeout:.0f} s{logs}"
         )
 
+    def pooler_config(self, port: int, host: str = "127.0.0.1") -> dict[str, object]:
+        """A pooler configuration (as parsed YAML) that serves this cluster on host:port.
+
+        Backends are the nodes over TCP, primary first; every role is a pooler user;
+        the superuser is the admin and the health-check user.
+        """
+        return {
+            "listen": {"host": host, "port": port},
+            "backends": [{"name": n.name, "host": n.host, "port": n.port} for n in self.nodes],
+            "users": dict(self.users),
+            "admin_users": [SUPERUSER],
+            "health_check": {"user": SUPERUSER, "password": self.users[SUPERUSER]},
+        }
+
     # -- single nodes, for failover tests -----------------------------------------
 
     def start_node(self, node: Node) -> None:

@@ -1,0 +1,180 @@
+"""Shared fixtures: a real PostgreSQL cluster (primary + two streaming standbys) and
+poolers started as ``python -m pooler run`` subprocesses in front of it.
+
+``cluster``: started once per session. ``cluster_factory``: more clusters, for tests that
+break theirs (failover). ``start_pooler(**overrides)``: a pooler for ``cluster`` (or for
+another cluster passed first), with ``overrides`` deep-merged into the config.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import pytest
+import yaml
+
+from pooler.localcluster import LocalCluster, find_free_ports, server_tempdir
+
+#: How the fixture runs a pooler; the config file's path is appended.
+POOLER_COMMAND = [sys.executable, "-m", "pooler", "run", "--config"]
+POOLER_START_TIMEOUT = 10.0
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[LocalCluster]:
+    """A primary and two streaming hot standbys, shared by the whole test session.
+
+    Tests must leave it as they found it: primary first, both standbys streaming. A test
+    that stops, promotes or breaks nodes takes a cluster from ``cluster_factory``.
+    """
+    local = LocalCluster(server_tempdir("pooler-test-"))
+    try:
+        local.start()
+        yield local
+    finally:
+        local.destroy()
+
+
+ClusterFactory = Callable[..., LocalCluster]
+
+
+@pytest.fixture
+def cluster_factory() -> Iterator[ClusterFactory]:
+    """``make(**kwargs)``: a started LocalCluster of its own, destroyed after the test.
+
+    ``kwargs`` go to LocalCluster (``standbys=1``, ``settings={...}``, ...).
+    """
+    made: list[LocalCluster] = []
+
+    def make(**kwargs: Any) -> LocalCluster:
+        local = LocalCluster(server_tempdir("pooler-test-"), **kwargs)
+        made.append(local)
+        local.start()
+        return local
+
+    yield make
+    for local in made:
+        local.destroy()
+
+
+@dataclass
+class PoolerProcess:
+    """A ``pooler run`` subprocess, listening on ``host:port``."""
+
+    proc: subprocess.Popen[bytes]
+    host: str
+    port: int
+    config_path: Path
+    log_path: Path
+
+    def dsn(self, user: str = "app", password: str = "app", dbname: str = "app") -> str:
+        """A libpq keyword DSN that reaches the pooler over TCP."""
+        return f"host={self.host} port={self.port} user={user} password={password} dbname={dbname}"
+
+    def log_text(self) -> str:
+        """Everything the pooler wrote to stderr so far."""
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
+        """Send ``sig``, wait up to ``timeout`` s, kill if still running; the exit status."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+def _deep_merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``overrides`` laid over it; nested mappings merge, the rest replaces."""
+    merged = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _accepts_connections(host: str, port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=1):
+        return True
+    return False
+
+
+class StartPooler(Protocol):
+    """The ``start_pooler`` fixture: ``start_pooler([cluster], **config_overrides)``."""
+
+    def __call__(
+        self, target: LocalCluster | None = None, /, **overrides: Any
+    ) -> PoolerProcess: ...
+
+
+@pytest.fixture
+def start_pooler(
+    cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[StartPooler]:
+    """Start poolers (for ``cluster`` unless another is given); all stop after the test.
+
+    Raises (failing the test) with the pooler's stderr when it does not accept TCP
+    connections within POOLER_START_TIMEOUT seconds.
+    """
+    started: list[PoolerProcess] = []
+
+    def start(target: LocalCluster | None = None, /, **overrides: Any) -> PoolerProcess:
+        served = target if target is not None else cluster
+        port = find_free_ports(1)[0]
+        workdir = tmp_path_factory.mktemp("pooler")
+        config_path = workdir / "pooler.yaml"
+        config = _deep_merge(served.pooler_config(port), overrides)
+        config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+        log_path = workdir / "stderr.log"
+        with log_path.open("wb") as log:
+            proc = subprocess.Popen(
+                [*POOLER_COMMAND, str(config_path)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        pooler = PoolerProcess(proc, "127.0.0.1", port, config_path, log_path)
+        started.append(pooler)
+        deadline = time.monotonic() + POOLER_START_TIMEOUT
+        while not _accepts_connections(pooler.host, port):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                status = pooler.stop(signal.SIGKILL)
+                raise RuntimeError(
+                    f"pooler did not listen on port {port} within {POOLER_START_TIMEOUT:.0f} s"
+                    f" (exit status {status}); its output:\n{pooler.log_text()}"
+                )
+            time.sleep(0.05)
+        return pooler
+
+    yield start
+    for pooler in started:
+        pooler.stop()
+
+
+@pytest.fixture
+def pooler(start_pooler: StartPooler) -> PoolerProcess:
+    """A pooler with the default test config in front of ``cluster``."""
+    return start_pooler()
+
+
+@pytest.fixture
+def server_dir() -> Iterator[Path]:
+    """An empty directory the PostgreSQL servers can reach (mode 0755), removed after."""
+    path = server_tempdir("pooler-test-")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
