@@ -1,0 +1,47 @@
+"""Running the pooler in the foreground until SIGINT or SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+
+import uvloop
+
+from pooler import log as pooler_log
+from pooler.config import Config
+from pooler.net.listener import Pooler
+
+log = logging.getLogger("pooler")
+
+
+def run(config: Config) -> int:
+    """Serve until SIGINT or SIGTERM, then drain and return the exit status."""
+    pooler_log.setup(config.log.level, config.log.format)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(_serve(config))
+
+
+async def _serve(config: Config) -> int:
+    pooler = Pooler(config)
+    try:
+        await pooler.start()
+    except OSError as exc:
+        listen = config.listen
+        print(
+            f"pooler: cannot listen on {listen.host}:{listen.port}: {exc.strerror}", file=sys.stderr
+        )
+        return 1
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+        log.info("shutting down", extra={"timeout": config.shutdown_timeout})
+        await pooler.shutdown(config.shutdown_timeout)
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+    return 0

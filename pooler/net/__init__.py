@@ -1,0 +1,1 @@
+"""The asyncio side: listening socket, client and server connections. Kept thin."""

@@ -1,0 +1,376 @@
+"""One server connection: connect, log in, relay to a client, reset, go back to the pool."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+from typing import TYPE_CHECKING, cast
+
+from pooler.net.handshake import ConnectionClosed, HandshakeReader, MessageTooLong
+from pooler.pool import ParamKey, PoolKey, ServerPool
+from pooler.protocol import messages as m
+from pooler.protocol.auth_errors import BackendAuthError
+from pooler.protocol.codec import (
+    Message,
+    Scanner,
+    build_cancel_request,
+    build_startup_message,
+    unpack_int32,
+)
+from pooler.protocol.md5 import md5_response, password_message_body
+from pooler.protocol.scram import ScramClient, ScramSecret
+
+if TYPE_CHECKING:
+    from pooler.net.session import ClientSession
+
+log = logging.getLogger("pooler.server")
+
+_RELAY_SPLIT = frozenset({m.NOTIFICATION_RESPONSE})
+_RELAY_OBSERVE = frozenset({m.READY_FOR_QUERY, m.PARAMETER_STATUS, m.ERROR_RESPONSE})
+
+
+@dataclass(frozen=True, slots=True)
+class NodeAddress:
+    """Where a backend listens: TCP host and port, or a Unix socket path."""
+
+    host: str
+    port: int
+    unix_path: str | None = None
+
+    async def connect(
+        self, factory: Callable[[], asyncio.Protocol], timeout: float
+    ) -> asyncio.Transport:
+        """Open a connection and return its transport."""
+        loop = asyncio.get_running_loop()
+        if self.unix_path is not None:
+            coro = loop.create_unix_connection(factory, self.unix_path)
+        else:
+            coro = loop.create_connection(factory, self.host, self.port)
+        transport, _ = await asyncio.wait_for(coro, timeout)
+        return transport
+
+    def __str__(self) -> str:
+        return self.unix_path or f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """How to log in to a backend as a user: a plain password, or SCRAM keys recovered
+    from the client's proof together with the secret they belong to."""
+
+    password: str | None = None
+    client_key: bytes | None = None
+    secret: ScramSecret | None = None
+
+
+class LoginError(Exception):
+    """A server login failed; ``response`` is the ErrorResponse to give the client."""
+
+    def __init__(self, reason: str, response: bytes) -> None:
+        super().__init__(reason)
+        self.response = response
+
+
+def _login_error(reason: str, sqlstate: str = "08004") -> LoginError:
+    return LoginError(reason, m.error_response("FATAL", sqlstate, reason))
+
+
+class Mode(Enum):
+    """What a server connection is doing."""
+
+    LOGIN = "login"
+    ACTIVE = "active"
+    RESET = "reset"
+    IDLE = "idle"
+    CLOSED = "closed"
+
+
+class ServerConnection(asyncio.Protocol):
+    """A connection to one backend, owned by a pool between clients."""
+
+    def __init__(self, address: NodeAddress, pool_key: PoolKey, param_key: ParamKey) -> None:
+        self.address = address
+        self.pool_key = pool_key
+        self.param_key = param_key
+        self.mode = Mode.LOGIN
+        self.transport: asyncio.Transport | None = None
+        self.reader = HandshakeReader()
+        #: ParameterStatus values in the order the server reported them at login.
+        self.params: dict[str, str] = {}
+        self.pid = 0
+        self.key = 0
+        #: Transaction status of the last ReadyForQuery.
+        self.status = b"I"
+        #: Requests (Query, Sync, FunctionCall) sent whose ReadyForQuery has not come.
+        self.pending = 0
+        self.session: ClientSession | None = None
+        self.scanner = Scanner(split=_RELAY_SPLIT, observe=_RELAY_OBSERVE)
+        self.pool: ServerPool | None = None
+        self._cancels: set[asyncio.Task[None]] = set()
+        self._reset_done: asyncio.Future[bool] | None = None
+        self._reset_error = False
+
+    # --- asyncio.Protocol ---------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        self.reader.attach(self.transport)
+
+    def data_received(self, data: bytes) -> None:
+        mode = self.mode
+        if mode is Mode.ACTIVE:
+            self._relay(data)
+        elif mode is Mode.LOGIN:
+            self.reader.feed(data)
+        elif mode is Mode.RESET:
+            self._reset_data(data)
+        elif mode is Mode.IDLE:
+            # An idle server speaks only to say it is going away (an administrator's
+            # pg_terminate_backend, a shutdown); it is of no further use.
+            log.info("idle server %s pid %d spoke; closing it", self.address, self.pid)
+            self.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        previous = self.mode
+        self.mode = Mode.CLOSED
+        self.reader.feed_eof()
+        if previous is Mode.ACTIVE and self.session is not None:
+            self.session.server_lost()
+        elif previous is Mode.IDLE and self.pool is not None:
+            self.pool.remove_idle(self)
+        elif (
+            previous is Mode.RESET and self._reset_done is not None and not self._reset_done.done()
+        ):
+            self._reset_done.set_result(False)
+
+    def pause_writing(self) -> None:
+        if self.session is not None:
+            self.session.pause_client_reading()
+
+    def resume_writing(self) -> None:
+        if self.session is not None:
+            self.session.resume_client_reading()
+
+    # --- login ----------------------------------------------------------------------
+
+    async def login(self, user: str, database: str, creds: Credentials) -> None:
+        """Log in with the client's startup parameters; raise LoginError on failure."""
+        assert self.transport is not None
+        startup = (("user", user), ("database", database), *self.param_key)
+        self.transport.write(build_startup_message(startup))
+        scram: ScramClient | None = None
+        try:
+            while True:
+                msg = await self.reader.read_message()
+                t = msg.type
+                if t == m.AUTHENTICATION:
+                    scram = self._authenticate(msg, user, creds, scram)
+                elif t == m.PARAMETER_STATUS:
+                    name, value = m.parse_parameter_status(msg.body)
+                    self.params[name] = value
+                elif t == m.BACKEND_KEY_DATA:
+                    self.pid = unpack_int32(msg.body, 0)[0]
+                    self.key = unpack_int32(msg.body, 4)[0]
+                elif t == m.ERROR_RESPONSE:
+                    fields = m.parse_fields(msg.body)
+                    raise LoginError(fields.get("M", "server login failed"), msg.raw())
+                elif t == m.READY_FOR_QUERY:
+                    self.status = msg.body
+                    break
+                # NoticeResponse during login is dropped: the client has not asked yet.
+        except (ConnectionClosed, MessageTooLong) as exc:
+            raise _login_error(f"server {self.address} closed the connection during login") from exc
+        except BackendAuthError as exc:
+            raise _login_error(f"SCRAM login to server {self.address} failed: {exc}") from exc
+        rest = self.reader.take_rest()
+        self.mode = Mode.IDLE
+        if rest:
+            self.data_received(rest)
+
+    def _authenticate(
+        self, msg: Message, user: str, creds: Credentials, scram: ScramClient | None
+    ) -> ScramClient | None:
+        assert self.transport is not None
+        code = unpack_int32(msg.body, 0)[0]
+        data = msg.body[4:]
+        if code == m.AUTH_OK:
+            return scram
+        if code in (m.AUTH_CLEARTEXT, m.AUTH_MD5):
+            if creds.password is None:
+                raise _login_error(
+                    f"server {self.address} asks for a password for user {user!r} but only "
+                    "a SCRAM secret is configured; the backend must use scram-sha-256"
+                )
+            if code == m.AUTH_CLEARTEXT:
+                body = password_message_body(creds.password)
+            else:
+                body = md5_response(user, creds.password, data[:4]) + b"\0"
+            self.transport.write(m.password_message(body))
+            return scram
+        if code == m.AUTH_SASL:
+            mechanisms = [x.decode() for x in data.split(b"\0") if x]
+            if "SCRAM-SHA-256" not in mechanisms:
+                raise _login_error(f"server {self.address} offers no usable SASL mechanism")
+            if creds.password is not None:
+                scram = ScramClient(user, creds.password)
+            else:
+                scram = ScramClient(user, client_key=creds.client_key, secret=creds.secret)
+            mechanism, first = scram.client_first(mechanisms)
+            self.transport.write(m.sasl_initial_response(mechanism, first))
+            return scram
+        if code == m.AUTH_SASL_CONTINUE and scram is not None:
+            self.transport.write(m.password_message(scram.handle_server_first(data)))
+            return scram
+        if code == m.AUTH_SASL_FINAL and scram is not None:
+            scram.handle_server_final(data)
+            return scram
+        raise _login_error(f"server {self.address} asks for unsupported authentication {code}")
+
+    # --- relay ----------------------------------------------------------------------
+
+    def attach(self, session: ClientSession) -> None:
+        """Relay from now on to ``session``."""
+        self.session = session
+        self.mode = Mode.ACTIVE
+
+    def _relay(self, data: bytes) -> None:
+        session = self.session
+        assert session is not None
+        events = self.scanner.feed(data)
+        transport = session.transport
+        if len(events) == 1 and type(events[0]) is bytes:
+            transport.write(events[0])
+        else:
+            out: list[bytes] = []
+            for event in events:
+                if type(event) is bytes:
+                    out.append(event)
+                elif type(event) is Message:
+                    pid, rest = m.parse_notification(event.body)
+                    # A session that notified itself sees its own pid, as directly.
+                    if pid == self.pid:
+                        pid = session.pid
+                    out.append(m.notification(pid, rest))
+            transport.writelines(out)
+        observed = self.scanner.observed
+        if observed:
+            for msg in observed:
+                if msg.type == m.READY_FOR_QUERY:
+                    self.status = msg.body
+                    self.pending -= 1
+                elif msg.type == m.PARAMETER_STATUS:
+                    name, value = m.parse_parameter_status(msg.body)
+                    self.params[name] = value
+            observed.clear()
+            if self.pending <= 0:
+                session.server_idle()
+
+    def reusable(self) -> bool:
+        """True when nothing is in flight and no transaction is open."""
+        return (
+            self.mode is Mode.ACTIVE
+            and self.pending == 0
+            and self.status == b"I"
+            and self.scanner.at_boundary()
+        )
+
+    # --- cancel ---------------------------------------------------------------------
+
+    def cancel(self, timeout: float) -> None:
+        """Ask the backend to cancel what this connection runs; don't wait here."""
+        task = asyncio.get_running_loop().create_task(self._send_cancel(timeout))
+        self._cancels.add(task)
+        task.add_done_callback(self._cancels.discard)
+
+    async def _send_cancel(self, timeout: float) -> None:
+        closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        try:
+            transport = await self.address.connect(lambda: _CancelProtocol(closed), timeout)
+            transport.write(build_cancel_request(self.pid, self.key))
+            # PostgreSQL closes the connection once it has signalled the backend; until
+            # then the cancel may still hit whatever this server runs next.
+            await asyncio.wait_for(closed, timeout)
+        except (OSError, TimeoutError) as exc:
+            log.warning("cancel to %s pid %d failed: %s", self.address, self.pid, exc)
+
+    # --- back to the pool -------------------------------------------------------------
+
+    async def release(self, pool: ServerPool, reset_query: bytes | None) -> None:
+        """Reset and return to ``pool`` if in a known state; close otherwise.
+
+        ``reset_query`` None hands the session on as it is (the operator's choice).
+        """
+        self.session = None
+        if not self.reusable():
+            self._give_up(pool, "not idle at release")
+            return
+        if self._cancels:
+            await asyncio.gather(*self._cancels, return_exceptions=True)
+        if self.mode is not Mode.ACTIVE:
+            self._give_up(pool, "lost before reset")
+            return
+        if reset_query is None:
+            self._to_pool(pool)
+            return
+        self.mode = Mode.RESET
+        self._reset_error = False
+        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._reset_done = done
+        assert self.transport is not None
+        self.transport.write(reset_query)
+        ok = await done
+        self._reset_done = None
+        if ok and self.mode is Mode.RESET:
+            self._to_pool(pool)
+        else:
+            self._give_up(pool, "reset failed")
+
+    def _to_pool(self, pool: ServerPool) -> None:
+        self.mode = Mode.IDLE
+        self.pool = pool
+        pool.checkin(self)
+
+    def _reset_data(self, data: bytes) -> None:
+        for event in self.scanner.feed(data):
+            if type(event) is Message:
+                # No LISTEN survives DISCARD ALL, but a notification may already be
+                # on its way; it belongs to no one now.
+                continue
+        observed = self.scanner.observed
+        for msg in observed:
+            if msg.type == m.ERROR_RESPONSE:
+                self._reset_error = True
+            elif msg.type == m.PARAMETER_STATUS:
+                name, value = m.parse_parameter_status(msg.body)
+                self.params[name] = value
+            elif msg.type == m.READY_FOR_QUERY:
+                self.status = msg.body
+                done = self._reset_done
+                if done is not None and not done.done():
+                    done.set_result(not self._reset_error and msg.body == b"I")
+        observed.clear()
+
+    def _give_up(self, pool: ServerPool, reason: str) -> None:
+        log.debug("closing server %s pid %d: %s", self.address, self.pid, reason)
+        pool.discard(self)
+
+    def close(self) -> None:
+        """Close at once (a Terminate first when the connection is in a known state)."""
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            if self.mode is Mode.IDLE:
+                transport.write(b"X\x00\x00\x00\x04")
+            transport.close()
+        self.mode = Mode.CLOSED
+
+
+class _CancelProtocol(asyncio.Protocol):
+    def __init__(self, closed: asyncio.Future[None]) -> None:
+        self.closed = closed
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)

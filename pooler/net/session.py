@@ -1,0 +1,323 @@
+"""One client connection: startup, authentication, then relaying to its server."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from typing import TYPE_CHECKING, cast
+
+from pooler.net.backend import LoginError, ServerConnection
+from pooler.net.client_auth import AuthClosed
+from pooler.net.handshake import ConnectionClosed, HandshakeReader
+from pooler.pool import PoolKey, ServerPool
+from pooler.protocol import messages as m
+from pooler.protocol.auth_errors import ClientAuthError
+from pooler.protocol.codec import (
+    CancelRequest,
+    FramingError,
+    GSSENCRequest,
+    Message,
+    Scanner,
+    SSLRequest,
+    StartupError,
+    StartupMessage,
+    parse_startup_packet,
+    startup_packet_length,
+)
+
+if TYPE_CHECKING:
+    from pooler.net.listener import Pooler
+
+log = logging.getLogger("pooler.client")
+
+_SPLIT = frozenset({m.TERMINATE})
+# Each of these gets exactly one ReadyForQuery back.
+_REQUESTS = frozenset({m.QUERY, m.SYNC, ord("F")})
+
+# Startup parameters that say who connects, not how the session is set up.
+_IDENTITY = frozenset({"user", "database"})
+
+
+class ClientSession(asyncio.Protocol):
+    """A client of the pooler, relaying to one server connection in session mode."""
+
+    def __init__(self, app: Pooler) -> None:
+        self.app = app
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        self.reader = HandshakeReader()
+        self.scanner = Scanner(
+            split=_SPLIT, observe=frozenset(), limits=app.frontend_limits, count=_REQUESTS
+        )
+        self.server: ServerConnection | None = None
+        self.pool: ServerPool | None = None
+        self.pid = 0
+        self.key = 0
+        self.user = ""
+        self.database = ""
+        self.draining = False
+        self._handshake_task: asyncio.Task[None] | None = None
+        self._counted = False
+
+    # --- asyncio.Protocol ---------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        self.reader.attach(self.transport)
+        self.app.sessions.add(self)
+        self._handshake_task = asyncio.get_running_loop().create_task(self._handshake())
+
+    def data_received(self, data: bytes) -> None:
+        if self.server is not None:
+            self._relay(data)
+        else:
+            self.reader.feed(data)
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.reader.feed_eof()
+        self.app.forget(self)
+        task = self._handshake_task
+        if task is not None and not task.done():
+            task.cancel()
+        self._release_server()
+
+    def pause_writing(self) -> None:
+        server = self.server
+        if server is not None and server.transport is not None:
+            server.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        server = self.server
+        if server is not None and server.transport is not None:
+            server.transport.resume_reading()
+
+    def pause_client_reading(self) -> None:
+        """The server cannot take more for now."""
+        self.transport.pause_reading()
+
+    def resume_client_reading(self) -> None:
+        """The server drained its buffer."""
+        self.transport.resume_reading()
+
+    # --- handshake ------------------------------------------------------------------
+
+    async def _handshake(self) -> None:
+        try:
+            startup = await self._read_startup()
+            if startup is None:
+                return
+            if not self.app.admit(self):
+                self._fatal("53300", "sorry, too many clients already")
+                return
+            self._counted = True
+            await self._login(startup)
+        except ConnectionClosed:
+            self.transport.close()
+        except AuthClosed:
+            self.transport.abort()
+        except StartupError as exc:
+            log.info("bad startup packet from %s: %s", self._peer(), exc.message)
+            if exc.sqlstate is None:
+                self.transport.abort()
+            else:
+                self._fatal(exc.sqlstate, exc.message, detail=exc.detail, hint=exc.hint)
+        except ClientAuthError as exc:
+            log.info("authentication of %r from %s failed: %s", self.user, self._peer(), exc)
+            self._fatal(exc.sqlstate, exc.message, detail=exc.detail)
+        except LoginError as exc:
+            log.warning("server login for %r@%r failed: %s", self.user, self.database, exc)
+            self.transport.write(exc.response)
+            self.transport.close()
+        except asyncio.CancelledError:
+            self.transport.abort()
+        except Exception:
+            log.exception("unexpected error in the handshake of %s", self._peer())
+            self._fatal("XX000", "internal error in the connection pooler")
+
+    async def _read_startup(self) -> StartupMessage | None:
+        ssl_done = gss_done = False
+        reader = self.reader
+        while True:
+            header = await reader.read(4)
+            length = startup_packet_length(header)
+            assert length is not None
+            packet = parse_startup_packet(header + await reader.read(length - 4))
+            if isinstance(packet, StartupMessage):
+                return packet
+            if isinstance(packet, CancelRequest):
+                self.app.cancel(packet.pid, packet.key)
+                self.transport.close()
+                return None
+            if isinstance(packet, SSLRequest) and not ssl_done:
+                ssl_done = True
+                context = self.app.ssl_context
+                self.transport.write(b"S" if context is not None else b"N")
+                if context is not None:
+                    await self._start_tls(context)
+                self._no_unencrypted_data("SSL request")
+            elif isinstance(packet, GSSENCRequest) and not gss_done:
+                gss_done = True
+                self.transport.write(b"N")
+                self._no_unencrypted_data("GSSAPI encryption request")
+            else:
+                # A second SSL or GSS request is a protocol version PostgreSQL refuses.
+                code = 1234
+                minor = 5679 if isinstance(packet, SSLRequest) else 5680
+                raise StartupError(
+                    f"unsupported frontend protocol {code}.{minor}: server supports 3.0 to 3.0",
+                    "0A000",
+                )
+
+    def _no_unencrypted_data(self, what: str) -> None:
+        if self.reader.pending():
+            raise _UnencryptedData(what)
+
+    async def _start_tls(self, context: ssl.SSLContext) -> None:
+        loop = asyncio.get_running_loop()
+        if self.reader.pending():
+            raise _UnencryptedData("SSL request")
+        transport = await loop.start_tls(self.transport, self, context, server_side=True)
+        self.transport = cast(asyncio.Transport, transport)
+        self.reader.attach(self.transport)
+
+    async def _login(self, startup: StartupMessage) -> None:
+        app = self.app
+        if startup.minor > 0 or startup.unknown_protocol_options:
+            self.transport.write(m.negotiate_protocol_version(0, startup.unknown_protocol_options))
+        user = startup.get("user") or ""
+        self.user = _truncate_name(user)
+        self.database = _truncate_name(startup.get("database") or user)
+        if startup.get("replication") not in (None, "false", "0", "off", "no"):
+            raise ClientAuthError(
+                "0A000", "replication connections are not supported through the pooler"
+            )
+        creds = await app.authenticator.authenticate(self.reader, self.transport, self.user)
+        self.transport.write(m.auth_request(m.AUTH_OK))
+        params = tuple((k, v) for k, v in startup.params if k not in _IDENTITY)
+        pool = app.pools.get(PoolKey(app.primary_node(), self.database, self.user))
+        self.pool = pool
+        self.transport.pause_reading()
+        server = await pool.checkout(
+            params, app.server_opener(self.user, self.database, creds), app.checkout_timeout
+        )
+        assert isinstance(server, ServerConnection)
+        self.pid, self.key = app.register(self)
+        out = [m.parameter_status(k, v) for k, v in server.params.items()]
+        out.append(m.backend_key_data(self.pid, self.key))
+        out.append(m.ready_for_query(server.status))
+        self.transport.writelines(out)
+        self.server = server
+        server.attach(self)
+        self._handshake_task = None
+        rest = self.reader.take_rest()
+        self.transport.resume_reading()
+        if rest:
+            self._relay(rest)
+
+    def _fatal(
+        self, sqlstate: str, message: str, *, detail: str | None = None, hint: str | None = None
+    ) -> None:
+        self.transport.write(m.error_response("FATAL", sqlstate, message, detail=detail, hint=hint))
+        self.transport.close()
+
+    def _peer(self) -> str:
+        peer = self.transport.get_extra_info("peername")
+        return str(peer) if peer is not None else "unix socket"
+
+    # --- relay ------------------------------------------------------------------------
+
+    def _relay(self, data: bytes) -> None:
+        server = self.server
+        assert server is not None and server.transport is not None
+        scanner = self.scanner
+        events = scanner.feed(data)
+        if scanner.count:
+            server.pending += scanner.count
+            scanner.count = 0
+        if len(events) == 1 and type(events[0]) is bytes:
+            server.transport.write(events[0])
+            return
+        out: list[bytes] = []
+        for event in events:
+            if type(event) is bytes:
+                out.append(event)
+            elif type(event) is Message:
+                # Terminate: the server stays open for the next client.
+                server.transport.writelines(out)
+                self.transport.close()
+                return
+            elif isinstance(event, FramingError):
+                server.transport.writelines(out)
+                log.info("protocol violation from %s: %s", self._peer(), event)
+                if event.fatal_message is not None:
+                    self._fatal("08P01", event.fatal_message)
+                else:
+                    self.transport.abort()
+                return
+        server.transport.writelines(out)
+
+    def server_idle(self) -> None:
+        """The server answered everything sent so far."""
+        if self.draining and self.server is not None and self.server.status == b"I":
+            self.terminate("57P01", "terminating connection due to administrator command")
+
+    def server_lost(self) -> None:
+        """The server connection closed under us: so does the client, as directly."""
+        server = self.server
+        self.server = None
+        if server is not None and self.pool is not None:
+            self.pool.discard(server)
+        self.transport.close()
+
+    def _release_server(self) -> None:
+        server = self.server
+        pool = self.pool
+        self.server = None
+        if server is None or pool is None:
+            return
+        self.app.spawn(server.release(pool, self.app.reset_query))
+
+    # --- administration -------------------------------------------------------------
+
+    def cancel(self) -> None:
+        """Relay a cancel request to whatever this client's server runs now."""
+        server = self.server
+        if server is not None and server.pending > 0:
+            server.cancel(self.app.connect_timeout)
+
+    def drain(self) -> None:
+        """Close as soon as no query or transaction is in flight (shutdown)."""
+        self.draining = True
+        server = self.server
+        if server is None:
+            if self._handshake_task is not None:
+                self.terminate("57P01", "terminating connection due to administrator command")
+            return
+        if server.pending <= 0 and server.status == b"I":
+            self.terminate("57P01", "terminating connection due to administrator command")
+
+    def terminate(self, sqlstate: str, message: str) -> None:
+        """Send FATAL and close."""
+        if not self.transport.is_closing():
+            self._fatal(sqlstate, message)
+
+
+class _UnencryptedData(StartupError):
+    def __init__(self, what: str) -> None:
+        super().__init__(
+            f"received unencrypted data after {what}",
+            "08P01",
+            detail="This could be either a client-software bug or evidence of an attempted "
+            "man-in-the-middle attack.",
+        )
+
+
+def _truncate_name(name: str) -> str:
+    """PostgreSQL cuts names at NAMEDATALEN - 1 bytes."""
+    raw = name.encode("utf-8", "surrogateescape")
+    if len(raw) <= 63:
+        return name
+    return raw[:63].decode("utf-8", "ignore")

@@ -1,0 +1,218 @@
+"""Pools of server connections, one per (node, database, user).
+
+Idle server connections are kept apart by the startup parameters they were opened with,
+because RESET, RESET ALL and DISCARD ALL return a session to *those* values: a client
+may only reuse a server whose startup parameters equal its own. ``size`` caps all the
+server connections of a pool, whatever their parameters; a client that needs a set no
+idle server has makes room by closing an idle server of another set, so nobody waits
+next to idle connections it cannot use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+ParamKey = tuple[tuple[str, str], ...]
+
+
+class PooledServer(Protocol):
+    """What the pool needs of a server connection."""
+
+    param_key: ParamKey
+
+    def close(self) -> None:
+        """Close the connection at once."""
+
+
+@dataclass(frozen=True, slots=True)
+class PoolKey:
+    """Which pool: node index, database and user."""
+
+    node: int
+    database: str
+    user: str
+
+
+#: Opens a server connection with the given startup parameters, with the credentials of
+#: the client that asked (they differ in form, not in who logs in).
+Opener = Callable[[ParamKey], Awaitable[PooledServer]]
+
+
+@dataclass(slots=True)
+class _Waiter:
+    params: ParamKey
+    opener: Opener
+    future: asyncio.Future[PooledServer]
+
+
+@dataclass(slots=True)
+class PoolStats:
+    """Counters for SHOW POOLS and metrics."""
+
+    opened: int = 0
+    closed: int = 0
+    reused: int = 0
+    waits: int = 0
+
+
+@dataclass(slots=True)
+class ServerPool:
+    """Server connections of one (node, database, user)."""
+
+    key: PoolKey
+    size: int
+    idle: dict[ParamKey, list[PooledServer]] = field(default_factory=dict)
+    total: int = 0
+    waiters: deque[_Waiter] = field(default_factory=deque)
+    stats: PoolStats = field(default_factory=PoolStats)
+    _opening: set[asyncio.Task[PooledServer]] = field(default_factory=set)
+
+    @property
+    def idle_count(self) -> int:
+        """Idle connections of every parameter set."""
+        return sum(len(servers) for servers in self.idle.values())
+
+    async def checkout(
+        self, params: ParamKey, opener: Opener, timeout: float | None = None
+    ) -> PooledServer:
+        """A server opened with ``params``: an idle one, a new one, or the next released.
+
+        Raises whatever opening a connection raised, or TimeoutError after ``timeout``.
+        """
+        idle = self.idle.get(params)
+        if idle:
+            self.stats.reused += 1
+            return idle.pop()
+        if self.total >= self.size and not self._evict_idle():
+            self.stats.waits += 1
+            future: asyncio.Future[PooledServer] = asyncio.get_running_loop().create_future()
+            waiter = _Waiter(params, opener, future)
+            self.waiters.append(waiter)
+            try:
+                return await asyncio.wait_for(future, timeout)
+            except BaseException:
+                if waiter in self.waiters:
+                    self.waiters.remove(waiter)
+                elif future.done() and not future.cancelled() and future.exception() is None:
+                    # Handed a server in the same tick we gave up: give it back.
+                    self.checkin(future.result())
+                raise
+        return await self._open(params, opener)
+
+    def checkin(self, server: PooledServer) -> None:
+        """Take back a server that is idle and reset (ReadyForQuery 'I' seen)."""
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if waiter.future.done():
+                continue
+            if waiter.params == server.param_key:
+                self.stats.reused += 1
+                waiter.future.set_result(server)
+                return
+            # The first in line needs other parameters: trade this server for one of
+            # theirs, keeping the total within the cap.
+            self._discard(server)
+            self._open_for(waiter)
+            return
+        self.idle.setdefault(server.param_key, []).append(server)
+
+    def discard(self, server: PooledServer) -> None:
+        """Forget a server that is closed or unusable (not in the idle lists)."""
+        self._discard(server)
+        self._serve_next_waiter()
+
+    def remove_idle(self, server: PooledServer) -> bool:
+        """Drop an idle server that died; True if it was idle here."""
+        servers = self.idle.get(server.param_key)
+        if servers and server in servers:
+            servers.remove(server)
+            if not servers:
+                del self.idle[server.param_key]
+            self._discard(server)
+            self._serve_next_waiter()
+            return True
+        return False
+
+    def close_idle(self) -> None:
+        """Close every idle server (shutdown, or a node going away)."""
+        for servers in list(self.idle.values()):
+            for server in servers:
+                server.close()
+                self.total -= 1
+                self.stats.closed += 1
+        self.idle.clear()
+
+    def _discard(self, server: PooledServer) -> None:
+        server.close()
+        self.total -= 1
+        self.stats.closed += 1
+
+    def _evict_idle(self) -> bool:
+        for params, servers in self.idle.items():
+            if servers:
+                self._discard(servers.pop(0))
+                if not servers:
+                    del self.idle[params]
+                return True
+        return False
+
+    def _serve_next_waiter(self) -> None:
+        while self.waiters and self.total < self.size:
+            waiter = self.waiters.popleft()
+            if not waiter.future.done():
+                self._open_for(waiter)
+
+    def _open_for(self, waiter: _Waiter) -> None:
+        task = asyncio.get_running_loop().create_task(self._open(waiter.params, waiter.opener))
+        self._opening.add(task)
+        task.add_done_callback(self._opening.discard)
+
+        def deliver(done: asyncio.Task[PooledServer]) -> None:
+            if done.cancelled():
+                return
+            exc = done.exception()
+            if waiter.future.done():
+                if exc is None:
+                    self.checkin(done.result())
+                return
+            if exc is not None:
+                waiter.future.set_exception(exc)
+            else:
+                waiter.future.set_result(done.result())
+
+        task.add_done_callback(deliver)
+
+    async def _open(self, params: ParamKey, opener: Opener) -> PooledServer:
+        self.total += 1
+        try:
+            server = await opener(params)
+        except BaseException:
+            self.total -= 1
+            self._serve_next_waiter()
+            raise
+        self.stats.opened += 1
+        return server
+
+
+@dataclass(slots=True)
+class PoolManager:
+    """All pools, created on first use."""
+
+    size: int
+    pools: dict[PoolKey, ServerPool] = field(default_factory=dict)
+
+    def get(self, key: PoolKey) -> ServerPool:
+        """The pool for ``key``."""
+        pool = self.pools.get(key)
+        if pool is None:
+            pool = self.pools[key] = ServerPool(key, self.size)
+        return pool
+
+    def close_idle(self) -> None:
+        """Close every idle server of every pool."""
+        for pool in self.pools.values():
+            pool.close_idle()

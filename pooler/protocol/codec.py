@@ -1,0 +1,399 @@
+"""Framing of PostgreSQL protocol 3.0 message streams and startup packets.
+
+The scanner walks a byte stream message by message without copying the bodies of
+messages nobody needs to look at: those stay in contiguous "runs" of the input that the
+caller forwards as they are. Messages whose type is in ``split`` are cut out of the
+runs and handed over whole (their bytes are accumulated only as they arrive, never
+pre-allocated from a length field). Messages whose type is in ``observe`` stay in the
+runs (forwarded untouched) and are also reported, so a relay can watch ReadyForQuery
+without breaking its zero-copy path.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+_INT32 = struct.Struct("!i")
+_UINT32 = struct.Struct("!I")
+_HDR = struct.Struct("!ci")
+unpack_int32 = _INT32.unpack_from
+
+#: PostgreSQL's ``MAX_STARTUP_PACKET_LENGTH``.
+MAX_STARTUP_PACKET = 10000
+#: PostgreSQL's ``PQ_SMALL_MESSAGE_LIMIT``.
+SMALL_MESSAGE_LIMIT = 10000
+#: PostgreSQL's ``PQ_LARGE_MESSAGE_LIMIT`` (``MaxAllocSize - 1``).
+LARGE_MESSAGE_LIMIT = 0x3FFFFFFF - 1
+#: PostgreSQL's ``PG_MAX_AUTH_TOKEN_LENGTH``: a password message.
+PASSWORD_MESSAGE_LIMIT = 65535
+#: PostgreSQL's ``PG_MAX_SASL_MESSAGE_LENGTH``.
+SASL_MESSAGE_LIMIT = 1024
+
+PROTOCOL_3_0 = 3 << 16
+CANCEL_REQUEST_CODE = (1234 << 16) | 5678
+SSL_REQUEST_CODE = (1234 << 16) | 5679
+GSSENC_REQUEST_CODE = (1234 << 16) | 5680
+
+
+def frontend_limits(max_message_size: int) -> dict[int, int]:
+    """Per-type length limits of frontend messages after authentication, as PostgreSQL's
+    ``SocketBackend`` applies them; types absent from the table are not valid at all."""
+    large = min(max_message_size, LARGE_MESSAGE_LIMIT)
+    small = SMALL_MESSAGE_LIMIT
+    return {
+        ord("Q"): large,
+        ord("F"): large,
+        ord("P"): large,
+        ord("B"): large,
+        ord("d"): large,
+        ord("X"): small,
+        ord("C"): small,
+        ord("D"): small,
+        ord("E"): small,
+        ord("H"): small,
+        ord("S"): small,
+        ord("c"): small,
+        ord("f"): small,
+    }
+
+
+class FramingError(Exception):
+    """A stream that cannot be framed: the connection must be dropped.
+
+    ``fatal_message`` is what PostgreSQL says in a FATAL 08P01 before closing; when it
+    is None PostgreSQL closes without a word (it only logs), and so do we.
+    """
+
+    def __init__(self, log_message: str, fatal_message: str | None = None) -> None:
+        super().__init__(log_message)
+        self.fatal_message = fatal_message
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One whole message: its type byte as an int and its body (without the header)."""
+
+    type: int
+    body: bytes
+
+    def raw(self) -> bytes:
+        """The message as it travels on the wire."""
+        return frame(self.type, self.body)
+
+
+def frame(msg_type: int, body: bytes) -> bytes:
+    """Build a typed message."""
+    return _HDR.pack(bytes((msg_type,)), len(body) + 4) + body
+
+
+Event = bytes | Message | FramingError
+
+
+class Scanner:
+    """Sans-IO splitter of a typed-message stream (after the startup packet).
+
+    ``feed(data)`` returns events in stream order: ``bytes`` runs to forward as they are,
+    ``Message`` for each message of a ``split`` type, and at most one trailing
+    ``FramingError`` after which the scanner accepts nothing more. Messages of an
+    ``observe`` type stay inside the runs and are appended to ``observed``, which the
+    caller clears after handling. Messages of a ``count`` type add one to ``count``
+    (the caller resets it): cheaper than observing them when only their number matters.
+    """
+
+    __slots__ = (
+        "_acc",
+        "_broken",
+        "_count",
+        "_hdr",
+        "_limits",
+        "_mode",
+        "_observe",
+        "_rem",
+        "_split",
+        "_type",
+        "count",
+        "observed",
+    )
+
+    def __init__(
+        self,
+        split: frozenset[int] = frozenset(),
+        observe: frozenset[int] = frozenset(),
+        limits: Mapping[int, int] | None = None,
+        count: frozenset[int] = frozenset(),
+    ) -> None:
+        self._split = split
+        self._count = count
+        self.count = 0
+        self._observe = observe
+        self._limits = limits
+        self._hdr = b""
+        # The message being received across feeds: bytes remaining, and whether its
+        # bytes are forwarded (0), accumulated for a split message (1) or both (2).
+        self._rem = 0
+        self._mode = 0
+        self._type = 0
+        self._acc = bytearray()
+        self._broken = False
+        self.observed: list[Message] = []
+
+    def set_split(self, split: frozenset[int]) -> None:
+        """Change which message types are cut out from now on."""
+        self._split = split
+
+    def at_boundary(self) -> bool:
+        """True when no message is partly received."""
+        return self._rem == 0 and not self._hdr
+
+    def feed(self, data: bytes) -> list[Event]:
+        """Consume ``data``; see the class docstring for the events."""
+        out: list[Event] = []
+        if self._broken:
+            return out
+        if self._hdr:
+            data = self._hdr + data
+            self._hdr = b""
+        n = len(data)
+        pos = 0
+        run = 0
+        if self._rem:
+            take = self._rem if self._rem < n else n
+            self._rem -= take
+            pos = take
+            if self._mode:
+                self._acc += data[:take]
+                if self._rem == 0:
+                    msg = Message(self._type, bytes(self._acc))
+                    self._acc = bytearray()
+                    if self._mode == 1:
+                        out.append(msg)
+                        run = pos
+                    else:
+                        self.observed.append(msg)
+        split = self._split
+        observe = self._observe
+        limits = self._limits
+        counted = self._count
+        unpack = unpack_int32
+        while pos < n:
+            if n - pos < 5:
+                if run < pos:
+                    out.append(data[run:pos])
+                self._hdr = data[pos:]
+                return out
+            t = data[pos]
+            length = unpack(data, pos + 1)[0]
+            if limits is not None:
+                limit = limits.get(t)
+                if limit is None:
+                    if run < pos:
+                        out.append(data[run:pos])
+                    out.append(
+                        FramingError(
+                            f"invalid frontend message type {t}",
+                            f"invalid frontend message type {t}",
+                        )
+                    )
+                    self._broken = True
+                    return out
+            else:
+                limit = 0x7FFFFFFF
+            if length < 4 or length > limit:
+                if run < pos:
+                    out.append(data[run:pos])
+                out.append(FramingError(f"invalid message length {length} for type {t}"))
+                self._broken = True
+                return out
+            end = pos + 1 + length
+            if t in counted:
+                self.count += 1
+            if t in split:
+                if run < pos:
+                    out.append(data[run:pos])
+                if end <= n:
+                    out.append(Message(t, data[pos + 5 : end]))
+                    pos = run = end
+                else:
+                    self._type = t
+                    self._mode = 1
+                    self._acc = bytearray(data[pos + 5 :])
+                    self._rem = end - n
+                    return out
+            elif t in observe:
+                if end <= n:
+                    self.observed.append(Message(t, data[pos + 5 : end]))
+                    pos = end
+                else:
+                    self._type = t
+                    self._mode = 2
+                    self._acc = bytearray(data[pos + 5 :])
+                    self._rem = end - n
+                    pos = n
+            elif end <= n:
+                pos = end
+            else:
+                self._mode = 0
+                self._rem = end - n
+                pos = n
+        if run == 0 and pos == n:
+            out.append(data)
+        elif run < pos:
+            out.append(data[run:pos])
+        return out
+
+
+# --- startup packets ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SSLRequest:
+    """The client asks for TLS."""
+
+
+@dataclass(frozen=True, slots=True)
+class GSSENCRequest:
+    """The client asks for GSSAPI encryption (never offered)."""
+
+
+@dataclass(frozen=True, slots=True)
+class CancelRequest:
+    """A cancel request for the session with this process id and secret key."""
+
+    pid: int
+    key: int
+
+
+@dataclass(frozen=True, slots=True)
+class StartupMessage:
+    """A protocol 3.x startup message.
+
+    ``params`` keeps every name/value pair except ``_pq_.`` protocol options, in the
+    order the client sent them; ``user``, ``database`` and ``options`` included.
+    """
+
+    version: int
+    params: tuple[tuple[str, str], ...]
+    unknown_protocol_options: tuple[str, ...]
+
+    @property
+    def minor(self) -> int:
+        """The minor protocol version asked for."""
+        return self.version & 0xFFFF
+
+    def get(self, name: str) -> str | None:
+        """The value of a parameter, or None."""
+        for key, value in self.params:
+            if key == name:
+                return value
+        return None
+
+
+StartupPacket = SSLRequest | GSSENCRequest | CancelRequest | StartupMessage
+
+
+class StartupError(Exception):
+    """A startup packet PostgreSQL would refuse.
+
+    When ``sqlstate`` is None PostgreSQL closes silently; otherwise it sends FATAL with
+    that code and ``message`` (plus ``hint`` when set) before closing.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        sqlstate: str | None = None,
+        *,
+        detail: str | None = None,
+        hint: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.sqlstate = sqlstate
+        self.detail = detail
+        self.hint = hint
+
+
+def startup_packet_length(data: bytes | bytearray) -> int | None:
+    """Total length of the startup packet at the start of ``data``, once 4 bytes are in.
+
+    Raises StartupError for a length PostgreSQL refuses without reading further.
+    """
+    if len(data) < 4:
+        return None
+    length: int = _UINT32.unpack_from(data, 0)[0]
+    if length < 8 or length > MAX_STARTUP_PACKET + 4:
+        raise StartupError("invalid length of startup packet")
+    return length
+
+
+def parse_startup_packet(packet: bytes) -> StartupPacket:
+    """Decode a whole startup packet (length word included), as PostgreSQL 15 does."""
+    code = _UINT32.unpack_from(packet, 4)[0]
+    if code == CANCEL_REQUEST_CODE:
+        if len(packet) != 16:
+            raise StartupError("invalid length of cancel request packet")
+        pid, key = struct.unpack_from("!ii", packet, 8)
+        return CancelRequest(pid, key)
+    if code == SSL_REQUEST_CODE:
+        return SSLRequest()
+    if code == GSSENC_REQUEST_CODE:
+        return GSSENCRequest()
+    major, minor = code >> 16, code & 0xFFFF
+    if major != 3:
+        raise StartupError(
+            f"unsupported frontend protocol {major}.{minor}: server supports 3.0 to 3.0",
+            "0A000",
+        )
+    body = packet[8:]
+    params: list[tuple[str, str]] = []
+    unknown: list[str] = []
+    offset = 0
+    end = len(body)
+    while offset < end:
+        name_end = body.find(b"\0", offset)
+        if name_end == offset:
+            break
+        if name_end < 0:
+            offset = end
+            break
+        value_start = name_end + 1
+        if value_start >= end:
+            offset = end
+            break
+        value_end = body.find(b"\0", value_start)
+        if value_end < 0:
+            offset = end
+            break
+        name = body[offset:name_end].decode("utf-8", "surrogateescape")
+        value = body[value_start:value_end].decode("utf-8", "surrogateescape")
+        if name.startswith("_pq_."):
+            unknown.append(name)
+        else:
+            params.append((name, value))
+        offset = value_end + 1
+    if offset != end - 1:
+        raise StartupError(
+            "invalid startup packet layout: expected terminator as last byte", "08P01"
+        )
+    message = StartupMessage(code, tuple(params), tuple(unknown))
+    if not message.get("user"):
+        raise StartupError("no PostgreSQL user name specified in startup packet", "28000")
+    return message
+
+
+def build_startup_message(params: Mapping[str, str] | tuple[tuple[str, str], ...]) -> bytes:
+    """A protocol 3.0 startup message carrying ``params``."""
+    items = params.items() if isinstance(params, Mapping) else params
+    body = b"".join(
+        k.encode("utf-8", "surrogateescape") + b"\0" + v.encode("utf-8", "surrogateescape") + b"\0"
+        for k, v in items
+    )
+    payload = _UINT32.pack(PROTOCOL_3_0) + body + b"\0"
+    return _UINT32.pack(len(payload) + 4) + payload
+
+
+def build_cancel_request(pid: int, key: int) -> bytes:
+    """A CancelRequest packet."""
+    return struct.pack("!iIii", 16, CANCEL_REQUEST_CODE, pid, key)
