@@ -164,12 +164,13 @@ class Scanner:
             pos = take
             if self._mode:
                 self._acc += data[:take]
+                if self._mode == 1:
+                    run = pos
                 if self._rem == 0:
                     msg = Message(self._type, bytes(self._acc))
                     self._acc = bytearray()
                     if self._mode == 1:
                         out.append(msg)
-                        run = pos
                     else:
                         self.observed.append(msg)
         split = self._split
