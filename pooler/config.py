@@ -12,8 +12,6 @@ what is valid but probably not what the operator meant (``pooler check`` prints 
 
 from __future__ import annotations
 
-import base64
-import binascii
 import difflib
 import hashlib
 import ipaddress
@@ -30,6 +28,8 @@ from typing import Any, Generic, Literal, TypeVar, get_args
 
 import yaml
 
+from pooler.protocol.md5 import is_md5_hash
+from pooler.protocol.scram import ScramSecret
 from pooler.units import parse_duration, parse_size
 
 __all__ = [
@@ -50,14 +50,12 @@ __all__ = [
     "Pool",
     "PoolMode",
     "QueryCache",
-    "ScramSecret",
     "Tls",
     "auth_secret_key",
     "check_warnings",
     "is_scram_secret",
     "load_config",
     "parse_config",
-    "parse_scram_secret",
 ]
 
 AuthMethod = Literal["scram-sha-256", "md5", "trust"]
@@ -72,7 +70,6 @@ _MIN_MESSAGE_SIZE = 8 * 1024
 # PostgreSQL truncates longer names (NAMEDATALEN - 1), so a longer user could never log in.
 _MAX_NAME_BYTES = 63
 _SCRAM_PREFIX = "SCRAM-SHA-256$"
-_SCRAM_KEY_LEN = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,54 +240,9 @@ class ConfigError(Exception):
         super().__init__("\n".join(f"{source}: {problem}" for problem in self.problems))
 
 
-@dataclass(frozen=True, slots=True)
-class ScramSecret:
-    """A SCRAM-SHA-256 secret as PostgreSQL stores it in ``pg_authid.rolpassword``."""
-
-    iterations: int
-    salt: bytes
-    stored_key: bytes
-    server_key: bytes
-
-
 def is_scram_secret(value: str) -> bool:
     """Whether a ``users`` value is a SCRAM-SHA-256 secret rather than a plain password."""
     return value.startswith(_SCRAM_PREFIX)
-
-
-def _base64(text: str, what: str) -> bytes:
-    try:
-        return base64.b64decode(text, validate=True)
-    except binascii.Error:
-        raise ValueError(f"the {what} is not valid base64") from None
-
-
-def parse_scram_secret(text: str) -> ScramSecret:
-    """Split ``SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>`` (base64 parts).
-
-    Raises ValueError with a reason that does not repeat the secret.
-    """
-    head, _, keys = text.removeprefix(_SCRAM_PREFIX).partition("$")
-    iterations, colon1, salt = head.partition(":")
-    stored_key, colon2, server_key = keys.partition(":")
-    if not (is_scram_secret(text) and colon1 and colon2):
-        raise ValueError(
-            "expected SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>, "
-            "as in pg_authid.rolpassword"
-        )
-    if not re.fullmatch(r"[0-9]{1,10}", iterations) or not 0 < int(iterations) < 2**31:
-        raise ValueError("the iteration count must be a positive integer")
-    secret = ScramSecret(
-        iterations=int(iterations),
-        salt=_base64(salt, "salt"),
-        stored_key=_base64(stored_key, "StoredKey"),
-        server_key=_base64(server_key, "ServerKey"),
-    )
-    if not secret.salt:
-        raise ValueError("the salt is empty")
-    if len(secret.stored_key) != _SCRAM_KEY_LEN or len(secret.server_key) != _SCRAM_KEY_LEN:
-        raise ValueError("StoredKey and ServerKey must each be 32 bytes (a SHA-256 digest)")
-    return secret
 
 
 def auth_secret_key(config: Config) -> bytes:
@@ -614,9 +566,9 @@ def _users(top: _Reader) -> Mapping[str, str]:
             continue
         if is_scram_secret(password):
             try:
-                parse_scram_secret(password)
+                ScramSecret.parse(password)
             except ValueError as exc:
-                reader.problem(f"malformed SCRAM-SHA-256 secret: {exc}", name)
+                reader.problem(str(exc), name)
                 continue
         users[name] = password
     reader.finish()
@@ -837,7 +789,7 @@ def check_warnings(config: Config) -> list[str]:
             warnings.append(
                 f"{where}: a SCRAM secret works only with auth.method scram-sha-256: {why}"
             )
-        elif re.fullmatch(r"md5[0-9a-f]{32}", secret):
+        elif is_md5_hash(secret):
             warnings.append(
                 f"{where}: looks like an md5 secret from pg_authid, but is used as a plain password"
             )

@@ -224,5 +224,15 @@ def test_error_response_fields_round_trip() -> None:
 def test_sasl_initial_response_round_trip() -> None:
     raw = m.sasl_initial_response("SCRAM-SHA-256", b"n,,n=,r=abc")
     assert m.parse_sasl_initial_response(raw[5:]) == ("SCRAM-SHA-256", b"n,,n=,r=abc")
-    with pytest.raises(ValueError):
-        m.parse_sasl_initial_response(b"SCRAM-SHA-256\0\0\0\0\x09abc")
+    assert m.parse_sasl_initial_response(b"SCRAM-SHA-256\0\xff\xff\xff\xff") == (
+        "SCRAM-SHA-256",
+        None,
+    )
+    for body, error in [
+        (b"SCRAM-SHA-256", "invalid string in message"),
+        (b"SCRAM-SHA-256\0\0\0", "insufficient data left in message"),
+        (b"SCRAM-SHA-256\0\0\0\0\x09abc", "insufficient data left in message"),
+        (b"SCRAM-SHA-256\0\0\0\0\x01abc", "invalid message format"),
+    ]:
+        with pytest.raises(ValueError, match=error):
+            m.parse_sasl_initial_response(body)

@@ -32,8 +32,8 @@ from pooler.config import (
     is_scram_secret,
     load_config,
     parse_config,
-    parse_scram_secret,
 )
+from pooler.protocol.scram import ScramSecret
 from pooler.units import parse_duration, parse_size
 
 REPO = Path(__file__).resolve().parent.parent
@@ -305,7 +305,7 @@ def test_max_message_size_is_capped_at_postgres_limit(written: object, stored: i
 def test_scram_secret_is_accepted_and_parsed() -> None:
     config = parse_config(with_minimal(users={"app": SCRAM}))
     assert is_scram_secret(config.users["app"])
-    secret = parse_scram_secret(SCRAM)
+    secret = ScramSecret.parse(SCRAM)
     assert secret.iterations == 4096
     assert secret.salt == b"saltsalt"
     assert secret.stored_key == secret.server_key == bytes(range(32))

@@ -104,13 +104,13 @@ class Authenticator:
         try:
             mechanism, data = m.parse_sasl_initial_response(body)
         except ValueError as exc:
-            raise ProtocolViolation("malformed SASL message") from exc
-        transport.write(
-            m.auth_request(m.AUTH_SASL_CONTINUE, server.handle_client_first(mechanism, data))
-        )
-        body = await _read_password_message(reader, "SASL", SASL_MESSAGE_LIMIT, user)
-        final = server.handle_client_final(body)
-        transport.write(m.auth_request(m.AUTH_SASL_FINAL, final))
+            raise ProtocolViolation(str(exc)) from exc
+        challenge = server.handle_client_first(mechanism, data)
+        while not server.authenticated:
+            transport.write(m.auth_request(m.AUTH_SASL_CONTINUE, challenge))
+            body = await _read_password_message(reader, "SASL", SASL_MESSAGE_LIMIT, user)
+            challenge = server.handle_client_final(body)
+        transport.write(m.auth_request(m.AUTH_SASL_FINAL, challenge))
         if plain is not None:
             return Credentials(password=plain)
         return Credentials(client_key=server.client_key, secret=secret)

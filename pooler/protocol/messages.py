@@ -129,21 +129,28 @@ def sasl_initial_response(mechanism: str, data: bytes) -> bytes:
     return password_message(cstring(mechanism) + _INT32.pack(len(data)) + data)
 
 
-def parse_sasl_initial_response(body: bytes) -> tuple[str, bytes]:
+def parse_sasl_initial_response(body: bytes) -> tuple[str, bytes | None]:
     """Mechanism name and client data of a SASLInitialResponse body.
 
-    Raises ValueError on a malformed body, which PostgreSQL answers with 08P01.
+    The data is None when the client sent none (length -1): the client-first message
+    then follows in a SASLResponse. Raises ValueError on a malformed body, which
+    PostgreSQL answers with 08P01.
     """
     nul = body.find(b"\0")
-    if nul < 0 or nul + 5 > len(body):
-        raise ValueError("malformed SASLInitialResponse")
+    if nul < 0:
+        raise ValueError("invalid string in message")
+    if nul + 5 > len(body):
+        raise ValueError("insufficient data left in message")
     mechanism = body[:nul].decode("utf-8", "replace")
     length = _INT32.unpack_from(body, nul + 1)[0]
     data = body[nul + 5 :]
-    if length == -1:
-        return mechanism, b""
-    if length != len(data):
-        raise ValueError("malformed SASLInitialResponse")
+    if length == -1 and not data:
+        return mechanism, None
+    # PostgreSQL's pq_getmsgbytes/pq_getmsgend wording for a length that lies.
+    if length < 0 or length > len(data):
+        raise ValueError("insufficient data left in message")
+    if length < len(data):
+        raise ValueError("invalid message format")
     return mechanism, data
 
 
