@@ -42,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(args.config)
     except ConfigError as exc:
-        print(f"pooler: {exc}", file=sys.stderr)
+        for line in str(exc).splitlines():
+            print(f"pooler: {line}", file=sys.stderr)
         return 2
     if args.command == "check":
         warnings = check_warnings(config)
