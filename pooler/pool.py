@@ -23,6 +23,8 @@ class PooledServer(Protocol):
     """What the pool needs of a server connection."""
 
     param_key: ParamKey
+    #: Loop time at which the server last went idle in its pool.
+    idle_since: float
 
     def close(self) -> None:
         """Close the connection at once."""
@@ -118,6 +120,7 @@ class ServerPool:
             self._discard(server)
             self._open_for(waiter)
             return
+        server.idle_since = asyncio.get_running_loop().time()
         self.idle.setdefault(server.param_key, []).append(server)
 
     def discard(self, server: PooledServer) -> None:
@@ -145,6 +148,16 @@ class ServerPool:
                 self.total -= 1
                 self.stats.closed += 1
         self.idle.clear()
+
+    def close_expired(self, idle_before: float) -> None:
+        """Close servers idle since before ``idle_before`` (loop time)."""
+        for params in list(self.idle):
+            servers = self.idle[params]
+            # Checked in at the end, handed out from the end: the oldest come first.
+            while servers and servers[0].idle_since < idle_before:
+                self._discard(servers.pop(0))
+            if not servers:
+                del self.idle[params]
 
     def _discard(self, server: PooledServer) -> None:
         server.close()
@@ -216,3 +229,8 @@ class PoolManager:
         """Close every idle server of every pool."""
         for pool in self.pools.values():
             pool.close_idle()
+
+    def close_expired(self, idle_before: float) -> None:
+        """Close servers idle since before ``idle_before`` in every pool."""
+        for pool in self.pools.values():
+            pool.close_expired(idle_before)

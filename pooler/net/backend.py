@@ -109,6 +109,7 @@ class ServerConnection(asyncio.Protocol):
         self.session: ClientSession | None = None
         self.scanner = Scanner(split=_RELAY_SPLIT, observe=_RELAY_OBSERVE)
         self.pool: ServerPool | None = None
+        self.idle_since = 0.0
         self._cancels: set[asyncio.Task[None]] = set()
         self._reset_done: asyncio.Future[bool] | None = None
         self._reset_error = False

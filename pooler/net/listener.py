@@ -64,6 +64,7 @@ class Pooler:
         self._keys = KeyAllocator()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._server: asyncio.Server | None = None
+        self._janitor_task: asyncio.Task[None] | None = None
 
     # --- sessions -------------------------------------------------------------------
 
@@ -139,10 +140,19 @@ class Pooler:
         self._server = await loop.create_server(
             lambda: ClientSession(self), listen.host, listen.port, backlog=4096
         )
+        if self.config.pool.idle_timeout:
+            self._janitor_task = loop.create_task(self._janitor(self.config.pool.idle_timeout))
         log.info(
             "listening",
             extra={"host": listen.host, "port": listen.port, "mode": self.config.pool.mode},
         )
+
+    async def _janitor(self, idle_timeout: float) -> None:
+        """Close server connections unused for ``idle_timeout`` seconds."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(min(idle_timeout / 2, 30.0))
+            self.pools.close_expired(loop.time() - idle_timeout)
 
     async def shutdown(self, timeout: float) -> None:
         """Stop accepting, let running queries finish for ``timeout`` s, then close all."""
@@ -157,6 +167,8 @@ class Pooler:
         for session in list(self.sessions):
             session.terminate("57P01", "terminating connection due to administrator command")
         # Let resets of servers released just now finish, then close what is idle.
+        if self._janitor_task is not None:
+            self._janitor_task.cancel()
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=1)
         self.pools.close_idle()
