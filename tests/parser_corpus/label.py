@@ -102,6 +102,24 @@ MUST_BE_RIGHT: Mapping[str, str] = {
     "comments_hints": "comments and hints",
 }
 MIN_COVERAGE = 3
+#: Tags beyond the must-be-right list, for the rest of the corpus's breadth. Any other
+#: tag is a typo, and load_corpus says so.
+OTHER_TAGS: frozenset[str] = frozenset(
+    {
+        "comment_on",
+        "ddl",
+        "discard",
+        "explain",
+        "grant",
+        "multi_statement",
+        "savepoint",
+        "set_reset",
+        "set_role",
+        "show",
+        "transaction",
+        "unlogged_table",
+    }
+)
 
 Stage = Literal["setup", "sql", "commit", "after", "teardown"]
 
@@ -243,6 +261,8 @@ def load_corpus(path: Path = CORPUS_FILE) -> list[Case]:
                 raise ValueError(f"{where}: duplicate case {key!r}; give one an 'id'")
             seen.add(key)
             covers = frozenset(section_covers + _strings(entry.get("covers"), f"{where} covers"))
+            if stray := covers - MUST_BE_RIGHT.keys() - OTHER_TAGS:
+                raise ValueError(f"{where}: unknown covers tags {sorted(stray)}")
             by_reasoning = entry.get("by_reasoning")
             reasoned: dict[str, Any] = {}
             if by_reasoning is not None:
