@@ -495,7 +495,12 @@ class LocalCluster:
         return Path(tempfile.gettempdir()) / f"pooler-sock-{digest}"
 
     def __enter__(self) -> LocalCluster:
-        self.start()
+        try:
+            self.start()
+        except BaseException:
+            # __exit__ does not run when __enter__ fails: stop what did start.
+            self.stop()
+            raise
         return self
 
     def __exit__(
@@ -683,8 +688,10 @@ class LocalCluster:
                 f" (SELECT FROM pg_database WHERE datname = {_sql_literal(db)})\n\\gexec\n"
             )
         for node in self.standbys:
+            # Reserve WAL now: two base backups run at once, and the checkpoint of one
+            # would otherwise recycle WAL the other still has to stream.
             script.append(
-                f"SELECT pg_create_physical_replication_slot({_sql_literal(node.name)})"
+                f"SELECT pg_create_physical_replication_slot({_sql_literal(node.name)}, true)"
                 f" WHERE NOT EXISTS (SELECT FROM pg_replication_slots"
                 f" WHERE slot_name = {_sql_literal(node.name)});\n"
             )

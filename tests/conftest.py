@@ -152,11 +152,16 @@ def start_pooler(
         started.append(pooler)
         deadline = time.monotonic() + POOLER_START_TIMEOUT
         while not _accepts_connections(pooler.host, port):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                status = pooler.stop(signal.SIGKILL)
+            if proc.poll() is not None:
                 raise RuntimeError(
-                    f"pooler did not listen on port {port} within {POOLER_START_TIMEOUT:.0f} s"
-                    f" (exit status {status}); its output:\n{pooler.log_text()}"
+                    f"pooler exited with status {proc.returncode} before listening on port"
+                    f" {port}; its output:\n{pooler.log_text()}"
+                )
+            if time.monotonic() > deadline:
+                pooler.stop(signal.SIGKILL)
+                raise RuntimeError(
+                    f"pooler did not listen on port {port} within {POOLER_START_TIMEOUT:.0f} s;"
+                    f" its output:\n{pooler.log_text()}"
                 )
             time.sleep(0.05)
         return pooler
