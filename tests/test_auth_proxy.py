@@ -10,6 +10,8 @@ import pytest
 from pooler.localcluster import LocalCluster
 from pooler.protocol.scram import ScramSecret
 
+FAILED = 'password authentication failed for user "{}"'
+
 
 def _authid(cluster: LocalCluster, role: str) -> str:
     with psycopg.connect(cluster.primary.dsn()) as conn:
@@ -54,13 +56,9 @@ def test_secret_the_backend_does_not_hold_is_a_clear_error_at_connect(
 def test_md5_clients(start_pooler: Any) -> None:
     pooler = start_pooler(auth={"method": "md5"})
     assert _whoami(pooler.dsn()) == ("app", "app")
-    with pytest.raises(
-        psycopg.OperationalError, match='password authentication failed for user "app"'
-    ):
+    with pytest.raises(psycopg.OperationalError, match=FAILED.format("app")):
         psycopg.connect(pooler.dsn(password="wrong"))
-    with pytest.raises(
-        psycopg.OperationalError, match='password authentication failed for user "x"'
-    ):
+    with pytest.raises(psycopg.OperationalError, match=FAILED.format("x")):
         psycopg.connect(pooler.dsn(user="x"))
 
 
@@ -87,7 +85,5 @@ def test_trust_needs_no_password_but_a_known_user(start_pooler: Any) -> None:
 def test_backend_password_mismatch_is_the_backends_error(start_pooler: Any) -> None:
     """A configured password the backend refuses: the client hears PostgreSQL's FATAL."""
     pooler = start_pooler(users={"app": "not-the-real-one", "postgres": "postgres"})
-    with pytest.raises(
-        psycopg.OperationalError, match='password authentication failed for user "app"'
-    ):
+    with pytest.raises(psycopg.OperationalError, match=FAILED.format("app")):
         psycopg.connect(pooler.dsn(password="not-the-real-one"))
