@@ -322,6 +322,22 @@ def test_statements_that_spoil_a_standby_session_keep_reads_off_it(
     )
 
 
+def test_what_only_a_standby_runs_goes_to_the_primary(verdicts: dict[str, Verdict]) -> None:
+    """pg_promote and pg_wal_replay_pause run only on a standby: route them write.
+
+    Sent to whichever standby the balancer picks they would promote or pause it; sent to
+    the primary they fail with PostgreSQL's own error, which is the client's to handle.
+    """
+    wrong = [
+        _line(case, verdicts[case.key])
+        for case in corpus()
+        if not node_label(case, "primary")["ok"]
+        and node_label(case, "standby")["ok"]
+        and verdicts[case.key].route != "write"
+    ]
+    assert not wrong, "standby-only statements not routed to the primary:\n" + "\n".join(wrong)
+
+
 # -- 4. the labels still hold --------------------------------------------------------------
 
 
