@@ -176,3 +176,17 @@ def test_idle_timeout_closes_server_connections(cluster: LocalCluster, start_poo
             time.sleep(0.2)
         else:
             pytest.fail("the idle server connection was not closed after idle_timeout")
+
+
+def test_idle_server_terminated_by_an_administrator_is_replaced(
+    cluster: LocalCluster, start_pooler: Any
+) -> None:
+    pooler = start_pooler(pool={"size": 1})
+    with psycopg.connect(pooler.dsn()) as conn:
+        pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]  # type: ignore[index]
+    with psycopg.connect(cluster.primary.dsn(), autocommit=True) as direct:
+        direct.execute("SELECT pg_terminate_backend(%s)", [pid])
+    time.sleep(0.3)
+    with psycopg.connect(pooler.dsn()) as conn:
+        row = conn.execute("SELECT pg_backend_pid()").fetchone()
+    assert row is not None and row[0] != pid

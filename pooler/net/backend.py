@@ -132,7 +132,8 @@ class ServerConnection(asyncio.Protocol):
             # An idle server speaks only to say it is going away (an administrator's
             # pg_terminate_backend, a shutdown); it is of no further use.
             log.info("idle server %s pid %d spoke; closing it", self.address, self.pid)
-            self.close()
+            if self.pool is None or not self.pool.remove_idle(self):
+                self.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         previous = self.mode
