@@ -58,6 +58,8 @@ _NODE_CONF = "pooler_node.conf"
 # sun_path holds 108 bytes including the terminating NUL.
 _SOCKET_PATH_MAX = 107
 _LOG_TAIL_LINES = 15
+_RAM_DIR = "/dev/shm"
+_RAM_DIR_MIN_FREE = 2 * 1024**3
 
 DEFAULT_SETTINGS: Mapping[str, str] = {
     "listen_addresses": "127.0.0.1",
@@ -210,8 +212,17 @@ def server_can_reach(path: Path | str) -> bool:
 
 
 def server_tempdir(prefix: str = "pooler-") -> Path:
-    """A new empty directory the servers can use (mode 0755); the caller removes it."""
-    path = Path(tempfile.mkdtemp(prefix=prefix))
+    """A new empty directory the servers can use (mode 0755); the caller removes it.
+
+    In /dev/shm when it has room: a cluster is some 3,000 small files, and creating them
+    on the disk of our 2-core test VM took 3 of the 4 seconds a cluster needed in /tmp.
+    """
+    parent = None
+    with contextlib.suppress(OSError):
+        # Docker gives containers a 64 MB /dev/shm: too small for a few clusters.
+        if shutil.disk_usage(_RAM_DIR).free >= _RAM_DIR_MIN_FREE:
+            parent = _RAM_DIR
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
     path.chmod(0o755)
     return path
 
