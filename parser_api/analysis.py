@@ -1,0 +1,1031 @@
+"""What the grammar alone says about a text: the same for every session, hence cacheable.
+
+The text is parsed once with ``pglast.parser.parse_sql_json`` (libpg_query's fast form:
+no Python AST objects) and the JSON tree is walked here. The result, `Analysis`, still
+holds the questions only a session can answer (is ``f`` volatile? is ``t`` temporary?
+what is prepared statement ``q``?); `parser_api.classify` answers them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any, Literal, NamedTuple
+
+import pglast.parser
+
+from parser_api import builtin_functions as builtins
+from parser_api._plpgsql import do_block_statements
+from parser_api._text import byte_to_char, strip_span
+from parser_api.catalog import Volatility, builtin_volatility
+from parser_api.errors import ParseError, from_pglast
+from parser_api.model import (
+    Dependency,
+    EffectKind,
+    Route,
+    SessionEffect,
+    TransactionControl,
+)
+
+Node = dict[str, Any]
+
+_NOT_PLAIN = "not a plain read"
+_NO_QUERY_CACHE = "NO QUERY CACHE"
+_NO_LOAD_BALANCE = "NO LOAD BALANCE"
+_CURSOR_OPT_HOLD = 0x20  # parsenodes.h; pglast.enums.CURSOR_OPT_HOLD
+_ROW_EXCLUSIVE_LOCK = 3  # the strongest LOCK TABLE mode a hot standby grants
+_INV_READ = 0x40000  # libpq-fs.h: lo_open's read-only mode
+_SERIALIZABLE = "serializable"
+_TIME_WORDS = frozenset({"now", "today", "tomorrow", "yesterday"})
+_DATETIME_TYPES = frozenset({"date", "time", "timetz", "timestamp", "timestamptz"})
+_SYSTEM_SCHEMAS = frozenset({"pg_catalog", "information_schema", "pg_toast"})
+_TRANSACTION_PARAMETERS = frozenset(
+    {"transaction_isolation", "transaction_read_only", "transaction_deferrable"}
+)
+_KINDS = {
+    "SelectStmt": "select",
+    "InsertStmt": "insert",
+    "UpdateStmt": "update",
+    "DeleteStmt": "delete",
+    "MergeStmt": "merge",
+    "CopyStmt": "copy",
+    "ExplainStmt": "explain",
+    "TransactionStmt": "transaction",
+}
+# Only these kinds can get a constant_free_key: pglast's normalize also turns keywords
+# and names of utility statements into $n (SET ROLE $1, DO $1).
+_KEYED_KINDS = frozenset({"select", "insert", "update", "delete", "merge"})
+# Functions whose constant arguments the classification reads.
+_CONSTANT_SENSITIVE = frozenset({"set_config", "lo_open"})
+
+
+class Relation(NamedTuple):
+    """A relation as the text names it (``schema`` None when unqualified)."""
+
+    schema: str | None
+    name: str
+
+    @property
+    def display(self) -> str:
+        """The name as written: ``schema.name`` or ``name``."""
+        return self.name if self.schema is None else f"{self.schema}.{self.name}"
+
+    @property
+    def is_system(self) -> bool:
+        """A system catalog: schema pg_catalog and friends, or an unqualified pg_ name
+        (pg_catalog comes first in every search_path unless placed otherwise)."""
+        if self.schema is None:
+            return self.name.startswith("pg_")
+        return self.schema in _SYSTEM_SCHEMAS
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What one function call means for the route, the result cache and the session."""
+
+    route: Route
+    uncacheable: str | None = None
+    effects: tuple[SessionEffect, ...] = ()
+
+
+_READS = Verdict(Route.READ)
+
+# Which question a session's catalog may answer for a call: "volatility" for a function
+# the library does not know, "read_only" for a VOLATILE built-in the caller may vouch for.
+CatalogQuestion = Literal["volatility", "read_only"]
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One function call in the text, with the verdict the grammar alone gives it."""
+
+    schema: str | None
+    name: str
+    nargs: int
+    display: str
+    verdict: Verdict
+    ask: CatalogQuestion | None
+
+
+@dataclass(frozen=True, slots=True)
+class StatementFacts:
+    """One statement as the grammar sees it; `parser_api.classify` resolves the rest.
+
+    ``route`` is the floor the statement type sets; relations (temporary, unlogged),
+    and calls only when ``executes``, can only raise it (EXPLAIN without ANALYZE and
+    DDL name functions without running them). ``dependency_use`` says what the prepared
+    statement or cursor named contributes: all its facts (``merge``: EXECUTE, FETCH,
+    MOVE), its route (``route``: CLOSE) or only its existence (``exists``).
+    """
+
+    kind: str
+    start: int
+    end: int
+    route: Route
+    calls: tuple[Call, ...] = ()
+    reads: tuple[Relation, ...] = ()
+    writes: tuple[Relation, ...] = ()
+    executes: bool = True
+    locks_rows: bool = False
+    effects: tuple[SessionEffect, ...] = ()
+    transaction: TransactionControl | None = None
+    depends_on: Dependency | None = None
+    dependency_use: Literal["merge", "route", "exists"] = "merge"
+    name: str | None = None
+    body: Analysis | None = None
+    uncacheable: str | None = None
+    keyless: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Analysis:
+    """Everything the grammar says about one text."""
+
+    statements: tuple[StatementFacts, ...]
+    fingerprint: str
+    constant_free_key: str | None
+    no_cache_hint: bool
+    """/*NO QUERY CACHE*/: the client asks that no result of this text be cached."""
+    primary_hint: bool
+    """/*NO LOAD BALANCE*/: the client asks for the primary (pgpool-II's meaning)."""
+    text_length: int
+    asks_catalog: bool
+    has_dependencies: bool
+
+
+def analyze(sql: str, normalized: str | None = None, base: int = 0) -> Analysis:
+    """Parse ``sql`` once and say what its grammar alone decides.
+
+    ``normalized`` is ``pglast.parser.normalize(sql)`` when the caller already has it;
+    ``base`` shifts every offset (for a PREPARE or DECLARE body inside a larger text).
+    Raises `parser_api.ParseError`.
+    """
+    try:
+        tree = json.loads(pglast.parser.parse_sql_json(sql))
+        fingerprint = pglast.parser.fingerprint(sql)
+    except pglast.parser.ParseError as error:
+        raise from_pglast(error, sql) from None
+    to_char = byte_to_char(sql)
+    statements: list[StatementFacts] = []
+    for raw in tree.get("stmts", ()):
+        location = raw.get("stmt_location", 0)
+        length = raw.get("stmt_len", 0)
+        end = to_char(location + length) if length else len(sql)
+        start, end = strip_span(sql, to_char(location), end)
+        statements.append(_statement(raw["stmt"], _Context(sql, start, end, base)))
+    key = None
+    if statements and all(s.kind in _KEYED_KINDS and not s.keyless for s in statements):
+        key = pglast.parser.normalize(sql) if normalized is None else normalized
+    hints = _hints(sql)
+    return Analysis(
+        statements=tuple(statements),
+        fingerprint=fingerprint,
+        constant_free_key=key,
+        no_cache_hint=_NO_QUERY_CACHE in hints,
+        primary_hint=_NO_LOAD_BALANCE in hints,
+        text_length=len(sql),
+        asks_catalog=any(_asks_catalog(s) for s in statements),
+        has_dependencies=any(s.depends_on is not None for s in statements),
+    )
+
+
+def relocate(analysis: Analysis, sql: str) -> Analysis:
+    """The same analysis for another text with the same constant_free_key.
+
+    Only constants differ, and none stands before a statement or after its end, so one
+    statement keeps its start and its distance to the end of the text; several are
+    found again by pglast's split (which parses).
+    """
+    if len(analysis.statements) == 1:
+        facts = analysis.statements[0]
+        spans = [(facts.start, len(sql) - (analysis.text_length - facts.end))]
+    else:
+        try:
+            slices = pglast.parser.split(sql, only_slices=True)
+        except pglast.parser.ParseError as error:
+            raise from_pglast(error, sql) from None
+        spans = [(piece.start, piece.stop) for piece in slices]
+    statements = tuple(
+        replace(facts, start=start, end=end)
+        for facts, (start, end) in zip(analysis.statements, spans, strict=True)
+    )
+    return replace(analysis, statements=statements, text_length=len(sql))
+
+
+def _asks_catalog(facts: StatementFacts) -> bool:
+    if facts.reads or facts.writes or any(call.ask for call in facts.calls):
+        return True
+    return facts.body is not None and facts.body.asks_catalog
+
+
+def _hints(sql: str) -> frozenset[str]:
+    """pgpool-II's hints: /* ... */ comments, upper-cased; never text in a string."""
+    if "/*" not in sql:
+        return frozenset()
+    return frozenset(
+        sql[token.start + 2 : token.end - 1].strip().upper()
+        for token in pglast.parser.scan(sql)
+        if token.name == "C_COMMENT"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Context:
+    """Where the statement being analysed stands in its text."""
+
+    sql: str
+    local_start: int
+    local_end: int
+    base: int
+
+    @property
+    def start(self) -> int:
+        return self.local_start + self.base
+
+    @property
+    def end(self) -> int:
+        return self.local_end + self.base
+
+    def facts(self, kind: str, route: Route, **fields: Any) -> StatementFacts:
+        return StatementFacts(kind, self.start, self.end, route, **fields)
+
+
+def _kind(node_name: str) -> str:
+    return _KINDS.get(node_name) or f"utility:{node_name}"
+
+
+def _statement(node: Node, ctx: _Context) -> StatementFacts:
+    ((node_name, fields),) = node.items()
+    return _STATEMENTS.get(node_name, _utility)(node_name, fields, ctx)
+
+
+# --- the query walker -------------------------------------------------------------
+
+
+class _Walker:
+    """Collects what a query tree touches: relations, calls, row locks, writes."""
+
+    __slots__ = (
+        "_ctes",
+        "calls",
+        "effects",
+        "keyless",
+        "locks_rows",
+        "modifies",
+        "reads",
+        "time_reason",
+        "volatile_reason",
+        "writes",
+    )
+
+    def __init__(self) -> None:
+        self.reads: list[Relation] = []
+        self.writes: list[Relation] = []
+        self.calls: list[Call] = []
+        self.effects: list[SessionEffect] = []
+        self.locks_rows = False
+        self.modifies = False
+        self.keyless = False
+        self.time_reason: str | None = None
+        self.volatile_reason: str | None = None
+        # CTE names in scope: an unqualified relation of that name is no table.
+        self._ctes: list[str] = []
+
+    def walk(self, value: Any) -> None:
+        """Walk any JSON value: a node, a fields dict, a list, or a scalar (ignored)."""
+        if type(value) is dict:
+            self._fields(value)
+        elif type(value) is list:
+            self._list(value)
+
+    def _fields(self, fields: Node) -> None:
+        with_clause = fields.get("withClause")
+        mark = len(self._ctes)
+        if with_clause is not None:
+            self._with(with_clause)
+        for key, value in fields.items():
+            handler = _HANDLERS.get(key)
+            if handler is not None:
+                handler(self, value)
+            elif type(value) is dict:
+                self._fields(value)
+            elif type(value) is list:
+                self._list(value)
+        if with_clause is not None:
+            del self._ctes[mark:]
+
+    def _list(self, items: list[Any]) -> None:
+        for item in items:
+            if type(item) is dict:
+                self._fields(item)
+            elif type(item) is list:
+                self._list(item)
+
+    def _with(self, clause: Node) -> None:
+        ctes = [item["CommonTableExpr"] for item in clause.get("ctes", ())]
+        if clause.get("recursive"):
+            self._ctes.extend(cte["ctename"] for cte in ctes)
+            for cte in ctes:
+                self.walk(cte.get("ctequery"))
+        else:
+            # A plain WITH list sees only the CTEs before it.
+            for cte in ctes:
+                self.walk(cte.get("ctequery"))
+                self._ctes.append(cte["ctename"])
+
+    def _skip(self, value: Any) -> None:
+        """Nothing to find below (column references, type names, names)."""
+
+    def _range_var(self, fields: Node) -> None:
+        if "schemaname" not in fields and fields["relname"] in self._ctes:
+            return
+        self.reads.append(_relation(fields))
+
+    def _modify(self, fields: Node) -> None:
+        self.modifies = True
+        self.writes.append(_relation(fields["relation"]))
+        self._fields(fields)
+
+    def _locking(self, fields: Node) -> None:
+        self.locks_rows = True
+
+    def _into(self, clause: Node) -> None:
+        # SELECT INTO creates a table.
+        self.modifies = True
+        self.writes.append(_relation(clause["rel"]))
+        self.effects.extend(_temp_effect(clause["rel"]))
+
+    def _sample(self, fields: Node) -> None:
+        if "repeatable" not in fields and self.volatile_reason is None:
+            self.volatile_reason = "TABLESAMPLE without REPEATABLE"
+        self._fields(fields)
+
+    def _vacuum_relation(self, fields: Node) -> None:
+        relation = fields.get("relation")
+        if relation is not None:
+            self.reads.append(_relation(relation))
+
+    def func_call(self, fields: Node) -> None:
+        call = _call(fields)
+        self.calls.append(call)
+        if call.name in _CONSTANT_SENSITIVE:
+            self.keyless = True
+        self._fields(fields)
+
+    def _value_function(self, fields: Node) -> None:
+        name = _VALUE_FUNCTIONS[fields["op"]]
+        if name in _TIME_VALUE_FUNCTIONS:
+            verdict = Verdict(Route.READ, f"time-dependent function {name}")
+        else:
+            verdict = _READS
+        self.calls.append(Call(None, name, 0, name, verdict, None))
+
+    def _type_cast(self, fields: Node) -> None:
+        names = fields.get("typeName", {}).get("names", ())
+        if names and names[-1].get("String", {}).get("sval") in _DATETIME_TYPES:
+            # '...'::timestamp may be 'now': a constant decides the classification.
+            self.keyless = True
+        self.walk(fields.get("arg"))
+
+    def _constant(self, fields: Node) -> None:
+        value = fields.get("sval")
+        if value is not None and value.get("sval", "").strip().lower() in _TIME_WORDS:
+            self.keyless = True
+            if self.time_reason is None:
+                self.time_reason = f"time-dependent value '{value['sval']}'"
+
+    def facts(
+        self,
+        kind: str,
+        ctx: _Context,
+        route: Route,
+        **fields: Any,
+    ) -> StatementFacts:
+        """The statement's facts from what the walk found, ``route`` as the floor."""
+        if self.modifies or self.locks_rows:
+            route = Route.WRITE
+        fields.setdefault("uncacheable", self._reason(kind))
+        return ctx.facts(
+            kind,
+            route,
+            calls=tuple(self.calls),
+            reads=tuple(self.reads),
+            writes=tuple(self.writes),
+            locks_rows=self.locks_rows,
+            effects=tuple(self.effects),
+            keyless=self.keyless,
+            **fields,
+        )
+
+    def _reason(self, kind: str) -> str | None:
+        if kind != "select" or self.modifies:
+            return _NOT_PLAIN
+        if self.locks_rows:
+            return "row locks"
+        if self.volatile_reason is not None:
+            return self.volatile_reason
+        if self.time_reason is not None:
+            return self.time_reason
+        for relation in self.reads:
+            if relation.is_system:
+                return f"system catalog {relation.display}"
+        return None
+
+
+_HANDLERS: dict[str, Callable[[_Walker, Any], None]] = {
+    "RangeVar": _Walker._range_var,
+    "InsertStmt": _Walker._modify,
+    "UpdateStmt": _Walker._modify,
+    "DeleteStmt": _Walker._modify,
+    "MergeStmt": _Walker._modify,
+    "LockingClause": _Walker._locking,
+    "intoClause": _Walker._into,
+    "RangeTableSample": _Walker._sample,
+    "VacuumRelation": _Walker._vacuum_relation,
+    "FuncCall": _Walker.func_call,
+    "SQLValueFunction": _Walker._value_function,
+    "TypeCast": _Walker._type_cast,
+    "A_Const": _Walker._constant,
+    "withClause": _Walker._skip,  # walked first, by _fields, to scope the CTE names
+    "ColumnRef": _Walker._skip,
+    "TypeName": _Walker._skip,
+    "funcname": _Walker._skip,
+    "String": _Walker._skip,
+}
+
+_VALUE_FUNCTIONS = {
+    "SVFOP_CURRENT_DATE": "current_date",
+    "SVFOP_CURRENT_TIME": "current_time",
+    "SVFOP_CURRENT_TIME_N": "current_time",
+    "SVFOP_CURRENT_TIMESTAMP": "current_timestamp",
+    "SVFOP_CURRENT_TIMESTAMP_N": "current_timestamp",
+    "SVFOP_LOCALTIME": "localtime",
+    "SVFOP_LOCALTIME_N": "localtime",
+    "SVFOP_LOCALTIMESTAMP": "localtimestamp",
+    "SVFOP_LOCALTIMESTAMP_N": "localtimestamp",
+    "SVFOP_CURRENT_ROLE": "current_role",
+    "SVFOP_CURRENT_USER": "current_user",
+    "SVFOP_USER": "user",
+    "SVFOP_SESSION_USER": "session_user",
+    "SVFOP_CURRENT_CATALOG": "current_catalog",
+    "SVFOP_CURRENT_SCHEMA": "current_schema",
+}
+_TIME_VALUE_FUNCTIONS = frozenset(
+    {"current_date", "current_time", "current_timestamp", "localtime", "localtimestamp"}
+)
+
+
+def _relation(fields: Node) -> Relation:
+    schema = fields.get("schemaname")
+    catalog = fields.get("catalogname")
+    if catalog is not None:
+        schema = f"{catalog}.{schema}"
+    return Relation(schema, fields["relname"])
+
+
+def _temp_effect(fields: Node) -> tuple[SessionEffect, ...]:
+    if fields.get("relpersistence") == "t" or fields.get("schemaname") == "pg_temp":
+        return (SessionEffect(EffectKind.TEMP_OBJECT, _relation(fields).display),)
+    return ()
+
+
+# --- function calls ---------------------------------------------------------------
+
+
+def _call(fields: Node) -> Call:
+    names = [item["String"]["sval"] for item in fields["funcname"]]
+    name = names[-1]
+    schema = ".".join(names[:-1]) or None
+    if schema == "pg_catalog" and fields.get("funcformat") == "COERCE_SQL_SYNTAX":
+        # EXTRACT(...), x AT TIME ZONE y: the grammar added the schema, the text has none.
+        schema = None
+    args = fields.get("args", ())
+    display = name if schema is None else f"{schema}.{name}"
+    if schema is not None and schema != "pg_catalog":
+        return Call(schema, name, len(args), display, _unknown(display), "volatility")
+    verdict, ask = _builtin_verdict(name, display, args)
+    return Call(schema, name, len(args), display, verdict, ask)
+
+
+def _unknown(display: str) -> Verdict:
+    return Verdict(Route.WRITE, f"unknown function {display}")
+
+
+def _builtin_verdict(
+    name: str, display: str, args: list[Node]
+) -> tuple[Verdict, CatalogQuestion | None]:
+    if name == "set_config":
+        return _set_config(display, args), None
+    if name == "lo_open":
+        return _lo_open(display, args), None
+    if name == "setseed":
+        effect = SessionEffect(EffectKind.RANDOM_SEED)
+        return Verdict(Route.SESSION, f"volatile function {display}", (effect,)), None
+    if name in builtins.PRIMARY_ONLY:
+        effects: tuple[SessionEffect, ...] = ()
+        if name in builtins.SESSION_ADVISORY_LOCKS:
+            effects = (SessionEffect(EffectKind.ADVISORY_LOCK, name),)
+        elif name in builtins.SESSION_ADVISORY_UNLOCKS:
+            effects = (SessionEffect(EffectKind.ADVISORY_UNLOCK, name),)
+        return Verdict(Route.WRITE, f"volatile function {display}", effects), None
+    volatility = builtin_volatility(name, len(args))
+    if volatility is None:
+        return _unknown(display), "volatility"
+    if volatility is Volatility.VOLATILE:
+        if name in builtins.SIDE_EFFECT_FREE_VOLATILE:
+            return Verdict(Route.READ, f"volatile function {display}"), None
+        return Verdict(Route.WRITE, f"volatile function {display}"), "read_only"
+    if volatility is Volatility.STABLE:
+        if name in builtins.TIME_DEPENDENT:
+            return Verdict(Route.READ, f"time-dependent function {display}"), None
+        if name in builtins.STATE_DEPENDENT or name.startswith(
+            builtins.STATE_DEPENDENT_PREFIXES
+        ):
+            return Verdict(Route.READ, f"function {display} reads server state"), None
+    return _READS, None
+
+
+def _set_config(display: str, args: list[Node]) -> Verdict:
+    if len(args) != 3:
+        return _unknown(display)
+    name, value, local = (_constant_text(arg) for arg in args)
+    route, effects, _ = _parameter(
+        name.lower() if name is not None else None,
+        value,
+        _pg_bool(local) is True if local is not None else False,
+    )
+    return Verdict(route.stricter(Route.SESSION), f"volatile function {display}", effects)
+
+
+def _lo_open(display: str, args: list[Node]) -> Verdict:
+    # Opening for reading only (INV_READ) reads; any other mode is about to write.
+    mode = _constant_text(args[1]) if len(args) == 2 else None
+    route = Route.READ if mode == str(_INV_READ) else Route.WRITE
+    return Verdict(route, f"volatile function {display}")
+
+
+def _constant_text(node: Node) -> str | None:
+    """The text of a constant argument (through casts), None for anything computed."""
+    cast = node.get("TypeCast")
+    if cast is not None:
+        return _constant_text(cast.get("arg", {}))
+    const = node.get("A_Const")
+    if const is None:
+        return None
+    for key, default in (("sval", ""), ("fval", ""), ("ival", 0), ("boolval", False)):
+        if key in const:
+            value = const[key].get(key, default)
+            return str(value).lower() if key == "boolval" else str(value)
+    return None
+
+
+def _pg_bool(text: str | None) -> bool | None:
+    """PostgreSQL's parse_bool: on/off, true/false, yes/no, 1/0 and their prefixes."""
+    if text is None:
+        return None
+    value = text.strip().lower()
+    if value and ("true".startswith(value) or "yes".startswith(value)):
+        return True
+    if value and ("false".startswith(value) or "no".startswith(value)):
+        return False
+    return {"on": True, "1": True, "off": False, "of": False, "0": False}.get(value)
+
+
+# --- SET and transaction options --------------------------------------------------
+
+
+def _refused(control: TransactionControl) -> bool:
+    # A hot standby refuses serializable mode and read-write transactions.
+    return control.isolation == _SERIALIZABLE or control.read_only is False
+
+
+def _parameter(
+    setting: str | None, value: str | None, local: bool
+) -> tuple[Route, tuple[SessionEffect, ...], TransactionControl | None]:
+    """Route, effects and transaction control of setting one run-time parameter.
+
+    ``value`` None: the default (RESET, SET ... TO DEFAULT), or not known where
+    ``setting`` is None too (set_config with a computed name).
+    """
+    if setting is None:
+        # Could be transaction_read_only = off, which a standby refuses.
+        return Route.WRITE, () if local else (SessionEffect(EffectKind.SETTING),), None
+    if setting in _TRANSACTION_PARAMETERS:
+        # Options of the current transaction only: no session state survives it.
+        control = TransactionControl(
+            "set",
+            isolation=value.lower() if setting == "transaction_isolation" and value else None,
+            read_only=_pg_bool(value) if setting == "transaction_read_only" else None,
+            deferrable=_pg_bool(value) if setting == "transaction_deferrable" else None,
+        )
+        return (Route.WRITE if _refused(control) else Route.READ), (), control
+    if local:
+        return Route.SESSION, (), None
+    effects = [SessionEffect(EffectKind.SETTING, setting)]
+    if setting == "default_transaction_isolation" and (value or "").lower() == _SERIALIZABLE:
+        effects.append(SessionEffect(EffectKind.STANDBY_UNSAFE, setting))
+    return Route.SESSION, tuple(effects), None
+
+
+def _transaction_options(options: list[Node]) -> tuple[str | None, bool | None, bool | None]:
+    isolation = read_only = deferrable = None
+    for item in options:
+        option = item["DefElem"]
+        value = _constant_text(option.get("arg", {}))
+        if option["defname"] == "transaction_isolation":
+            isolation = value.lower() if value else None
+        elif option["defname"] == "transaction_read_only":
+            read_only = _pg_bool(value)
+        elif option["defname"] == "transaction_deferrable":
+            deferrable = _pg_bool(value)
+    return isolation, read_only, deferrable
+
+
+def _option_on(item: Node, name: str) -> bool:
+    """Whether a DefElem option list item turns option ``name`` on (EXPLAIN (ANALYZE))."""
+    option = item["DefElem"]
+    if option["defname"] != name:
+        return False
+    arg = option.get("arg")
+    if arg is None:
+        return True
+    for key, field, default in (
+        ("String", "sval", ""),
+        ("Boolean", "boolval", False),
+        ("Integer", "ival", 0),
+    ):
+        if key in arg:
+            return _pg_bool(str(arg[key].get(field, default))) is True
+    return True
+
+
+# --- statements -------------------------------------------------------------------
+
+
+def _query(node_name: str, fields: Node, ctx: _Context) -> StatementFacts:
+    walker = _Walker()
+    walker.walk({node_name: fields})
+    return walker.facts(_kind(node_name), ctx, Route.READ)
+
+
+def _explain(node_name: str, fields: Node, ctx: _Context) -> StatementFacts:
+    inner = _statement(fields["query"], ctx)
+    if any(_option_on(option, "analyze") for option in fields.get("options", ())):
+        return replace(inner, kind="explain", uncacheable=_NOT_PLAIN, name=None, body=None)
+    # Planned, not run: a standby explains anything, even an INSERT.
+    return replace(
+        inner,
+        kind="explain",
+        route=Route.READ,
+        executes=False,
+        reads=inner.reads + inner.writes,
+        writes=(),
+        locks_rows=False,
+        effects=(),
+        transaction=None,
+        dependency_use="exists",
+        name=None,
+        body=None,
+        uncacheable=_NOT_PLAIN,
+    )
+
+
+def _copy(node_name: str, fields: Node, ctx: _Context) -> StatementFacts:
+    query = fields.get("query")
+    if query is not None:
+        return replace(_statement(query, ctx), kind="copy", uncacheable=_NOT_PLAIN)
+    walker = _Walker()
+    relation = _relation(fields["relation"])
+    walker.walk(fields.get("whereClause"))
+    if fields.get("is_from"):
+        walker.writes.append(relation)
+        return walker.facts("copy", ctx, Route.WRITE)
+    walker.reads.append(relation)
+    return walker.facts("copy", ctx, Route.READ)
+
+
+def _create_table_as(node_name: str, fields: Node, ctx: _Context) -> StatementFacts:
+    inner = _statement(fields["query"], ctx)
+    target = fields["into"]["rel"]
+    return replace(
+        inner,
+        kind=_kind(node_name),
+        route=Route.WRITE,
+        writes=(*inner.writes, _relation(target)),
+        effects=inner.effects + _temp_effect(target),
+        uncacheable=_NOT_PLAIN,
+    )
+
+
+def _view(node_name: str, fields: Node, ctx: _Context) -> StatementFacts:
+    walker = _Walker()
+    walker.walk(fields.get("query"))
+    walker.writes.append(_relation(fields["view"]))
+    walker.effects.extend(_temp_effect(fields["view"]))
+    return walker.facts(_kind(node_name), ctx, Route.WRITE)
+
+
+def _body(ctx: _Context, after: str, keyword: str) -> Analysis:
+    """Analyse the query of PREPARE (after AS) or DECLARE (after CURSOR ... FOR)."""
+    text = ctx.sql[ctx.local_start : ctx.local_end]
+    seen = not after
+    for token in pglast.parser.scan(text):
+        if seen and token.name == keyword:
+            rest = text[token.end + 1 :]
+            start = len(text) - len(rest.lstrip())
+            return analyze(text[start:], base=ctx.start + start)
+        seen = seen or token.name == after
+    raise AssertionError(f"no {keyword} in a statement pglast parsed: {text!r}")
+
+
+def _prepare(node_name: str, fields: Node, ctx: _Context) -> StatementFacts:
+    name = fields["name"]
+    return ctx.facts(
+        _kind(node_name),
+        Route.SESSION,
+        effects=(SessionEffect(EffectKind.PREPARE, name),),
+        name=name,
+        body=_body(ctx, "", "AS"),
+        uncacheable=_NOT_PLAIN,
+    )
+
+
+def _declare(node_name: str, fields: Node, ctx: _Context) -> StatementFacts:
+    name = fields["portalname"]
+    body = _body(ctx, "CURSOR", "FOR")
+    (query,) = body.statements
+    route, effects = Route.READ, query.effects
+    if fields.get("options", 0) & _CURSOR_OPT_HOLD:
+        route, effects = Route.SESSION, (*effects, SessionEffect(EffectKind.HOLD_CURSOR, name))
+    return replace(
+        query,
+        kind=_kind(node_name),
+        start=ctx.start,
+        end=ctx.end,
+        route=query.route.stricter(route),
+        effects=effects,
+        name=name,
+        body=body,
+        uncacheable=_NOT_PLAIN,
+    )
+
+
+def _execute(node_name: str, fields: Node, ctx: _Context) -> StatementFacts:
+    walker = _Walker()
+    walker.walk(fields.get("params"))
+    name = fields["name"]
+    return walker.facts(
+        _kind(node_name),
+        ctx,
+        Route.READ,
+        depends_on=Dependency("prepared", name),
+        uncacheable=f"depends on prepared statement {name}",
+    )
+
+
+def _fetch(node_name: str, fields: Node, ctx: _Context) -> StatementFacts:
+    name = fields["portalname"]
+    return ctx.facts(
+        _kind(node_name),
+        Route.READ,
+        depends_on=Dependency("cursor", name),
+        uncacheable=f"depends on cursor {name}",
+    )
+
+
+def _close(node_name: str, fields: Node, ctx: _Context) -> StatementFacts:
+    name = fields.get("portalname")
+    effects = (SessionEffect(EffectKind.CLOSE_CURSOR, name),)
+    if name is None:
+        return ctx.facts(_kind(node_name), Route.SESSION, effects=effects, uncacheable=_NOT_PLAIN)
+    return ctx.facts(
+        _kind(node_name),
+        Route.READ,
+        effects=effects,
+        depends_on=Dependency("cursor", name),
+        dependency_use="route",
+        uncacheable=_NOT_PLAIN,
+    )
+
+
+def _session(kind: EffectKind, name: str | None) -> Callable[..., StatementFacts]:
+    """A statement that leaves one kind of session state and every node accepts."""
+
+    def handler(node_name: str, fields: Node, ctx: _Context) -> StatementFacts:
+        effect = SessionEffect(kind, fields.get(name) if name else None)
+        return ctx.facts(_kind(node_name), Route.SESSION, effects=(effect,), uncacheable=_NOT_PLAIN)
+
+    return handler
+
+
+def _deallocate(node_name: str, fields: Node, ctx: _Context) -> StatementFacts:
+    effect = SessionEffect(EffectKind.DEALLOCATE, None if fields.get("isall") else fields["name"])
+    return ctx.facts(_kind(node_name), Route.SESSION, effects=(effect,), uncacheable=_NOT_PLAIN)
+
+
+def _discard(node_name: str, fields: Node, ctx: _Context) -> StatementFacts:
+    what = fields["target"].removeprefix("DISCARD_").lower()
+    effect = SessionEffect(EffectKind.DISCARD, what)
+    return ctx.facts(_kind(node_name), Route.SESSION, effects=(effect,), uncacheable=_NOT_PLAIN)
+
+
+def _listen(node_name: str, fields: Node, ctx: _Context) -> StatementFacts:
+    # A standby refuses LISTEN, and NOTIFY only ever happens on the primary.
+    effect = SessionEffect(EffectKind.LISTEN, fields["conditionname"])
+    return ctx.facts(_kind(node_name), Route.WRITE, effects=(effect,), uncacheable=_NOT_PLAIN)
+
+
+_TRANSACTION_ACTIONS = {
+    "TRANS_STMT_BEGIN": "begin",
+    "TRANS_STMT_START": "begin",
+    "TRANS_STMT_COMMIT": "commit",
+    "TRANS_STMT_ROLLBACK": "rollback",
+    "TRANS_STMT_SAVEPOINT": "savepoint",
+    "TRANS_STMT_RELEASE": "release",
+    "TRANS_STMT_ROLLBACK_TO": "rollback_to",
+    "TRANS_STMT_PREPARE": "prepare",
+    "TRANS_STMT_COMMIT_PREPARED": "commit_prepared",
+    "TRANS_STMT_ROLLBACK_PREPARED": "rollback_prepared",
+}
+# Two-phase commit: a standby refuses all of it.
+_PRIMARY_ACTIONS = frozenset({"prepare", "commit_prepared", "rollback_prepared"})
+
+
+def _transaction(node_name: str, fields: Node, ctx: _Context) -> StatementFacts:
+    action = _TRANSACTION_ACTIONS[fields["kind"]]
+    isolation, read_only, deferrable = _transaction_options(fields.get("options", ()))
+    control = TransactionControl(
+        action,
+        isolation=isolation,
+        read_only=read_only,
+        deferrable=deferrable,
+        chain=bool(fields.get("chain")),
+        name=fields.get("savepoint_name") or fields.get("gid"),
+    )
+    refused = action in _PRIMARY_ACTIONS or _refused(control)
+    return ctx.facts(
+        "transaction",
+        Route.WRITE if refused else Route.READ,
+        transaction=control,
+        uncacheable=_NOT_PLAIN,
+    )
+
+
+def _set(node_name: str, fields: Node, ctx: _Context) -> StatementFacts:
+    kind = _kind(node_name)
+    set_kind = fields["kind"]
+    target = fields.get("name", "")
+    args = fields.get("args", ())
+    if set_kind == "VAR_RESET_ALL":
+        effect = SessionEffect(EffectKind.RESET_ALL)
+        return ctx.facts(kind, Route.SESSION, effects=(effect,), uncacheable=_NOT_PLAIN)
+    if set_kind == "VAR_SET_MULTI" and target == "SESSION CHARACTERISTICS":
+        return _session_characteristics(kind, args, ctx)
+    if set_kind == "VAR_SET_MULTI":
+        # SET TRANSACTION ... and SET TRANSACTION SNAPSHOT '...'
+        isolation, read_only, deferrable = _transaction_options(
+            [arg for arg in args if "DefElem" in arg]
+        )
+        snapshot = _constant_text(args[0]) if target == "TRANSACTION SNAPSHOT" else None
+        options = TransactionControl(
+            "set", isolation=isolation, read_only=read_only, deferrable=deferrable, name=snapshot
+        )
+        # A snapshot is imported on the node that exported it, and pg_export_snapshot
+        # runs on the primary.
+        refused = snapshot is not None or _refused(options)
+        route = Route.WRITE if refused else Route.READ
+        return ctx.facts(kind, route, transaction=options, uncacheable=_NOT_PLAIN)
+    value = _constant_text(args[0]) if set_kind == "VAR_SET_VALUE" and args else None
+    route, effects, control = _parameter(target.lower(), value, bool(fields.get("is_local")))
+    return ctx.facts(kind, route, effects=effects, transaction=control, uncacheable=_NOT_PLAIN)
+
+
+def _session_characteristics(kind: str, args: list[Node], ctx: _Context) -> StatementFacts:
+    # Defaults for later transactions: harmless on a standby, except serializable.
+    isolation, _, _ = _transaction_options(args)
+    effects = [
+        SessionEffect(EffectKind.SETTING, "default_" + arg["DefElem"]["defname"]) for arg in args
+    ]
+    if isolation == _SERIALIZABLE:
+        effects.append(
+            SessionEffect(EffectKind.STANDBY_UNSAFE, "default_transaction_isolation")
+        )
+    return ctx.facts(kind, Route.SESSION, effects=tuple(effects), uncacheable=_NOT_PLAIN)
+
+
+def _lock(node_name: str, fields: Node, ctx: _Context) -> StatementFacts:
+    walker = _Walker()
+    walker.walk(fields.get("relations"))
+    # A hot standby grants ACCESS SHARE, ROW SHARE and ROW EXCLUSIVE only.
+    weak = fields.get("mode", 0) <= _ROW_EXCLUSIVE_LOCK
+    return walker.facts(_kind(node_name), ctx, Route.READ if weak else Route.WRITE)
+
+
+def _fixed(route: Route) -> Callable[..., StatementFacts]:
+    """A statement whose route its type alone decides, with no state left behind."""
+
+    def handler(node_name: str, fields: Node, ctx: _Context) -> StatementFacts:
+        return ctx.facts(_kind(node_name), route, uncacheable=_NOT_PLAIN)
+
+    return handler
+
+
+def _call_statement(node_name: str, fields: Node, ctx: _Context) -> StatementFacts:
+    # CALL: the procedure's verdict decides, as a function's would.
+    walker = _Walker()
+    walker.func_call(fields["funccall"])
+    return walker.facts(_kind(node_name), ctx, Route.READ)
+
+
+_DROPPED_RELATIONS = frozenset(
+    {"OBJECT_TABLE", "OBJECT_VIEW", "OBJECT_MATVIEW", "OBJECT_FOREIGN_TABLE", "OBJECT_SEQUENCE"}
+)
+
+
+def _utility(node_name: str, fields: Node, ctx: _Context) -> StatementFacts:
+    """Any other statement: DDL, maintenance, DO, ...: the primary's, naming what it
+    creates, alters or drops as written."""
+    walker = _Walker()
+    walker.walk(fields)
+    written = [*walker.writes, *walker.reads]
+    for key in ("relation", "sequence"):
+        target = fields.get(key)
+        if type(target) is dict and "relname" in target:
+            written.insert(0, _relation(target))
+            walker.effects.extend(_temp_effect(target))
+    if node_name == "DropStmt" and fields.get("removeType") in _DROPPED_RELATIONS:
+        for item in fields.get("objects", ()):
+            names = [part["String"]["sval"] for part in item["List"]["items"]]
+            written.append(Relation(".".join(names[:-1]) or None, names[-1]))
+    if node_name == "CreateFunctionStmt":
+        names = [part["String"]["sval"] for part in fields["funcname"]]
+        if names[0] == "pg_temp":
+            walker.effects.append(SessionEffect(EffectKind.TEMP_OBJECT, ".".join(names)))
+    walker.reads.clear()
+    walker.writes[:] = written
+    # Expressions in DDL (column defaults, index predicates) are stored, not run now.
+    return walker.facts(_kind(node_name), ctx, Route.WRITE, executes=False)
+
+
+def _do(node_name: str, fields: Node, ctx: _Context) -> StatementFacts:
+    """DO: what the PL/pgSQL body runs, when it says (no dynamic SQL); else a write."""
+    options = {
+        item["DefElem"]["defname"]: item["DefElem"]["arg"]["String"]["sval"]
+        for item in fields["args"]
+    }
+    texts = None
+    if options.get("language", "plpgsql").lower() == "plpgsql":
+        texts = do_block_statements(options["as"])
+    if texts is None:
+        return ctx.facts(_kind(node_name), Route.WRITE, uncacheable=_NOT_PLAIN)
+    parts: list[StatementFacts] = []
+    for text in texts:
+        try:
+            parts.extend(analyze(text).statements)
+        except ParseError:
+            # PostgreSQL would reject the block at run time, on any node.
+            return ctx.facts(_kind(node_name), Route.WRITE, uncacheable=_NOT_PLAIN)
+    route = Route.READ
+    for part in parts:
+        route = route.stricter(part.route)
+    return ctx.facts(
+        _kind(node_name),
+        route,
+        calls=tuple(call for part in parts if part.executes for call in part.calls),
+        reads=tuple(relation for part in parts for relation in part.reads),
+        writes=tuple(relation for part in parts for relation in part.writes),
+        locks_rows=any(part.locks_rows for part in parts),
+        effects=tuple(effect for part in parts for effect in part.effects),
+        uncacheable=_NOT_PLAIN,
+    )
+
+
+_STATEMENTS: dict[str, Callable[[str, Node, _Context], StatementFacts]] = {
+    "DoStmt": _do,
+    "SelectStmt": _query,
+    "InsertStmt": _query,
+    "UpdateStmt": _query,
+    "DeleteStmt": _query,
+    "MergeStmt": _query,
+    "ExplainStmt": _explain,
+    "CopyStmt": _copy,
+    "CreateTableAsStmt": _create_table_as,
+    "ViewStmt": _view,
+    "PrepareStmt": _prepare,
+    "DeclareCursorStmt": _declare,
+    "ExecuteStmt": _execute,
+    "FetchStmt": _fetch,
+    "ClosePortalStmt": _close,
+    "DeallocateStmt": _deallocate,
+    "DiscardStmt": _discard,
+    "ListenStmt": _listen,
+    "UnlistenStmt": _session(EffectKind.UNLISTEN, "conditionname"),
+    "LoadStmt": _session(EffectKind.LOAD, "filename"),
+    "TransactionStmt": _transaction,
+    "VariableSetStmt": _set,
+    "VariableShowStmt": _fixed(Route.READ),
+    "ConstraintsSetStmt": _fixed(Route.SESSION),
+    "LockStmt": _lock,
+    "CallStmt": _call_statement,
+}

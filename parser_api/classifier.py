@@ -1,0 +1,112 @@
+"""Classifier: an LRU cache of what the grammar says, for the pooler's hot path."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import replace
+
+import pglast.parser
+
+from parser_api.analysis import Analysis, analyze, relocate
+from parser_api.catalog import Catalog
+from parser_api.classify import Names, catalog_changes, resolve
+from parser_api.errors import from_pglast
+from parser_api.model import Classification
+
+# A constant among these words may be a time ('now'::date, ts > 'today'): a text
+# holding one is never given a classification cached for other constants.
+_TIME_WORDS = ("now", "today", "tomorrow", "yesterday")
+
+
+class _Entry:
+    """One cached text: the grammar's analysis and its classification with no session."""
+
+    __slots__ = ("analysis", "default")
+
+    def __init__(self, analysis: Analysis, default: Classification) -> None:
+        self.analysis = analysis
+        self.default = default
+
+
+class Classifier:
+    """`parser_api.classify` with an LRU cache of what the grammar alone says.
+
+    Texts are cached by their exact text and, for plain SELECT/INSERT/UPDATE/DELETE/
+    MERGE, by their ``constant_free_key`` too, so a text that differs from a cached one
+    only in constants (pgbench -S) costs a normalisation instead of a parse; such a
+    text is not cached by its own text, lest a stream of them evict useful entries.
+    The catalog, prepared statements and cursors passed to `classify` are resolved on
+    every call and never cached across callers. Not thread-safe (one per event loop).
+    """
+
+    def __init__(self, maxsize: int = 10_000) -> None:
+        if maxsize < 1:
+            raise ValueError("maxsize must be at least 1")
+        self.maxsize = maxsize
+        # Keys: a text (str), or (constant_free_key,) for the by-key entries: a
+        # normalised text is valid SQL too, but its own statement offsets differ.
+        self._entries: OrderedDict[str | tuple[str], _Entry] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def clear(self) -> None:
+        """Forget every cached text."""
+        self._entries.clear()
+
+    def classify(
+        self,
+        sql: str,
+        catalog: Catalog | None = None,
+        prepared: Names | None = None,
+        cursors: Names | None = None,
+    ) -> Classification:
+        """Same arguments and answer as `parser_api.classify`, cached by text."""
+        entry = self._entries.get(sql)
+        if entry is None:
+            entry = self._miss(sql)
+        else:
+            self._entries.move_to_end(sql)
+        analysis = entry.analysis
+        if (prepared is None and cursors is None) or not analysis.has_dependencies:
+            if catalog is None or not analysis.asks_catalog:
+                return entry.default
+            if not catalog_changes(analysis, catalog):
+                return entry.default
+        return resolve(analysis, catalog, prepared, cursors)
+
+    def _miss(self, sql: str) -> _Entry:
+        try:
+            key = pglast.parser.normalize(sql)
+        except pglast.parser.ParseError as error:
+            raise from_pglast(error, sql) from None
+        keyed = self._entries.get((key,))
+        if keyed is not None and not (keyed.default.cacheable and _mentions_time(sql)):
+            self._entries.move_to_end((key,))
+            return _relocated(keyed, sql)
+        analysis = analyze(sql, normalized=key)
+        entry = _Entry(analysis, resolve(analysis, None, None, None))
+        self._store(sql, entry)
+        if analysis.constant_free_key is not None:
+            self._store((analysis.constant_free_key,), entry)
+        return entry
+
+    def _store(self, key: str | tuple[str], entry: _Entry) -> None:
+        self._entries[key] = entry
+        if len(self._entries) > self.maxsize:
+            self._entries.popitem(last=False)
+
+
+def _relocated(entry: _Entry, sql: str) -> _Entry:
+    """The entry of another text with the same constant_free_key: only offsets move."""
+    analysis = relocate(entry.analysis, sql)
+    statements = tuple(
+        replace(statement, start=facts.start, end=facts.end)
+        for statement, facts in zip(entry.default.statements, analysis.statements, strict=True)
+    )
+    return _Entry(analysis, replace(entry.default, statements=statements))
+
+
+def _mentions_time(sql: str) -> bool:
+    lowered = sql.lower()
+    return any(word in lowered for word in _TIME_WORDS)

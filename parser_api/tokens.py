@@ -1,0 +1,119 @@
+"""Tokens with their kind and position (for colouring SQL), and statement splitting."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import NamedTuple
+
+import pglast.parser
+
+from parser_api.errors import from_pglast
+
+
+class TokenKind(StrEnum):
+    """What a token is, for colouring."""
+
+    KEYWORD = "keyword"
+    IDENTIFIER = "identifier"
+    LITERAL = "literal"
+    """Strings (quoted, dollar-quoted, E'', U&''), numbers, bit strings."""
+    OPERATOR = "operator"
+    PUNCTUATION = "punctuation"
+    """, ; ( ) [ ] . :"""
+    COMMENT = "comment"
+    """``-- ...`` and ``/* ... */``."""
+    PARAMETER = "parameter"
+    """``$1``."""
+    OTHER = "other"
+
+
+@dataclass(frozen=True, slots=True)
+class Token:
+    """One token: ``text == sql[start:end]`` (character offsets, end exclusive).
+
+    ``name`` is libpg_query's token name (``SELECT``, ``IDENT``, ``SCONST``, ``ICONST``,
+    ``FCONST``, ``Op``, ``TYPECAST``, ...) for finer colouring. A keyword is a keyword
+    here even where the grammar would take it as a name (``SELECT name FROM t``): the
+    scanner does not know.
+    """
+
+    kind: TokenKind
+    start: int
+    end: int
+    text: str
+    name: str
+
+
+class Span(NamedTuple):
+    """One statement of a text: ``text == sql[start:end]``, without the surrounding
+    whitespace and the closing semicolon."""
+
+    start: int
+    end: int
+    text: str
+
+
+_LITERALS = frozenset({"SCONST", "USCONST", "BCONST", "XCONST", "ICONST", "FCONST"})
+_IDENTIFIERS = frozenset({"IDENT", "UIDENT"})
+_OPERATORS = frozenset({
+    "Op", "TYPECAST", "DOT_DOT", "COLON_EQUALS", "EQUALS_GREATER", "LESS_EQUALS",
+    "GREATER_EQUALS", "NOT_EQUALS",
+})
+# The scanner names one-character tokens ASCII_<code>.
+_OPERATOR_CHARACTERS = frozenset("+-*/%^<>=~!@#&|`?")
+_KINDS: dict[str, TokenKind] = {
+    **dict.fromkeys(_LITERALS, TokenKind.LITERAL),
+    **dict.fromkeys(_IDENTIFIERS, TokenKind.IDENTIFIER),
+    **dict.fromkeys(_OPERATORS, TokenKind.OPERATOR),
+    "PARAM": TokenKind.PARAMETER,
+    "SQL_COMMENT": TokenKind.COMMENT,
+    "C_COMMENT": TokenKind.COMMENT,
+}
+
+
+def _kind(name: str, keyword: str) -> TokenKind:
+    if keyword != "NO_KEYWORD":
+        return TokenKind.KEYWORD
+    kind = _KINDS.get(name)
+    if kind is not None:
+        return kind
+    if name.startswith("ASCII_"):
+        character = chr(int(name[6:]))
+        return TokenKind.OPERATOR if character in _OPERATOR_CHARACTERS else TokenKind.PUNCTUATION
+    return TokenKind.OTHER
+
+
+def tokens(sql: str) -> list[Token]:
+    """Scan ``sql`` into tokens, comments included, in text order.
+
+    Only the scanner runs, so text the grammar rejects still scans; an unterminated
+    string, quoted identifier or comment raises `parser_api.ParseError`.
+    """
+    try:
+        scanned = pglast.parser.scan(sql)
+    except pglast.parser.ParseError as error:
+        raise from_pglast(error, sql) from None
+    result = []
+    for token in scanned:
+        # pglast reports the last character's index; ends here are exclusive.
+        end = token.end + 1
+        result.append(
+            Token(_kind(token.name, token.kind), token.start, end, sql[token.start:end], token.name)
+        )
+    return result
+
+
+def split(sql: str, *, strict: bool = True) -> list[Span]:
+    """Split ``sql`` into its statements, with their character offsets.
+
+    ``strict`` uses the parser, so the text must be valid SQL (else `ParseError`) and
+    comments before a statement are left out of it, as in `Classification.statements`;
+    ``strict=False`` uses only the scanner, for text that may not parse, and keeps the
+    comments before a statement in it.
+    """
+    try:
+        slices = pglast.parser.split(sql, with_parser=strict, only_slices=True)
+    except pglast.parser.ParseError as error:
+        raise from_pglast(error, sql) from None
+    return [Span(piece.start, piece.stop, sql[piece]) for piece in slices]
