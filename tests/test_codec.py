@@ -158,8 +158,14 @@ def test_arbitrary_startup_packets_raise_only_startup_error(body: bytes) -> None
 @given(
     st.lists(
         st.tuples(
-            st.text(st.characters(blacklist_characters="\0"), min_size=1, max_size=20),
-            st.text(st.characters(blacklist_characters="\0"), max_size=40),
+            st.text(
+                st.characters(blacklist_categories=("Cs",), blacklist_characters="\0"),
+                min_size=1,
+                max_size=20,
+            ),
+            st.text(
+                st.characters(blacklist_categories=("Cs",), blacklist_characters="\0"), max_size=40
+            ),
         ),
         max_size=6,
     )
