@@ -106,6 +106,7 @@ MIN_COVERAGE = 3
 #: tag is a typo, and load_corpus says so.
 OTHER_TAGS: frozenset[str] = frozenset(
     {
+        "client_traffic",
         "comment_on",
         "ddl",
         "discard",
