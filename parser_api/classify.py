@@ -102,7 +102,9 @@ def _persistence(relation: Relation, catalog: Catalog | None) -> Persistence | N
 
 def _target(
     dependency: Dependency, prepared: Names | None, cursors: Names | None
-) -> Classification | None:
+) -> tuple[Classification, Route] | None:
+    """What the name refers to: its query's classification, and the route of what
+    defined it (a cursor WITH HOLD is session state where its query only reads)."""
     names = prepared if dependency.namespace == "prepared" else cursors
     found = None if names is None else names.get(dependency.name)
     if found is None:
@@ -110,8 +112,8 @@ def _target(
     # The PREPARE or DECLARE itself was passed: its query decides.
     for statement in found.statements:
         if statement.name == dependency.name and statement.body is not None:
-            return statement.body
-    return found
+            return statement.body, statement.route
+    return found, found.route
 
 
 class _Builder:
@@ -184,18 +186,20 @@ class _Builder:
     def _dependency(self, facts: StatementFacts) -> Route:
         assert facts.depends_on is not None
         self.depends_on[facts.depends_on] = None
-        target = _target(facts.depends_on, self.prepared, self.cursors)
-        if target is None:
+        found = _target(facts.depends_on, self.prepared, self.cursors)
+        if found is None:
             # What the name refers to is the session's secret: the safe side.
             return Route.WRITE
+        target, defined = found
         if facts.dependency_use == "exists":
             return Route.READ
-        if facts.dependency_use == "merge":
-            self.reads.update(dict.fromkeys(target.reads_tables))
-            self.writes.update(dict.fromkeys(target.writes_tables))
-            self.functions.update(dict.fromkeys(target.functions))
-            self.effects.update(dict.fromkeys(target.session_effects))
-            self.locks_rows = self.locks_rows or target.locks_rows
+        if facts.dependency_use == "route":
+            return defined
+        self.reads.update(dict.fromkeys(target.reads_tables))
+        self.writes.update(dict.fromkeys(target.writes_tables))
+        self.functions.update(dict.fromkeys(target.functions))
+        self.effects.update(dict.fromkeys(target.session_effects))
+        self.locks_rows = self.locks_rows or target.locks_rows
         return target.route
 
     def result(self, analysis: Analysis) -> Classification:

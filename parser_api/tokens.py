@@ -104,16 +104,16 @@ def tokens(sql: str) -> list[Token]:
     return result
 
 
-def split(sql: str, *, strict: bool = True) -> list[Span]:
+def split(sql: str) -> list[Span]:
     """Split ``sql`` into its statements, with their character offsets.
 
-    ``strict`` uses the parser, so the text must be valid SQL (else `ParseError`) and
-    comments before a statement are left out of it, as in `Classification.statements`;
-    ``strict=False`` uses only the scanner, for text that may not parse, and keeps the
-    comments before a statement in it.
+    The parser splits, so the text must be valid SQL (else `ParseError`); comments
+    before a statement stay out of it, as in `Classification.statements`. (libpg_query's
+    scanner-only split drops statements that start with no keyword: for text that does
+    not parse, `tokens` is the tool.)
     """
     try:
-        slices = pglast.parser.split(sql, with_parser=strict, only_slices=True)
+        slices = pglast.parser.split(sql, only_slices=True)
     except pglast.parser.ParseError as error:
         raise from_pglast(error, sql) from None
     return [Span(piece.start, piece.stop, sql[piece]) for piece in slices]
