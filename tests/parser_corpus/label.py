@@ -62,8 +62,10 @@ SUPERUSER = "postgres"
 SUPERUSER_PASSWORD = "postgres"
 
 #: Server settings the corpus needs beyond LocalCluster's defaults: PREPARE TRANSACTION
-#: needs prepared-transaction slots (a standby needs at least the primary's number).
-CLUSTER_SETTINGS: Mapping[str, str] = {"max_prepared_transactions": "4"}
+#: needs prepared-transaction slots (a standby needs at least the primary's number), and
+#: no autovacuum, whose truncations would replay on the standby as lock conflicts with
+#: the case running there, at times no run can repeat.
+CLUSTER_SETTINGS: Mapping[str, str] = {"max_prepared_transactions": "4", "autovacuum": "off"}
 
 #: Per-session limits so that a case that would hang fails instead, and names itself.
 SESSION_OPTIONS = "-c statement_timeout=20s -c lock_timeout=5s"
