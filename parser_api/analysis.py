@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, replace
 from typing import Any, Literal, NamedTuple
 
 import pglast.parser
@@ -80,8 +79,12 @@ class Relation(NamedTuple):
         return self.schema in _SYSTEM_SCHEMAS
 
 
-@dataclass(frozen=True, slots=True)
-class Verdict:
+# The internal records below are NamedTuples, not frozen dataclasses: an uncached
+# classification builds dozens of them, and a frozen dataclass costs a
+# object.__setattr__ per field.
+
+
+class Verdict(NamedTuple):
     """What one function call means for the route, the result cache and the session."""
 
     route: Route
@@ -96,8 +99,7 @@ _READS = Verdict(Route.READ)
 CatalogQuestion = Literal["volatility", "read_only"]
 
 
-@dataclass(frozen=True, slots=True)
-class Call:
+class Call(NamedTuple):
     """One function call in the text, with the verdict the grammar alone gives it."""
 
     schema: str | None
@@ -108,8 +110,7 @@ class Call:
     ask: CatalogQuestion | None
 
 
-@dataclass(frozen=True, slots=True)
-class StatementFacts:
+class StatementFacts(NamedTuple):
     """One statement as the grammar sees it; `parser_api.classify` resolves the rest.
 
     ``route`` is the floor the statement type sets; relations (temporary, unlogged),
@@ -138,8 +139,7 @@ class StatementFacts:
     keyless: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class Analysis:
+class Analysis(NamedTuple):
     """Everything the grammar says about one text."""
 
     statements: tuple[StatementFacts, ...]
@@ -207,10 +207,10 @@ def relocate(analysis: Analysis, sql: str) -> Analysis:
             raise from_pglast(error, sql) from None
         spans = [(piece.start, piece.stop) for piece in slices]
     statements = tuple(
-        replace(facts, start=start, end=end)
+        facts._replace(start=start, end=end)
         for facts, (start, end) in zip(analysis.statements, spans, strict=True)
     )
-    return replace(analysis, statements=statements, text_length=len(sql))
+    return analysis._replace(statements=statements, text_length=len(sql))
 
 
 def _asks_catalog(facts: StatementFacts) -> bool:
@@ -230,22 +230,18 @@ def _hints(sql: str) -> frozenset[str]:
     )
 
 
-@dataclass(frozen=True, slots=True)
 class _Context:
     """Where the statement being analysed stands in its text."""
 
-    sql: str
-    local_start: int
-    local_end: int
-    base: int
+    __slots__ = ("end", "local_end", "local_start", "sql", "start")
 
-    @property
-    def start(self) -> int:
-        return self.local_start + self.base
-
-    @property
-    def end(self) -> int:
-        return self.local_end + self.base
+    def __init__(self, sql: str, local_start: int, local_end: int, base: int) -> None:
+        self.sql = sql
+        self.local_start = local_start
+        self.local_end = local_end
+        # offsets in the caller's text (a PREPARE or DECLARE body stands inside one)
+        self.start = local_start + base
+        self.end = local_end + base
 
     def facts(self, kind: str, route: Route, **fields: Any) -> StatementFacts:
         return StatementFacts(kind, self.start, self.end, route, **fields)
@@ -301,19 +297,32 @@ class _Walker:
 
     def _fields(self, fields: Node) -> None:
         with_clause = fields.get("withClause")
-        mark = len(self._ctes)
         if with_clause is not None:
-            self._with(with_clause)
+            self._scoped(fields, with_clause)
+            return
+        handlers = _HANDLERS
+        # The hot loop: most values are scalars (locations, flags), skipped at once.
         for key, value in fields.items():
-            handler = _HANDLERS.get(key)
-            if handler is not None:
-                handler(self, value)
-            elif type(value) is dict:
-                self._fields(value)
-            elif type(value) is list:
-                self._list(value)
-        if with_clause is not None:
-            del self._ctes[mark:]
+            kind = type(value)
+            if kind is dict:
+                handler = handlers.get(key)
+                if handler is None:
+                    self._fields(value)
+                else:
+                    handler(self, value)
+            elif kind is list:
+                handler = handlers.get(key)
+                if handler is None:
+                    self._list(value)
+                else:
+                    handler(self, value)
+
+    def _scoped(self, fields: Node, with_clause: Node) -> None:
+        """A statement with a WITH list: its CTE names are no tables inside it."""
+        mark = len(self._ctes)
+        self._with(with_clause)
+        self._fields({key: value for key, value in fields.items() if key != "withClause"})
+        del self._ctes[mark:]
 
     def _list(self, items: list[Any]) -> None:
         for item in items:
@@ -447,7 +456,6 @@ _HANDLERS: dict[str, Callable[[_Walker, Any], None]] = {
     "SQLValueFunction": _Walker._value_function,
     "TypeCast": _Walker._type_cast,
     "A_Const": _Walker._constant,
-    "withClause": _Walker._skip,  # walked first, by _fields, to scope the CTE names
     "ColumnRef": _Walker._skip,
     "TypeName": _Walker._skip,
     "funcname": _Walker._skip,
@@ -501,11 +509,16 @@ def _call(fields: Node) -> Call:
         # EXTRACT(...), x AT TIME ZONE y: the grammar added the schema, the text has none.
         schema = None
     args = fields.get("args", ())
+    nargs = len(args)
+    if fields.get("agg_within_group"):
+        # An ordered-set aggregate's ORDER BY expressions are arguments too:
+        # percentile_cont(0.5) WITHIN GROUP (ORDER BY x) is percentile_cont/2.
+        nargs += len(fields.get("agg_order", ()))
     display = name if schema is None else f"{schema}.{name}"
     if schema is not None and schema != "pg_catalog":
-        return Call(schema, name, len(args), display, _unknown(display), "volatility")
-    verdict, ask = _builtin_verdict(name, display, args)
-    return Call(schema, name, len(args), display, verdict, ask)
+        return Call(schema, name, nargs, display, _unknown(display), "volatility")
+    verdict, ask = _builtin_verdict(name, display, args, nargs)
+    return Call(schema, name, nargs, display, verdict, ask)
 
 
 def _unknown(display: str) -> Verdict:
@@ -513,7 +526,7 @@ def _unknown(display: str) -> Verdict:
 
 
 def _builtin_verdict(
-    name: str, display: str, args: list[Node]
+    name: str, display: str, args: list[Node], nargs: int
 ) -> tuple[Verdict, CatalogQuestion | None]:
     if name == "set_config":
         return _set_config(display, args), None
@@ -529,7 +542,7 @@ def _builtin_verdict(
         elif name in builtins.SESSION_ADVISORY_UNLOCKS:
             effects = (SessionEffect(EffectKind.ADVISORY_UNLOCK, name),)
         return Verdict(Route.WRITE, f"volatile function {display}", effects), None
-    volatility = builtin_volatility(name, len(args))
+    volatility = builtin_volatility(name, nargs)
     if volatility is None:
         return _unknown(display), "volatility"
     if volatility is Volatility.VOLATILE:
@@ -672,10 +685,9 @@ def _query(node_name: str, fields: Node, ctx: _Context) -> StatementFacts:
 def _explain(node_name: str, fields: Node, ctx: _Context) -> StatementFacts:
     inner = _statement(fields["query"], ctx)
     if any(_option_on(option, "analyze") for option in fields.get("options", ())):
-        return replace(inner, kind="explain", uncacheable=_NOT_PLAIN, name=None, body=None)
+        return inner._replace(kind="explain", uncacheable=_NOT_PLAIN, name=None, body=None)
     # Planned, not run: a standby explains anything, even an INSERT.
-    return replace(
-        inner,
+    return inner._replace(
         kind="explain",
         route=Route.READ,
         executes=False,
@@ -694,7 +706,7 @@ def _explain(node_name: str, fields: Node, ctx: _Context) -> StatementFacts:
 def _copy(node_name: str, fields: Node, ctx: _Context) -> StatementFacts:
     query = fields.get("query")
     if query is not None:
-        return replace(_statement(query, ctx), kind="copy", uncacheable=_NOT_PLAIN)
+        return _statement(query, ctx)._replace(kind="copy", uncacheable=_NOT_PLAIN)
     walker = _Walker()
     relation = _relation(fields["relation"])
     walker.walk(fields.get("whereClause"))
@@ -708,8 +720,7 @@ def _copy(node_name: str, fields: Node, ctx: _Context) -> StatementFacts:
 def _create_table_as(node_name: str, fields: Node, ctx: _Context) -> StatementFacts:
     inner = _statement(fields["query"], ctx)
     target = fields["into"]["rel"]
-    return replace(
-        inner,
+    return inner._replace(
         kind=_kind(node_name),
         route=Route.WRITE,
         writes=(*inner.writes, _relation(target)),
@@ -758,8 +769,7 @@ def _declare(node_name: str, fields: Node, ctx: _Context) -> StatementFacts:
     route, effects = Route.READ, query.effects
     if fields.get("options", 0) & _CURSOR_OPT_HOLD:
         route, effects = Route.SESSION, (*effects, SessionEffect(EffectKind.HOLD_CURSOR, name))
-    return replace(
-        query,
+    return query._replace(
         kind=_kind(node_name),
         start=ctx.start,
         end=ctx.end,

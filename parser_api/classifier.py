@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import replace
 
 import pglast.parser
 
@@ -11,7 +10,7 @@ from parser_api.analysis import Analysis, analyze, relocate
 from parser_api.catalog import Catalog
 from parser_api.classify import Names, catalog_changes, resolve
 from parser_api.errors import from_pglast
-from parser_api.model import Classification
+from parser_api.model import Classification, Statement
 
 # A constant among these words may be a time ('now'::date, ts > 'today'): a text
 # holding one is never given a classification cached for other constants.
@@ -100,11 +99,19 @@ class Classifier:
 def _relocated(entry: _Entry, sql: str) -> _Entry:
     """The entry of another text with the same constant_free_key: only offsets move."""
     analysis = relocate(entry.analysis, sql)
+    # Built field by field: dataclasses.replace introspects the class on every call,
+    # and this is the path of every pgbench -S query.
     statements = tuple(
-        replace(statement, start=facts.start, end=facts.end)
-        for statement, facts in zip(entry.default.statements, analysis.statements, strict=True)
+        Statement(s.kind, facts.start, facts.end, s.route, s.name, s.body)
+        for s, facts in zip(entry.default.statements, analysis.statements, strict=True)
     )
-    return _Entry(analysis, replace(entry.default, statements=statements))
+    d = entry.default
+    default = Classification(
+        d.route, statements, d.transaction, d.reads_tables, d.writes_tables, d.functions,
+        d.locks_rows, d.session_effects, d.depends_on, d.cacheable, d.uncacheable_reason,
+        d.fingerprint, d.constant_free_key,
+    )
+    return _Entry(analysis, default)
 
 
 def _mentions_time(sql: str) -> bool:

@@ -146,7 +146,8 @@ class _Builder:
     def add(self, facts: StatementFacts) -> None:
         route = facts.route.stricter(self.floor)
         reason = facts.uncacheable
-        self.effects.update(dict.fromkeys(facts.effects))
+        if facts.effects:
+            self.effects.update(dict.fromkeys(facts.effects))
         for call in facts.calls:
             self.functions[call.display] = None
             if not facts.executes:
@@ -155,7 +156,8 @@ class _Builder:
             if self.catalog is not None and call.ask is not None:
                 verdict = _ask(call, self.catalog)
             route = route.stricter(verdict.route)
-            self.effects.update(dict.fromkeys(verdict.effects))
+            if verdict.effects:
+                self.effects.update(dict.fromkeys(verdict.effects))
             reason = reason or verdict.uncacheable
         self.reads.update(dict.fromkeys(relation.display for relation in facts.reads))
         self.writes.update(dict.fromkeys(relation.display for relation in facts.writes))

@@ -28,7 +28,12 @@ class Route(StrEnum):
 
     def stricter(self, other: Route) -> Route:
         """The stricter of the two routes (write > session > read)."""
-        return self if _STRICTNESS[self] >= _STRICTNESS[other] else other
+        # By identity: hashing an enum member runs Python code, and this is hot.
+        if self is other or other is Route.READ:
+            return self
+        if self is Route.READ:
+            return other
+        return Route.WRITE
 
 
 _STRICTNESS = {Route.READ: 0, Route.SESSION: 1, Route.WRITE: 2}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from enum import StrEnum
 from typing import NamedTuple
 
@@ -28,8 +27,7 @@ class TokenKind(StrEnum):
     OTHER = "other"
 
 
-@dataclass(frozen=True, slots=True)
-class Token:
+class Token(NamedTuple):
     """One token: ``text == sql[start:end]`` (character offsets, end exclusive).
 
     ``name`` is libpg_query's token name (``SELECT``, ``IDENT``, ``SCONST``, ``ICONST``,
@@ -72,12 +70,8 @@ _KINDS: dict[str, TokenKind] = {
 }
 
 
-def _kind(name: str, keyword: str) -> TokenKind:
-    if keyword != "NO_KEYWORD":
-        return TokenKind.KEYWORD
-    kind = _KINDS.get(name)
-    if kind is not None:
-        return kind
+def _other_kind(name: str) -> TokenKind:
+    """The kind of a token _KINDS does not list: one character, or unforeseen."""
     if name.startswith("ASCII_"):
         character = chr(int(name[6:]))
         return TokenKind.OPERATOR if character in _OPERATOR_CHARACTERS else TokenKind.PUNCTUATION
@@ -95,12 +89,12 @@ def tokens(sql: str) -> list[Token]:
     except pglast.parser.ParseError as error:
         raise from_pglast(error, sql) from None
     result = []
-    for token in scanned:
+    for start, last, name, keyword in scanned:
         # pglast reports the last character's index; ends here are exclusive.
-        end = token.end + 1
-        result.append(
-            Token(_kind(token.name, token.kind), token.start, end, sql[token.start:end], token.name)
-        )
+        kind = _KINDS.get(name) if keyword == "NO_KEYWORD" else TokenKind.KEYWORD
+        if kind is None:
+            kind = _other_kind(name)
+        result.append(Token(kind, start, last + 1, sql[start : last + 1], name))
     return result
 
 

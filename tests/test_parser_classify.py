@@ -37,6 +37,9 @@ ROUTES = [
     ("SELECT lower(v), abs(n), now(), random(), clock_timestamp() FROM t", READ),
     ("SELECT count(*), string_agg(v, ','), json_agg(t) FROM t", READ),
     ("SELECT * FROM generate_series(1, 3)", READ),
+    ("SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY n), mode() WITHIN GROUP (ORDER BY v)"
+     " FROM t", READ),
+    ("SELECT concat_ws(',', VARIADIC ARRAY['a', 'b']), jsonb_set('{}', '{a}', '1')", READ),
     ("SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn(), txid_current_if_assigned()", READ),
     ("SHOW search_path", READ),
     ("SHOW ALL", READ),
