@@ -304,18 +304,14 @@ class _Walker:
         # The hot loop: most values are scalars (locations, flags), skipped at once.
         for key, value in fields.items():
             kind = type(value)
-            if kind is dict:
+            if kind is dict or kind is list:
                 handler = handlers.get(key)
-                if handler is None:
+                if handler is not None:
+                    handler(self, value)
+                elif kind is dict:
                     self._fields(value)
                 else:
-                    handler(self, value)
-            elif kind is list:
-                handler = handlers.get(key)
-                if handler is None:
                     self._list(value)
-                else:
-                    handler(self, value)
 
     def _scoped(self, fields: Node, with_clause: Node) -> None:
         """A statement with a WITH list: its CTE names are no tables inside it."""
