@@ -65,12 +65,12 @@ def test_scanner_round_trip_any_chunking(msgs: list[tuple[int, bytes]], cuts: li
     stream = b"".join(frame(t, body) for t, body in msgs)
     split_types = frozenset({ord("Q"), ord("X")})
     observe_types = frozenset({ord("S"), ord("P")})
-    scanner = Scanner(split_types, observe_types, LIMITS, count=frozenset({ord("S")}))
+    scanner = Scanner(split_types, observe_types, LIMITS, track=frozenset({ord("S"), ord("P")}))
     forwarded, split, observed = _replay(scanner, _chunks(stream, cuts))
     assert forwarded == b"".join(frame(t, b) for t, b in msgs if t not in split_types)
     assert [(x.type, x.body) for x in split] == [(t, b) for t, b in msgs if t in split_types]
     assert [(x.type, x.body) for x in observed] == [(t, b) for t, b in msgs if t in observe_types]
-    assert scanner.count == sum(1 for t, _ in msgs if t == ord("S"))
+    assert scanner.tracked == [t for t, _ in msgs if t in (ord("S"), ord("P"))]
     assert scanner.at_boundary()
 
 
@@ -107,6 +107,7 @@ def test_split_message_is_not_allocated_from_its_length_field() -> None:
         (b"c" + struct.pack("!i", 20_000), None),
         (b"p" + struct.pack("!i", 8) + b"abcd", "invalid frontend message type 112"),
         (b"\x00" + struct.pack("!i", 4), "invalid frontend message type 0"),
+        (b"y", "invalid frontend message type 121"),
     ],
 )
 def test_frontend_limits_are_postgresqls(data: bytes, fatal: str | None) -> None:

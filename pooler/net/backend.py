@@ -21,6 +21,7 @@ from pooler.protocol.codec import (
     unpack_int32,
 )
 from pooler.protocol.md5 import md5_response, password_message_body
+from pooler.protocol.requests import RequestTracker
 from pooler.protocol.scram import ScramClient, ScramSecret
 
 if TYPE_CHECKING:
@@ -29,7 +30,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("pooler.server")
 
 _RELAY_SPLIT = frozenset({m.NOTIFICATION_RESPONSE})
-_RELAY_OBSERVE = frozenset({m.READY_FOR_QUERY, m.PARAMETER_STATUS, m.ERROR_RESPONSE})
+_RELAY_OBSERVE = frozenset(
+    {m.READY_FOR_QUERY, m.PARAMETER_STATUS, m.ERROR_RESPONSE, m.COPY_IN_RESPONSE}
+)
+# While COPY IN runs, its end (CommandComplete) matters too.
+_COPY_OBSERVE = _RELAY_OBSERVE | {m.COMMAND_COMPLETE}
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,8 +109,10 @@ class ServerConnection(asyncio.Protocol):
         self.key = 0
         #: Transaction status of the last ReadyForQuery.
         self.status = b"I"
-        #: Requests (Query, Sync, FunctionCall) sent whose ReadyForQuery has not come.
-        self.pending = 0
+        #: What the client sent that this server has not answered yet.
+        self.requests = RequestTracker()
+        #: The server pid -> client pid map of notifications (shared by all servers).
+        self.pid_map: dict[int, int] = {}
         self.session: ClientSession | None = None
         self.scanner = Scanner(split=_RELAY_SPLIT, observe=_RELAY_OBSERVE)
         self.pool: ServerPool | None = None
@@ -233,10 +240,12 @@ class ServerConnection(asyncio.Protocol):
 
     # --- relay ----------------------------------------------------------------------
 
-    def attach(self, session: ClientSession) -> None:
-        """Relay from now on to ``session``."""
+    def attach(self, session: ClientSession, pid_map: dict[int, int]) -> None:
+        """Relay from now on to ``session``; ``pid_map`` translates notifying pids."""
         self.session = session
         self.mode = Mode.ACTIVE
+        self.pid_map = pid_map
+        pid_map[self.pid] = session.pid
 
     def _relay(self, data: bytes) -> None:
         session = self.session
@@ -252,30 +261,47 @@ class ServerConnection(asyncio.Protocol):
                     out.append(event)
                 elif type(event) is Message:
                     pid, rest = m.parse_notification(event.body)
-                    # A session that notified itself sees its own pid, as directly.
-                    if pid == self.pid:
-                        pid = session.pid
-                    out.append(m.notification(pid, rest))
+                    # Clients know each other by the pids the pooler gave them.
+                    out.append(m.notification(self.pid_map.get(pid, pid), rest))
             transport.writelines(out)
-        observed = self.scanner.observed
-        if observed:
-            for msg in observed:
-                if msg.type == m.READY_FOR_QUERY:
-                    self.status = msg.body
-                    self.pending -= 1
-                elif msg.type == m.PARAMETER_STATUS:
-                    name, value = m.parse_parameter_status(msg.body)
-                    self.params[name] = value
-            observed.clear()
-            if self.pending <= 0:
+        if self.scanner.observed:
+            self._observe()
+            if self.requests.idle():
                 session.server_idle()
 
+    def _observe(self) -> None:
+        requests = self.requests
+        observed = self.scanner.observed
+        for msg in observed:
+            t = msg.type
+            if t == m.READY_FOR_QUERY:
+                self.status = msg.body
+                requests.ready()
+            elif t == m.PARAMETER_STATUS:
+                name, value = m.parse_parameter_status(msg.body)
+                self.params[name] = value
+            elif t == m.ERROR_RESPONSE:
+                self._reset_error = True
+                if requests.copy_in:
+                    self._copy_ended()
+            elif t == m.COPY_IN_RESPONSE:
+                requests.copy_started()
+                self.scanner.set_observe(_COPY_OBSERVE)
+            elif t == m.COMMAND_COMPLETE and requests.copy_in:
+                self._copy_ended()
+        observed.clear()
+
+    def _copy_ended(self) -> None:
+        self.requests.copy_ended()
+        self.scanner.set_observe(_RELAY_OBSERVE)
+
     def reusable(self) -> bool:
-        """True when nothing is in flight and no transaction is open."""
+        """True when the server owes nothing, holds no transaction, and no message to
+        or from it is half sent."""
         return (
             self.mode is Mode.ACTIVE
-            and self.pending == 0
             and self.status == b"I"
+            and self.requests.idle()
             and self.scanner.at_boundary()
         )
 
@@ -300,13 +326,19 @@ class ServerConnection(asyncio.Protocol):
 
     # --- back to the pool -------------------------------------------------------------
 
-    async def release(self, pool: ServerPool, reset_query: bytes | None) -> None:
+    async def release(
+        self, pool: ServerPool, reset_query: bytes | None, *, client_partial: bool, timeout: float
+    ) -> None:
         """Reset and return to ``pool`` if in a known state; close otherwise.
 
-        ``reset_query`` None hands the session on as it is (the operator's choice).
+        ``client_partial``: the client left with part of a message passed on. ``reset_query``
+        None hands the session on as it is (the operator's choice); a reset that takes
+        longer than ``timeout`` closes the server.
         """
         self.session = None
-        if not self.reusable():
+        if self.pid_map.get(self.pid) is not None:
+            del self.pid_map[self.pid]
+        if client_partial or not self.reusable():
             self._give_up(pool, "not idle at release")
             return
         if self._cancels:
@@ -323,7 +355,11 @@ class ServerConnection(asyncio.Protocol):
         self._reset_done = done
         assert self.transport is not None
         self.transport.write(reset_query)
-        ok = await done
+        self.requests.sent([m.QUERY])
+        try:
+            ok = await asyncio.wait_for(done, timeout)
+        except TimeoutError:
+            ok = False
         self._reset_done = None
         if ok and self.mode is Mode.RESET:
             self._to_pool(pool)
@@ -336,24 +372,14 @@ class ServerConnection(asyncio.Protocol):
         pool.checkin(self)
 
     def _reset_data(self, data: bytes) -> None:
-        for event in self.scanner.feed(data):
-            if type(event) is Message:
-                # No LISTEN survives DISCARD ALL, but a notification may already be
-                # on its way; it belongs to no one now.
-                continue
-        observed = self.scanner.observed
-        for msg in observed:
-            if msg.type == m.ERROR_RESPONSE:
-                self._reset_error = True
-            elif msg.type == m.PARAMETER_STATUS:
-                name, value = m.parse_parameter_status(msg.body)
-                self.params[name] = value
-            elif msg.type == m.READY_FOR_QUERY:
-                self.status = msg.body
-                done = self._reset_done
-                if done is not None and not done.done():
-                    done.set_result(not self._reset_error and msg.body == b"I")
-        observed.clear()
+        # Notifications split out here belong to no one now: LISTEN ends with DISCARD ALL.
+        self.scanner.feed(data)
+        if not self.scanner.observed:
+            return
+        self._observe()
+        done = self._reset_done
+        if self.requests.idle() and done is not None and not done.done():
+            done.set_result(not self._reset_error and self.status == b"I")
 
     def _give_up(self, pool: ServerPool, reason: str) -> None:
         log.debug("closing server %s pid %d: %s", self.address, self.pid, reason)

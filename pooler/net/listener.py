@@ -60,6 +60,8 @@ class Pooler:
         self.connect_timeout = config.pool.connect_timeout
         self.sessions: set[ClientSession] = set()
         self.by_pid: dict[int, ClientSession] = {}
+        #: Real pid of each attached server -> its client's pid, for notifications.
+        self.server_pids: dict[int, int] = {}
         self.admitted = 0
         self._keys = KeyAllocator()
         self._tasks: set[asyncio.Task[Any]] = set()

@@ -14,6 +14,7 @@ from pooler.pool import PoolKey, ServerPool
 from pooler.protocol import messages as m
 from pooler.protocol.auth_errors import ClientAuthError
 from pooler.protocol.codec import (
+    PROTOCOL_3_0,
     CancelRequest,
     FramingError,
     GSSENCRequest,
@@ -25,6 +26,7 @@ from pooler.protocol.codec import (
     parse_startup_packet,
     startup_packet_length,
 )
+from pooler.protocol.requests import TRACKED
 
 if TYPE_CHECKING:
     from pooler.net.listener import Pooler
@@ -32,8 +34,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("pooler.client")
 
 _SPLIT = frozenset({m.TERMINATE})
-# Each of these gets exactly one ReadyForQuery back.
-_REQUESTS = frozenset({m.QUERY, m.SYNC, ord("F")})
 
 # Startup parameters that say who connects, not how the session is set up.
 _IDENTITY = frozenset({"user", "database"})
@@ -47,7 +47,7 @@ class ClientSession(asyncio.Protocol):
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.reader = HandshakeReader()
         self.scanner = Scanner(
-            split=_SPLIT, observe=frozenset(), limits=app.frontend_limits, count=_REQUESTS
+            split=_SPLIT, observe=frozenset(), limits=app.frontend_limits, track=TRACKED
         )
         self.server: ServerConnection | None = None
         self.pool: ServerPool | None = None
@@ -122,6 +122,9 @@ class ClientSession(asyncio.Protocol):
             log.info("bad startup packet from %s: %s", self._peer(), exc.message)
             if exc.sqlstate is None:
                 self.transport.abort()
+            elif exc.old_format:
+                self.transport.write(m.error_response_v2("FATAL", exc.message))
+                self.transport.close()
             else:
                 self._fatal(exc.sqlstate, exc.message, detail=exc.detail, hint=exc.hint)
         except ClientAuthError as exc:
@@ -186,7 +189,9 @@ class ClientSession(asyncio.Protocol):
     async def _login(self, startup: StartupMessage) -> None:
         app = self.app
         if startup.minor > 0 or startup.unknown_protocol_options:
-            self.transport.write(m.negotiate_protocol_version(0, startup.unknown_protocol_options))
+            self.transport.write(
+                m.negotiate_protocol_version(PROTOCOL_3_0, startup.unknown_protocol_options)
+            )
         user = startup.get("user") or ""
         self.user = _truncate_name(user)
         self.database = _truncate_name(startup.get("database") or user)
@@ -210,7 +215,7 @@ class ClientSession(asyncio.Protocol):
         out.append(m.ready_for_query(server.status))
         self.transport.writelines(out)
         self.server = server
-        server.attach(self)
+        server.attach(self, app.server_pids)
         self._handshake_task = None
         rest = self.reader.take_rest()
         self.transport.resume_reading()
@@ -234,9 +239,9 @@ class ClientSession(asyncio.Protocol):
         assert server is not None and server.transport is not None
         scanner = self.scanner
         events = scanner.feed(data)
-        if scanner.count:
-            server.pending += scanner.count
-            scanner.count = 0
+        if scanner.tracked:
+            server.requests.sent(scanner.tracked)
+            scanner.tracked.clear()
         if len(events) == 1 and type(events[0]) is bytes:
             server.transport.write(events[0])
             return
@@ -260,7 +265,7 @@ class ClientSession(asyncio.Protocol):
         server.transport.writelines(out)
 
     def server_idle(self) -> None:
-        """The server answered everything sent so far."""
+        """The server answered everything sent so far (no batch or COPY half done)."""
         if self.draining and self.server is not None and self.server.status == b"I":
             self.terminate("57P01", "terminating connection due to administrator command")
 
@@ -278,14 +283,26 @@ class ClientSession(asyncio.Protocol):
         self.server = None
         if server is None or pool is None:
             return
-        self.app.spawn(server.release(pool, self.app.reset_query))
+        self.app.spawn(
+            server.release(
+                pool,
+                self.app.reset_query,
+                client_partial=self.scanner.passed_partial(),
+                timeout=self.app.connect_timeout,
+            )
+        )
 
     # --- administration -------------------------------------------------------------
 
     def cancel(self) -> None:
-        """Relay a cancel request to whatever this client's server runs now."""
+        """Relay a cancel request to whatever this client's server runs now.
+
+        Relayed whenever the client holds a server, as PostgreSQL would get it: a backend
+        ignores a cancel that finds it idle, and a released server waits for the cancel
+        to land before anyone else gets it.
+        """
         server = self.server
-        if server is not None and server.pending > 0:
+        if server is not None:
             server.cancel(self.app.connect_timeout)
 
     def drain(self) -> None:
@@ -296,7 +313,7 @@ class ClientSession(asyncio.Protocol):
             if self._handshake_task is not None:
                 self.terminate("57P01", "terminating connection due to administrator command")
             return
-        if server.pending <= 0 and server.status == b"I":
+        if server.requests.idle() and server.status == b"I":
             self.terminate("57P01", "terminating connection due to administrator command")
 
     def terminate(self, sqlstate: str, message: str) -> None:

@@ -98,23 +98,24 @@ class Scanner:
     ``Message`` for each message of a ``split`` type, and at most one trailing
     ``FramingError`` after which the scanner accepts nothing more. Messages of an
     ``observe`` type stay inside the runs and are appended to ``observed``, which the
-    caller clears after handling. Messages of a ``count`` type add one to ``count``
-    (the caller resets it): cheaper than observing them when only their number matters.
+    caller clears after handling. The type of each message of a ``track`` type is
+    appended to ``tracked`` (the caller clears it): cheaper than observing them when
+    only their order matters.
     """
 
     __slots__ = (
         "_acc",
         "_broken",
-        "_count",
         "_hdr",
         "_limits",
         "_mode",
         "_observe",
         "_rem",
         "_split",
+        "_track",
         "_type",
-        "count",
         "observed",
+        "tracked",
     )
 
     def __init__(
@@ -122,11 +123,11 @@ class Scanner:
         split: frozenset[int] = frozenset(),
         observe: frozenset[int] = frozenset(),
         limits: Mapping[int, int] | None = None,
-        count: frozenset[int] = frozenset(),
+        track: frozenset[int] = frozenset(),
     ) -> None:
         self._split = split
-        self._count = count
-        self.count = 0
+        self._track = track
+        self.tracked: list[int] = []
         self._observe = observe
         self._limits = limits
         self._hdr = b""
@@ -146,6 +147,14 @@ class Scanner:
     def at_boundary(self) -> bool:
         """True when no message is partly received."""
         return self._rem == 0 and not self._hdr
+
+    def passed_partial(self) -> bool:
+        """True when part of a message, but not all of it, has been passed on in runs."""
+        return self._rem != 0 and self._mode != 1
+
+    def set_observe(self, observe: frozenset[int]) -> None:
+        """Change which message types are observed from now on."""
+        self._observe = observe
 
     def feed(self, data: bytes) -> list[Event]:
         """Consume ``data``; see the class docstring for the events."""
@@ -176,16 +185,16 @@ class Scanner:
         split = self._split
         observe = self._observe
         limits = self._limits
-        counted = self._count
+        tracked = self._track
         unpack = unpack_int32
         while pos < n:
-            if n - pos < 5:
+            t = data[pos]
+            # PostgreSQL judges the type byte before it waits for the length.
+            if n - pos < 5 and (limits is None or t in limits):
                 if run < pos:
                     out.append(data[run:pos])
                 self._hdr = data[pos:]
                 return out
-            t = data[pos]
-            length = unpack(data, pos + 1)[0]
             if limits is not None:
                 limit = limits.get(t)
                 if limit is None:
@@ -201,6 +210,7 @@ class Scanner:
                     return out
             else:
                 limit = 0x7FFFFFFF
+            length = unpack(data, pos + 1)[0]
             if length < 4 or length > limit:
                 if run < pos:
                     out.append(data[run:pos])
@@ -208,8 +218,8 @@ class Scanner:
                 self._broken = True
                 return out
             end = pos + 1 + length
-            if t in counted:
-                self.count += 1
+            if t in tracked:
+                self.tracked.append(t)
             if t in split:
                 if run < pos:
                     out.append(data[run:pos])
@@ -298,7 +308,8 @@ class StartupError(Exception):
     """A startup packet PostgreSQL would refuse.
 
     When ``sqlstate`` is None PostgreSQL closes silently; otherwise it sends FATAL with
-    that code and ``message`` (plus ``hint`` when set) before closing.
+    that code and ``message`` (plus ``detail`` and ``hint`` when set) before closing,
+    in protocol 2's format when ``old_format`` (a client that asked for 2.x).
     """
 
     def __init__(
@@ -308,12 +319,14 @@ class StartupError(Exception):
         *,
         detail: str | None = None,
         hint: str | None = None,
+        old_format: bool = False,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.sqlstate = sqlstate
         self.detail = detail
         self.hint = hint
+        self.old_format = old_format
 
 
 def startup_packet_length(data: bytes | bytearray) -> int | None:
@@ -346,6 +359,7 @@ def parse_startup_packet(packet: bytes) -> StartupPacket:
         raise StartupError(
             f"unsupported frontend protocol {major}.{minor}: server supports 3.0 to 3.0",
             "0A000",
+            old_format=major < 3,
         )
     body = packet[8:]
     params: list[tuple[str, str]] = []

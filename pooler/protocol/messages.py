@@ -65,6 +65,11 @@ def error_response(
     return frame(NOTICE_RESPONSE if notice else ERROR_RESPONSE, b"".join(fields) + b"\0")
 
 
+def error_response_v2(severity: str, message: str) -> bytes:
+    """An ErrorResponse in protocol 2's format, for clients that asked for 2.x."""
+    return b"E" + cstring(f"{severity}:  {message}\n")
+
+
 def parse_fields(body: bytes) -> dict[str, str]:
     """Fields of an ErrorResponse or NoticeResponse body, keyed by their code letter."""
     fields: dict[str, str] = {}
@@ -107,10 +112,13 @@ def ready_for_query(status: bytes = b"I") -> bytes:
     return frame(READY_FOR_QUERY, status)
 
 
-def negotiate_protocol_version(newest_minor: int, unknown_options: Iterable[str]) -> bytes:
-    """NegotiateProtocolVersion, as PostgreSQL sends it for a newer minor or ``_pq_.`` options."""
+def negotiate_protocol_version(newest: int, unknown_options: Iterable[str]) -> bytes:
+    """NegotiateProtocolVersion, as PostgreSQL sends it for a newer minor or ``_pq_.`` options.
+
+    ``newest`` is the whole newest version supported (3.0 is ``3 << 16``).
+    """
     options = list(unknown_options)
-    body = struct.pack("!ii", newest_minor, len(options)) + b"".join(cstring(o) for o in options)
+    body = struct.pack("!ii", newest, len(options)) + b"".join(cstring(o) for o in options)
     return frame(NEGOTIATE_PROTOCOL_VERSION, body)
 
 
