@@ -14,10 +14,20 @@ from typing import Any, Literal, NamedTuple
 
 import pglast.parser
 
-from parser_api import builtin_functions as builtins
+from parser_api._calls import (
+    READS,
+    SERIALIZABLE,
+    Call,
+    Verdict,
+    constant_text,
+    make_call,
+    option_on,
+    parameter,
+    standby_refuses,
+    transaction_options,
+)
 from parser_api._plpgsql import do_block_statements
 from parser_api._text import byte_to_char, strip_span
-from parser_api.catalog import Volatility, builtin_volatility
 from parser_api.errors import ParseError, from_pglast
 from parser_api.model import (
     Dependency,
@@ -34,14 +44,9 @@ _NO_QUERY_CACHE = "NO QUERY CACHE"
 _NO_LOAD_BALANCE = "NO LOAD BALANCE"
 _CURSOR_OPT_HOLD = 0x20  # parsenodes.h; pglast.enums.CURSOR_OPT_HOLD
 _ROW_EXCLUSIVE_LOCK = 3  # the strongest LOCK TABLE mode a hot standby grants
-_INV_READ = 0x40000  # libpq-fs.h: lo_open's read-only mode
-_SERIALIZABLE = "serializable"
 _TIME_WORDS = frozenset({"now", "today", "tomorrow", "yesterday"})
 _DATETIME_TYPES = frozenset({"date", "time", "timetz", "timestamp", "timestamptz"})
 _SYSTEM_SCHEMAS = frozenset({"pg_catalog", "information_schema", "pg_toast"})
-_TRANSACTION_PARAMETERS = frozenset(
-    {"transaction_isolation", "transaction_read_only", "transaction_deferrable"}
-)
 _KINDS = {
     "SelectStmt": "select",
     "InsertStmt": "insert",
@@ -79,35 +84,9 @@ class Relation(NamedTuple):
         return self.schema in _SYSTEM_SCHEMAS
 
 
-# The internal records below are NamedTuples, not frozen dataclasses: an uncached
+# The internal records are NamedTuples, not frozen dataclasses: an uncached
 # classification builds dozens of them, and a frozen dataclass costs a
 # object.__setattr__ per field.
-
-
-class Verdict(NamedTuple):
-    """What one function call means for the route, the result cache and the session."""
-
-    route: Route
-    uncacheable: str | None = None
-    effects: tuple[SessionEffect, ...] = ()
-
-
-_READS = Verdict(Route.READ)
-
-# Which question a session's catalog may answer for a call: "volatility" for a function
-# the library does not know, "read_only" for a VOLATILE built-in the caller may vouch for.
-CatalogQuestion = Literal["volatility", "read_only"]
-
-
-class Call(NamedTuple):
-    """One function call in the text, with the verdict the grammar alone gives it."""
-
-    schema: str | None
-    name: str
-    nargs: int
-    display: str
-    verdict: Verdict
-    ask: CatalogQuestion | None
 
 
 class StatementFacts(NamedTuple):
@@ -372,7 +351,7 @@ class _Walker:
             self.reads.append(_relation(relation))
 
     def func_call(self, fields: Node) -> None:
-        call = _call(fields)
+        call = make_call(fields)
         self.calls.append(call)
         if call.name in _CONSTANT_SENSITIVE:
             self.keyless = True
@@ -383,7 +362,7 @@ class _Walker:
         if name in _TIME_VALUE_FUNCTIONS:
             verdict = Verdict(Route.READ, f"time-dependent function {name}")
         else:
-            verdict = _READS
+            verdict = READS
         self.calls.append(Call(None, name, 0, name, verdict, None))
 
     def _type_cast(self, fields: Node) -> None:
@@ -494,181 +473,6 @@ def _temp_effect(fields: Node) -> tuple[SessionEffect, ...]:
     return ()
 
 
-# --- function calls ---------------------------------------------------------------
-
-
-def _call(fields: Node) -> Call:
-    names = [item["String"]["sval"] for item in fields["funcname"]]
-    name = names[-1]
-    schema = ".".join(names[:-1]) or None
-    if schema == "pg_catalog" and fields.get("funcformat") == "COERCE_SQL_SYNTAX":
-        # EXTRACT(...), x AT TIME ZONE y: the grammar added the schema, the text has none.
-        schema = None
-    args = fields.get("args", ())
-    nargs = len(args)
-    if fields.get("agg_within_group"):
-        # An ordered-set aggregate's ORDER BY expressions are arguments too:
-        # percentile_cont(0.5) WITHIN GROUP (ORDER BY x) is percentile_cont/2.
-        nargs += len(fields.get("agg_order", ()))
-    display = name if schema is None else f"{schema}.{name}"
-    if schema is not None and schema != "pg_catalog":
-        return Call(schema, name, nargs, display, _unknown(display), "volatility")
-    verdict, ask = _builtin_verdict(name, display, args, nargs)
-    return Call(schema, name, nargs, display, verdict, ask)
-
-
-def _unknown(display: str) -> Verdict:
-    return Verdict(Route.WRITE, f"unknown function {display}")
-
-
-def _builtin_verdict(
-    name: str, display: str, args: list[Node], nargs: int
-) -> tuple[Verdict, CatalogQuestion | None]:
-    if name == "set_config":
-        return _set_config(display, args), None
-    if name == "lo_open":
-        return _lo_open(display, args), None
-    if name == "setseed":
-        effect = SessionEffect(EffectKind.RANDOM_SEED)
-        return Verdict(Route.SESSION, f"volatile function {display}", (effect,)), None
-    if name in builtins.PRIMARY_ONLY:
-        effects: tuple[SessionEffect, ...] = ()
-        if name in builtins.SESSION_ADVISORY_LOCKS:
-            effects = (SessionEffect(EffectKind.ADVISORY_LOCK, name),)
-        elif name in builtins.SESSION_ADVISORY_UNLOCKS:
-            effects = (SessionEffect(EffectKind.ADVISORY_UNLOCK, name),)
-        return Verdict(Route.WRITE, f"volatile function {display}", effects), None
-    volatility = builtin_volatility(name, nargs)
-    if volatility is None:
-        return _unknown(display), "volatility"
-    if volatility is Volatility.VOLATILE:
-        if name in builtins.SIDE_EFFECT_FREE_VOLATILE:
-            return Verdict(Route.READ, f"volatile function {display}"), None
-        return Verdict(Route.WRITE, f"volatile function {display}"), "read_only"
-    if volatility is Volatility.STABLE:
-        if name in builtins.TIME_DEPENDENT:
-            return Verdict(Route.READ, f"time-dependent function {display}"), None
-        if name in builtins.STATE_DEPENDENT or name.startswith(
-            builtins.STATE_DEPENDENT_PREFIXES
-        ):
-            return Verdict(Route.READ, f"function {display} reads server state"), None
-    return _READS, None
-
-
-def _set_config(display: str, args: list[Node]) -> Verdict:
-    if len(args) != 3:
-        return _unknown(display)
-    name, value, local = (_constant_text(arg) for arg in args)
-    route, effects, _ = _parameter(
-        name.lower() if name is not None else None,
-        value,
-        _pg_bool(local) is True if local is not None else False,
-    )
-    return Verdict(route.stricter(Route.SESSION), f"volatile function {display}", effects)
-
-
-def _lo_open(display: str, args: list[Node]) -> Verdict:
-    # Opening for reading only (INV_READ) reads; any other mode is about to write.
-    mode = _constant_text(args[1]) if len(args) == 2 else None
-    route = Route.READ if mode == str(_INV_READ) else Route.WRITE
-    return Verdict(route, f"volatile function {display}")
-
-
-def _constant_text(node: Node) -> str | None:
-    """The text of a constant argument (through casts), None for anything computed."""
-    cast = node.get("TypeCast")
-    if cast is not None:
-        return _constant_text(cast.get("arg", {}))
-    const = node.get("A_Const")
-    if const is None:
-        return None
-    for key, default in (("sval", ""), ("fval", ""), ("ival", 0), ("boolval", False)):
-        if key in const:
-            value = const[key].get(key, default)
-            return str(value).lower() if key == "boolval" else str(value)
-    return None
-
-
-def _pg_bool(text: str | None) -> bool | None:
-    """PostgreSQL's parse_bool: on/off, true/false, yes/no, 1/0 and their prefixes."""
-    if text is None:
-        return None
-    value = text.strip().lower()
-    if value and ("true".startswith(value) or "yes".startswith(value)):
-        return True
-    if value and ("false".startswith(value) or "no".startswith(value)):
-        return False
-    return {"on": True, "1": True, "off": False, "of": False, "0": False}.get(value)
-
-
-# --- SET and transaction options --------------------------------------------------
-
-
-def _refused(control: TransactionControl) -> bool:
-    # A hot standby refuses serializable mode and read-write transactions.
-    return control.isolation == _SERIALIZABLE or control.read_only is False
-
-
-def _parameter(
-    setting: str | None, value: str | None, local: bool
-) -> tuple[Route, tuple[SessionEffect, ...], TransactionControl | None]:
-    """Route, effects and transaction control of setting one run-time parameter.
-
-    ``value`` None: the default (RESET, SET ... TO DEFAULT), or not known where
-    ``setting`` is None too (set_config with a computed name).
-    """
-    if setting is None:
-        # Could be transaction_read_only = off, which a standby refuses.
-        return Route.WRITE, () if local else (SessionEffect(EffectKind.SETTING),), None
-    if setting in _TRANSACTION_PARAMETERS:
-        # Options of the current transaction only: no session state survives it.
-        control = TransactionControl(
-            "set",
-            isolation=value.lower() if setting == "transaction_isolation" and value else None,
-            read_only=_pg_bool(value) if setting == "transaction_read_only" else None,
-            deferrable=_pg_bool(value) if setting == "transaction_deferrable" else None,
-        )
-        return (Route.WRITE if _refused(control) else Route.READ), (), control
-    if local:
-        return Route.SESSION, (), None
-    effects = [SessionEffect(EffectKind.SETTING, setting)]
-    if setting == "default_transaction_isolation" and (value or "").lower() == _SERIALIZABLE:
-        effects.append(SessionEffect(EffectKind.STANDBY_UNSAFE, setting))
-    return Route.SESSION, tuple(effects), None
-
-
-def _transaction_options(options: list[Node]) -> tuple[str | None, bool | None, bool | None]:
-    isolation = read_only = deferrable = None
-    for item in options:
-        option = item["DefElem"]
-        value = _constant_text(option.get("arg", {}))
-        if option["defname"] == "transaction_isolation":
-            isolation = value.lower() if value else None
-        elif option["defname"] == "transaction_read_only":
-            read_only = _pg_bool(value)
-        elif option["defname"] == "transaction_deferrable":
-            deferrable = _pg_bool(value)
-    return isolation, read_only, deferrable
-
-
-def _option_on(item: Node, name: str) -> bool:
-    """Whether a DefElem option list item turns option ``name`` on (EXPLAIN (ANALYZE))."""
-    option = item["DefElem"]
-    if option["defname"] != name:
-        return False
-    arg = option.get("arg")
-    if arg is None:
-        return True
-    for key, field, default in (
-        ("String", "sval", ""),
-        ("Boolean", "boolval", False),
-        ("Integer", "ival", 0),
-    ):
-        if key in arg:
-            return _pg_bool(str(arg[key].get(field, default))) is True
-    return True
-
-
 # --- statements -------------------------------------------------------------------
 
 
@@ -680,7 +484,7 @@ def _query(node_name: str, fields: Node, ctx: _Context) -> StatementFacts:
 
 def _explain(node_name: str, fields: Node, ctx: _Context) -> StatementFacts:
     inner = _statement(fields["query"], ctx)
-    if any(_option_on(option, "analyze") for option in fields.get("options", ())):
+    if any(option_on(option, "analyze") for option in fields.get("options", ())):
         return inner._replace(kind="explain", uncacheable=_NOT_PLAIN, name=None, body=None)
     # Planned, not run: a standby explains anything, even an INSERT.
     return inner._replace(
@@ -860,7 +664,7 @@ _PRIMARY_ACTIONS = frozenset({"prepare", "commit_prepared", "rollback_prepared"}
 
 def _transaction(node_name: str, fields: Node, ctx: _Context) -> StatementFacts:
     action = _TRANSACTION_ACTIONS[fields["kind"]]
-    isolation, read_only, deferrable = _transaction_options(fields.get("options", ()))
+    isolation, read_only, deferrable = transaction_options(fields.get("options", ()))
     control = TransactionControl(
         action,
         isolation=isolation,
@@ -869,7 +673,7 @@ def _transaction(node_name: str, fields: Node, ctx: _Context) -> StatementFacts:
         chain=bool(fields.get("chain")),
         name=fields.get("savepoint_name") or fields.get("gid"),
     )
-    refused = action in _PRIMARY_ACTIONS or _refused(control)
+    refused = action in _PRIMARY_ACTIONS or standby_refuses(control)
     return ctx.facts(
         "transaction",
         Route.WRITE if refused else Route.READ,
@@ -890,30 +694,30 @@ def _set(node_name: str, fields: Node, ctx: _Context) -> StatementFacts:
         return _session_characteristics(kind, args, ctx)
     if set_kind == "VAR_SET_MULTI":
         # SET TRANSACTION ... and SET TRANSACTION SNAPSHOT '...'
-        isolation, read_only, deferrable = _transaction_options(
+        isolation, read_only, deferrable = transaction_options(
             [arg for arg in args if "DefElem" in arg]
         )
-        snapshot = _constant_text(args[0]) if target == "TRANSACTION SNAPSHOT" else None
+        snapshot = constant_text(args[0]) if target == "TRANSACTION SNAPSHOT" else None
         options = TransactionControl(
             "set", isolation=isolation, read_only=read_only, deferrable=deferrable, name=snapshot
         )
         # A snapshot is imported on the node that exported it, and pg_export_snapshot
         # runs on the primary.
-        refused = snapshot is not None or _refused(options)
+        refused = snapshot is not None or standby_refuses(options)
         route = Route.WRITE if refused else Route.READ
         return ctx.facts(kind, route, transaction=options, uncacheable=_NOT_PLAIN)
-    value = _constant_text(args[0]) if set_kind == "VAR_SET_VALUE" and args else None
-    route, effects, control = _parameter(target.lower(), value, bool(fields.get("is_local")))
+    value = constant_text(args[0]) if set_kind == "VAR_SET_VALUE" and args else None
+    route, effects, control = parameter(target.lower(), value, bool(fields.get("is_local")))
     return ctx.facts(kind, route, effects=effects, transaction=control, uncacheable=_NOT_PLAIN)
 
 
 def _session_characteristics(kind: str, args: list[Node], ctx: _Context) -> StatementFacts:
     # Defaults for later transactions: harmless on a standby, except serializable.
-    isolation, _, _ = _transaction_options(args)
+    isolation, _, _ = transaction_options(args)
     effects = [
         SessionEffect(EffectKind.SETTING, "default_" + arg["DefElem"]["defname"]) for arg in args
     ]
-    if isolation == _SERIALIZABLE:
+    if isolation == SERIALIZABLE:
         effects.append(
             SessionEffect(EffectKind.STANDBY_UNSAFE, "default_transaction_isolation")
         )

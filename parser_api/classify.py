@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from parser_api.analysis import Analysis, Call, Relation, StatementFacts, Verdict, analyze
+from parser_api._calls import Call, Verdict
+from parser_api.analysis import Analysis, Relation, StatementFacts, analyze
 from parser_api.catalog import Catalog, Persistence, Volatility
 from parser_api.model import (
     Classification,
@@ -159,9 +160,11 @@ class _Builder:
             if verdict.effects:
                 self.effects.update(dict.fromkeys(verdict.effects))
             reason = reason or verdict.uncacheable
-        self.reads.update(dict.fromkeys(relation.display for relation in facts.reads))
-        self.writes.update(dict.fromkeys(relation.display for relation in facts.writes))
-        for relation in (*facts.reads, *facts.writes):
+        if facts.reads:
+            self.reads.update(dict.fromkeys(relation.display for relation in facts.reads))
+        if facts.writes:
+            self.writes.update(dict.fromkeys(relation.display for relation in facts.writes))
+        for relation in facts.reads + facts.writes:
             persistence = _persistence(relation, self.catalog)
             if persistence is not None:
                 # Only the primary has it (temporary) or can read it (unlogged); a
