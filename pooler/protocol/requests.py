@@ -19,8 +19,9 @@ SYNC = ord("S")
 FUNCTION_CALL = ord("F")
 COPY_DONE = ord("c")
 COPY_FAIL = ord("f")
+_EXTENDED = frozenset(b"PBEDCH")
 #: The frontend message types a tracker needs to see, in stream order.
-TRACKED = frozenset({QUERY, SYNC, FUNCTION_CALL, COPY_DONE, COPY_FAIL, *b"PBEDCH"})
+TRACKED = frozenset({QUERY, SYNC, FUNCTION_CALL, COPY_DONE, COPY_FAIL}) | _EXTENDED
 _ANSWERED = frozenset({QUERY, SYNC, FUNCTION_CALL})
 _COPY_END = frozenset({COPY_DONE, COPY_FAIL})
 
@@ -57,11 +58,10 @@ class RequestTracker:
                 self.unsynced = False
             elif t in _ANSWERED:
                 queue.append(t)
-            elif t in _COPY_END:
-                if self.copy_in:
-                    queue.append(t)
-            else:
+            elif t in _EXTENDED:
                 self.unsynced = True
+            elif t in _COPY_END and self.copy_in:
+                queue.append(t)
 
     def ready(self) -> None:
         """A ReadyForQuery arrived: it answers the oldest request."""
