@@ -79,6 +79,7 @@ class Pooler:
         if self.admitted >= self.config.pool.max_clients:
             return False
         self.admitted += 1
+        session.counted = True
         return True
 
     def register(self, session: ClientSession) -> tuple[int, int]:
@@ -90,8 +91,8 @@ class Pooler:
     def forget(self, session: ClientSession) -> None:
         """A session closed."""
         self.sessions.discard(session)
-        if session._counted:
-            session._counted = False
+        if session.counted:
+            session.counted = False
             self.admitted -= 1
         if self.by_pid.get(session.pid) is session:
             del self.by_pid[session.pid]

@@ -57,7 +57,8 @@ class ClientSession(asyncio.Protocol):
         self.database = ""
         self.draining = False
         self._handshake_task: asyncio.Task[None] | None = None
-        self._counted = False
+        #: Counted against pool.max_clients (set by the listener's ``admit``).
+        self.counted = False
 
     # --- asyncio.Protocol ---------------------------------------------------------
 
@@ -112,7 +113,6 @@ class ClientSession(asyncio.Protocol):
             if not self.app.admit(self):
                 self._fatal("53300", "sorry, too many clients already")
                 return
-            self._counted = True
             await self._login(startup)
         except ConnectionClosed:
             self.transport.close()
