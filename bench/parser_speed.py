@@ -2,8 +2,8 @@
 
 Each row times one operation in batches and prints the median and the best batch, in
 microseconds per call, and the median CPU time of the benchmark's thread (the number to
-trust when other processes share the cores). Targets on the 2-core reference box: cached classify under 2 us,
-uncached classify of a short statement under 60 us (median).
+trust when other processes share the cores). Targets on the 2-core reference box:
+cached classify under 2 us, uncached classify of a short statement under 60 us (median).
 """
 
 from __future__ import annotations

@@ -431,9 +431,13 @@ _HANDLERS: dict[str, Callable[[_Walker, Any], None]] = {
     "SQLValueFunction": _Walker._value_function,
     "TypeCast": _Walker._type_cast,
     "A_Const": _Walker._constant,
+    # nothing to find below these: names, aliases, column references, type names
     "ColumnRef": _Walker._skip,
     "TypeName": _Walker._skip,
+    "typeName": _Walker._skip,
     "funcname": _Walker._skip,
+    "name": _Walker._skip,
+    "alias": _Walker._skip,
     "String": _Walker._skip,
 }
 
