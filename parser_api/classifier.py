@@ -11,6 +11,7 @@ from parser_api.catalog import Catalog
 from parser_api.classify import Names, catalog_changes, resolve
 from parser_api.errors import from_pglast
 from parser_api.model import Classification, Statement
+from parser_api.tokens import tokens
 
 # A constant among these words may be a time ('now'::date, ts > 'today'): a text
 # holding one is never given a classification cached for other constants.
@@ -115,5 +116,12 @@ def _relocated(entry: _Entry, sql: str) -> _Entry:
 
 
 def _mentions_time(sql: str) -> bool:
+    """Whether a string constant of ``sql`` holds a time word."""
     lowered = sql.lower()
-    return any(word in lowered for word in _TIME_WORDS)
+    if not any(word in lowered for word in _TIME_WORDS):
+        return False
+    # The word may be a name (known_users): only the scanner tells a constant.
+    return any(
+        token.name == "SCONST" and any(word in token.text.lower() for word in _TIME_WORDS)
+        for token in tokens(sql)
+    )

@@ -97,6 +97,14 @@ class TestConstantFreeKey:
         assert not result.cacheable
         assert result == classify("SELECT * FROM t WHERE d > 'now'")
 
+    def test_a_time_word_in_a_name_still_reuses(self) -> None:
+        """known_users holds "now", but in a name: the key still serves."""
+        classifier = Classifier()
+        classifier.classify("SELECT * FROM known_users WHERE id = 1")
+        size = len(classifier)
+        result = classifier.classify("SELECT * FROM known_users WHERE id = 2")
+        assert result.cacheable and len(classifier) == size
+
     def test_utility_statements_are_never_merged(self) -> None:
         """pglast's normalize makes SET ROLE a and SET ROLE b alike: no key for them."""
         classifier = Classifier()
