@@ -78,15 +78,15 @@ def _ask(call: Call, catalog: Catalog) -> Verdict:
             return Verdict(Route.READ, volatile)
         return call.verdict
     volatility = catalog.function_volatility(call.schema, call.name, call.nargs)
-    if volatility is Volatility.VOLATILE:
+    if volatility == Volatility.VOLATILE:
         if catalog.function_is_read_only(call.schema, call.name, call.nargs):
             return Verdict(Route.READ, volatile)
         return Verdict(Route.WRITE, volatile)
-    if volatility is Volatility.STABLE:
+    if volatility == Volatility.STABLE:
         # It may read tables the text does not name: a cached result would miss
         # their writes.
         return Verdict(Route.READ, f"function {call.display} may read other tables")
-    if volatility is Volatility.IMMUTABLE:
+    if volatility == Volatility.IMMUTABLE:
         return Verdict(Route.READ)
     return call.verdict
 
@@ -98,7 +98,8 @@ def _persistence(relation: Relation, catalog: Catalog | None) -> Persistence | N
     if catalog is None:
         return None
     persistence = catalog.relation_persistence(relation.schema, relation.name)
-    return None if persistence is Persistence.PERMANENT else persistence
+    # == rather than is: a catalog may answer pg_class's letter itself
+    return None if persistence == Persistence.PERMANENT else persistence
 
 
 def _target(
@@ -170,7 +171,7 @@ class _Builder:
                 # Only the primary has it (temporary) or can read it (unlogged); a
                 # standby refuses even to plan a query on it (EXPLAIN).
                 route = Route.WRITE
-                adjective = "temporary" if persistence is Persistence.TEMPORARY else "unlogged"
+                adjective = "temporary" if persistence == Persistence.TEMPORARY else "unlogged"
                 reason = reason or f"{adjective} table {relation.display}"
         if facts.depends_on is not None:
             route = route.stricter(self._dependency(facts))
