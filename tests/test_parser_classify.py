@@ -256,6 +256,7 @@ def test_kind_of_the_whole_text() -> None:
         "SELECT 1; SELECT 2;",
         "/* a */ SELECT 'é'; -- b\n  INSERT INTO t VALUES ('ü') ;",
         "SELECT '日本'; SELECT 2 -- trailing comment",
+        "SELECT '😀x'; SELECT 'é' -- four-byte characters",
         "BEGIN;\n\tUPDATE t SET v = '€';\nCOMMIT",
     ],
 )
