@@ -121,6 +121,23 @@ def _target(
 class _Builder:
     """Gathers the statements of one text into a Classification."""
 
+    __slots__ = (
+        "catalog",
+        "cursors",
+        "depends_on",
+        "effects",
+        "floor",
+        "functions",
+        "locks_rows",
+        "prepared",
+        "reads",
+        "reason",
+        "route",
+        "statements",
+        "transaction",
+        "writes",
+    )
+
     def __init__(
         self,
         catalog: Catalog | None,
