@@ -34,6 +34,7 @@ from parser_api.model import (
     EffectKind,
     Route,
     SessionEffect,
+    TextKeys,
     TransactionControl,
 )
 
@@ -122,8 +123,7 @@ class Analysis(NamedTuple):
     """Everything the grammar says about one text."""
 
     statements: tuple[StatementFacts, ...]
-    fingerprint: str
-    constant_free_key: str | None
+    keys: TextKeys
     no_cache_hint: bool
     """/*NO QUERY CACHE*/: the client asks that no result of this text be cached."""
     primary_hint: bool
@@ -142,7 +142,6 @@ def analyze(sql: str, normalized: str | None = None, base: int = 0) -> Analysis:
     """
     try:
         tree = json.loads(pglast.parser.parse_sql_json(sql))
-        fingerprint = pglast.parser.fingerprint(sql)
     except pglast.parser.ParseError as error:
         raise from_pglast(error, sql) from None
     to_char = byte_to_char(sql)
@@ -153,14 +152,13 @@ def analyze(sql: str, normalized: str | None = None, base: int = 0) -> Analysis:
         end = to_char(location + length) if length else len(sql)
         start, end = strip_span(sql, to_char(location), end)
         statements.append(_statement(raw["stmt"], _Context(sql, start, end, base)))
-    key = None
-    if statements and all(s.kind in _KEYED_KINDS and not s.keyless for s in statements):
-        key = pglast.parser.normalize(sql) if normalized is None else normalized
+    keyed = bool(statements) and all(
+        s.kind in _KEYED_KINDS and not s.keyless for s in statements
+    )
     hints = _hints(sql)
     return Analysis(
         statements=tuple(statements),
-        fingerprint=fingerprint,
-        constant_free_key=key,
+        keys=TextKeys(sql, keyed, normalized if keyed else None),
         no_cache_hint=_NO_QUERY_CACHE in hints,
         primary_hint=_NO_LOAD_BALANCE in hints,
         text_length=len(sql),
@@ -170,7 +168,8 @@ def analyze(sql: str, normalized: str | None = None, base: int = 0) -> Analysis:
 
 
 def relocate(analysis: Analysis, sql: str) -> Analysis:
-    """The same analysis for another text with the same constant_free_key.
+    """The same analysis for another text with the same constant_free_key (and so the
+    same fingerprint: the keys stay those of the first text).
 
     Only constants differ, and none stands before a statement or after its end, so one
     statement keeps its start and its distance to the end of the text; several are

@@ -87,8 +87,8 @@ class Classifier:
         analysis = analyze(sql, normalized=key)
         entry = _Entry(analysis, resolve(analysis, None, None, None))
         self._store(sql, entry)
-        if analysis.constant_free_key is not None:
-            self._store((analysis.constant_free_key,), entry)
+        if analysis.keys.constant_free_key() is not None:
+            self._store((key,), entry)
         return entry
 
     def _store(self, key: str | tuple[str], entry: _Entry) -> None:
@@ -110,7 +110,7 @@ def _relocated(entry: _Entry, sql: str) -> _Entry:
     default = Classification(
         d.route, statements, d.transaction, d.reads_tables, d.writes_tables, d.functions,
         d.locks_rows, d.session_effects, d.depends_on, d.cacheable, d.uncacheable_reason,
-        d.fingerprint, d.constant_free_key,
+        d._keys,
     )
     return _Entry(analysis, default)
 

@@ -248,6 +248,5 @@ class _Builder:
             depends_on=tuple(self.depends_on),
             cacheable=reason is None,
             uncacheable_reason=reason,
-            fingerprint=analysis.fingerprint,
-            constant_free_key=analysis.constant_free_key,
+            _keys=analysis.keys,
         )

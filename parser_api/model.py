@@ -2,9 +2,39 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Literal
+
+import pglast.parser
+
+
+class TextKeys:
+    """A text's fingerprint and constant-free key, each computed on first use.
+
+    Each costs a parse of its own, and a classification is built for every new text
+    while its fingerprint is read for statistics at most: the hot path need not pay.
+    """
+
+    __slots__ = ("_fingerprint", "_key", "_keyed", "_sql")
+
+    def __init__(self, sql: str, keyed: bool, key: str | None = None) -> None:
+        self._sql = sql
+        self._keyed = keyed
+        self._key = key
+        self._fingerprint: str | None = None
+
+    def fingerprint(self) -> str:
+        """pglast's fingerprint of the text."""
+        if self._fingerprint is None:
+            self._fingerprint = pglast.parser.fingerprint(self._sql)
+        return self._fingerprint
+
+    def constant_free_key(self) -> str | None:
+        """pglast's normalize of the text where it may key a classification, else None."""
+        if self._keyed and self._key is None:
+            self._key = pglast.parser.normalize(self._sql)
+        return self._key
 
 
 class Route(StrEnum):
@@ -166,13 +196,21 @@ class Classification:
     cacheable: bool
     """True only for a single plain read whose result another identical read may reuse."""
     uncacheable_reason: str | None
-    fingerprint: str
-    """pglast's fingerprint: for statistics and grouping only, never a cache key (it is
-    equal for ``EXECUTE q1`` and ``EXECUTE q2``, ``BEGIN READ ONLY`` and ``BEGIN READ
-    WRITE``, and drops comments and hints)."""
-    constant_free_key: str | None
-    """The text with its constants replaced by ``$n``, for plain SELECT/INSERT/UPDATE/
-    DELETE/MERGE texts whose classification no constant can change; None otherwise."""
+    _keys: TextKeys = field(repr=False, compare=False)
+
+    @property
+    def fingerprint(self) -> str:
+        """pglast's fingerprint: for statistics and grouping only, never a cache key (it
+        is equal for ``EXECUTE q1`` and ``EXECUTE q2``, ``BEGIN READ ONLY`` and ``BEGIN
+        READ WRITE``, and drops comments and hints). Computed on first use."""
+        return self._keys.fingerprint()
+
+    @property
+    def constant_free_key(self) -> str | None:
+        """The text with its constants replaced by ``$n``, for plain SELECT/INSERT/
+        UPDATE/DELETE/MERGE texts whose classification no constant can change; None
+        otherwise. Computed on first use."""
+        return self._keys.constant_free_key()
 
     @property
     def kind(self) -> str:
