@@ -84,13 +84,14 @@ def _tail(path: Path, lines: int = 20) -> str:
 # --- CPU time from /proc --------------------------------------------------------------
 
 
-def _proc_stats() -> dict[int, tuple[int, int]]:
-    """pid -> (ppid, utime + stime + cutime + cstime in clock ticks) for every process.
+def _proc_stats() -> dict[int, tuple[int, int, int]]:
+    """pid -> (ppid, user ticks, system ticks) for every process.
 
-    cutime/cstime hold the CPU of children already reaped, so a process tree's sum stays
-    right when one of its workers exits between two readings.
+    User is utime + cutime, system stime + cstime: the c- fields hold the CPU of children
+    already reaped, so a process tree's sum stays right when one of its workers exits
+    between two readings.
     """
-    stats: dict[int, tuple[int, int]] = {}
+    stats: dict[int, tuple[int, int, int]] = {}
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
@@ -101,25 +102,27 @@ def _proc_stats() -> dict[int, tuple[int, int]]:
             continue
         # The command name may hold spaces and parentheses: split after the last ')'.
         fields = raw[raw.rfind(b")") + 2 :].split()
-        ppid = int(fields[1])
-        ticks = int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])
-        stats[int(entry.name)] = (ppid, ticks)
+        user = int(fields[11]) + int(fields[13])
+        system = int(fields[12]) + int(fields[14])
+        stats[int(entry.name)] = (int(fields[1]), user, system)
     return stats
 
 
-def tree_cpu_seconds(root: int) -> float:
-    """CPU seconds used so far by ``root`` and every process below it."""
+def tree_cpu_seconds(root: int) -> tuple[float, float]:
+    """(user, system) CPU seconds used so far by ``root`` and every process below it."""
     stats = _proc_stats()
     children: dict[int, list[int]] = {}
-    for pid, (ppid, _) in stats.items():
+    for pid, (ppid, _, _) in stats.items():
         children.setdefault(ppid, []).append(pid)
-    total, todo = 0, [root]
+    user = system = 0
+    todo = [root]
     while todo:
         pid = todo.pop()
         if pid in stats:
-            total += stats[pid][1]
+            user += stats[pid][1]
+            system += stats[pid][2]
             todo.extend(children.get(pid, ()))
-    return total / CLK_TCK
+    return user / CLK_TCK, system / CLK_TCK
 
 
 # --- packages and programs ------------------------------------------------------------
@@ -500,6 +503,8 @@ class Run:
     transactions: int | None = None
     failed: int | None = None
     cpu_seconds: float | None = None
+    #: The user-mode part of cpu_seconds (the rest is the kernel: syscalls, TCP).
+    cpu_user_seconds: float | None = None
     error: str | None = None
 
     @property
@@ -507,6 +512,24 @@ class Run:
         if self.cpu_seconds is None or not self.transactions:
             return None
         return self.cpu_seconds * 1e6 / self.transactions
+
+    @property
+    def cpu_user_us_per_txn(self) -> float | None:
+        if self.cpu_user_seconds is None or not self.transactions:
+            return None
+        return self.cpu_user_seconds * 1e6 / self.transactions
+
+
+def describe(run: Run) -> str:
+    """The progress line's end: target, TPS, CPU (and its user-mode part), failures."""
+    text = f"{run.target}: {run.tps or 0:.0f} tps"
+    if (cpu := run.cpu_us_per_txn) is not None:
+        text += f", {cpu:.1f} us/txn CPU ({run.cpu_user_us_per_txn or 0:.1f} user)"
+    if run.failed:
+        text += f", {run.failed} FAILED"
+    if run.error:
+        text += f", ERROR {run.error}"
+    return text
 
 
 _TPS = re.compile(r"^tps = ([0-9.]+)", re.M)
@@ -539,13 +562,25 @@ def pgbench(
         run.error = f"pgbench did not finish within {timeout:.0f} s"
         return
     if before is not None and target.pid is not None:
-        run.cpu_seconds = tree_cpu_seconds(target.pid) - before
-    parse_pgbench(out.stdout, run)
-    if out.returncode != 0 or run.tps is None:
-        lines = [ln for ln in out.stderr.strip().splitlines() if ln.strip()]
-        run.error = f"pgbench exit status {out.returncode}: " + (
-            lines[-1] if lines else "no output"
-        )
+        user, system = tree_cpu_seconds(target.pid)
+        run.cpu_user_seconds = user - before[0]
+        run.cpu_seconds = run.cpu_user_seconds + system - before[1]
+    judge(run, out.returncode, out.stdout, out.stderr, duration)
+
+
+def judge(run: Run, status: int, stdout: str, stderr: str, duration: int) -> None:
+    """Fill ``run`` from a finished pgbench: its numbers, or what went wrong."""
+    parse_pgbench(stdout, run)
+    if status == 0 and not run.transactions:
+        # pgbench prints no tps line then: -T ran out while the clients were connecting.
+        run.tps = None
+        run.error = f"no transaction completed in {duration} s (connecting took longer?)"
+    elif status != 0 or run.tps is None:
+        # The last line pgbench wrote to stderr says why; failing that, to stdout.
+        lines = [ln for ln in stderr.splitlines() if ln.strip()] or [
+            ln for ln in stdout.splitlines() if ln.strip()
+        ]
+        run.error = f"pgbench exit status {status}: {lines[-1] if lines else 'no output'}"
 
 
 # --- the report -------------------------------------------------------------------------
@@ -716,9 +751,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--warmup",
         type=int,
-        default=2,
+        default=5,
         help="seconds of unrecorded pgbench per target before the first repeat (at the"
-        " largest client count, so every pool fills); 0: none; default 2",
+        " largest client count, so every pool fills); 0: none; default 5",
     )
     parser.add_argument(
         "--install",
@@ -857,7 +892,8 @@ def run_matrix(
         for name in targets:
             warm = Run(0, modes[0], max(clients), name)
             pgbench(started[name], modes[0], max(clients), args.warmup, warm, timeout)
-            say(f"warm-up {name} c={max(clients)}: {warm.tps or 0:.0f} tps {warm.error or ''}")
+            result = warm.error or f"{warm.tps or 0:.0f} tps"
+            say(f"warm-up {name} c={max(clients)}: {result}")
     total = args.repeats * len(modes) * len(clients) * len(targets)
     for repeat in range(1, args.repeats + 1):
         # Rotate the order each repeat, so that no target always runs first after a
@@ -870,14 +906,7 @@ def run_matrix(
                     run = Run(repeat, mode, count, name)
                     pgbench(started[name], mode, count, args.duration, run, timeout)
                     runs.append(run)
-                    cpu = run.cpu_us_per_txn
-                    say(
-                        f"[{len(runs)}/{total}] repeat {repeat} {mode} c={count} {name}:"
-                        f" {run.tps or 0:.0f} tps"
-                        + (f", {cpu:.1f} us/txn CPU" if cpu is not None else "")
-                        + (f", {run.failed} FAILED" if run.failed else "")
-                        + (f", ERROR {run.error}" if run.error else "")
-                    )
+                    say(f"[{len(runs)}/{total}] repeat {repeat} {mode} c={count} {describe(run)}")
                     services.check_alive(started[name])
 
 

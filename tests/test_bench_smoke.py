@@ -52,12 +52,26 @@ tps = 12345.678901 (without initial connection time)
 
 
 def test_parse_pgbench_15_report() -> None:
-    run = pgbc.Run(1, "simple", 16, "pooler", cpu_seconds=2.46912)
+    run = pgbc.Run(1, "simple", 16, "pooler", cpu_seconds=2.46912, cpu_user_seconds=1.23456)
     pgbc.parse_pgbench(PGBENCH_15_OUTPUT, run)
     assert run.tps == pytest.approx(12345.678901)
     assert run.transactions == 123456
     assert run.failed == 3
     assert run.cpu_us_per_txn == pytest.approx(20.0)
+    assert pgbc.describe(run) == "pooler: 12346 tps, 20.0 us/txn CPU (10.0 user), 3 FAILED"
+
+
+def test_pgbench_errors_are_runs_without_tps() -> None:
+    cut = PGBENCH_15_OUTPUT.split("number of transactions")[0]
+    run = pgbc.Run(0, "simple", 64, "pgpool")
+    pgbc.judge(run, 0, cut + "number of transactions actually processed: 0\n", "", 2)
+    assert run.tps is None and run.error and "no transaction completed in 2 s" in run.error
+    run = pgbc.Run(1, "simple", 1, "pooler")
+    pgbc.judge(run, 2, cut, "pgbench: error: connection refused\n", 10)
+    assert run.error == "pgbench exit status 2: pgbench: error: connection refused"
+    run = pgbc.Run(1, "simple", 16, "pooler")
+    pgbc.judge(run, 0, PGBENCH_15_OUTPUT, "", 10)
+    assert run.error is None and run.failed == 3
 
 
 def test_table_medians_ratios_and_failures() -> None:
