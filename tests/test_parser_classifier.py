@@ -85,7 +85,10 @@ class TestConstantFreeKey:
         classifier.classify(first)
         size = len(classifier)
         result = classifier.classify(second)
-        assert result == classify(second)
+        expected = classify(second)
+        assert result == expected
+        assert result.fingerprint == expected.fingerprint
+        assert result.constant_free_key == expected.constant_free_key
         # served by the key, and not cached under its own text
         assert len(classifier) == size
 

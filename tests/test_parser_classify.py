@@ -630,6 +630,12 @@ class TestFingerprint:
         assert first.fingerprint == second.fingerprint
         assert first != second
 
+    def test_is_pglasts(self) -> None:
+        import pglast.parser
+
+        sql = "SELECT * FROM t WHERE id = 1; SELECT 2"
+        assert classify(sql).fingerprint == pglast.parser.fingerprint(sql)
+
     def test_differs_for_other_tables(self) -> None:
         assert classify("SELECT * FROM t").fingerprint != classify("SELECT * FROM u").fingerprint
 
