@@ -74,6 +74,28 @@ def test_scanner_round_trip_any_chunking(msgs: list[tuple[int, bytes]], cuts: li
     assert scanner.at_boundary()
 
 
+def test_ready_for_query_is_counted_and_unsynced_tracked_in_any_chunking() -> None:
+    stream = (
+        frame(ord("T"), b"x" * 20)
+        + frame(ord("Z"), b"T")
+        + frame(ord("C"), b"SELECT 1\0")
+        + frame(ord("Z"), b"I")
+    )
+    for cut in range(len(stream) + 1):
+        scanner = Scanner(ready=True)
+        forwarded, _, observed = _replay(scanner, [stream[:cut], stream[cut:]])
+        assert forwarded == stream
+        statuses = [m.body for m in observed if m.type == ord("Z")]
+        assert scanner.ready_count + len(statuses) == 2
+        if scanner.ready_count:
+            assert scanner.status == ord("I") or statuses == [b"I"]
+    client = Scanner(limits=LIMITS, split=frozenset({ord("X")}))
+    client.feed(frame(ord("P"), b"\0SELECT 1\0\0\0") + frame(ord("S"), b""))
+    assert client.last_type == ord("S")
+    client.feed(frame(ord("B"), b"\0\0\0\0\0\0\0\0") + frame(ord("X"), b""))
+    assert client.last_type == ord("B")
+
+
 def test_whole_chunk_of_uninspected_messages_is_forwarded_without_copy() -> None:
     chunk = frame(ord("P"), b"\0SELECT 1\0\0\0") + frame(ord("S"), b"")
     events = Scanner(limits=LIMITS).feed(chunk)
@@ -160,12 +182,12 @@ def test_arbitrary_startup_packets_raise_only_startup_error(body: bytes) -> None
     st.lists(
         st.tuples(
             st.text(
-                st.characters(blacklist_categories=("Cs",), blacklist_characters="\0"),
+                st.characters(codec="utf-8", exclude_characters="\0"),
                 min_size=1,
                 max_size=20,
             ),
             st.text(
-                st.characters(blacklist_categories=("Cs",), blacklist_characters="\0"), max_size=40
+                st.characters(codec="utf-8", exclude_characters="\0"), max_size=40
             ),
         ),
         max_size=6,

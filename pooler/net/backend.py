@@ -29,12 +29,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pooler.server")
 
+# ReadyForQuery status bytes, shared rather than allocated per message.
+_STATUS = {code: bytes((code,)) for code in b"IET"}
+
 _RELAY_SPLIT = frozenset({m.NOTIFICATION_RESPONSE})
-_RELAY_OBSERVE = frozenset(
-    {m.READY_FOR_QUERY, m.PARAMETER_STATUS, m.ERROR_RESPONSE, m.COPY_IN_RESPONSE}
-)
-# While COPY IN runs, its end (CommandComplete) matters too.
-_COPY_OBSERVE = _RELAY_OBSERVE | {m.COMMAND_COMPLETE}
+_RELAY_OBSERVE = frozenset({m.PARAMETER_STATUS, m.ERROR_RESPONSE, m.COPY_IN_RESPONSE})
+# While COPY IN runs, its end (CommandComplete) matters too, and ReadyForQuery must be
+# seen in order with it rather than only counted.
+_COPY_OBSERVE = _RELAY_OBSERVE | {m.COMMAND_COMPLETE, m.READY_FOR_QUERY}
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +116,7 @@ class ServerConnection(asyncio.Protocol):
         #: The server pid -> client pid map of notifications (shared by all servers).
         self.pid_map: dict[int, int] = {}
         self.session: ClientSession | None = None
-        self.scanner = Scanner(split=_RELAY_SPLIT, observe=_RELAY_OBSERVE)
+        self.scanner = Scanner(split=_RELAY_SPLIT, observe=_RELAY_OBSERVE, ready=True)
         self.pool: ServerPool | None = None
         self.idle_since = 0.0
         self._cancels: set[asyncio.Task[None]] = set()
@@ -250,7 +252,8 @@ class ServerConnection(asyncio.Protocol):
     def _relay(self, data: bytes) -> None:
         session = self.session
         assert session is not None
-        events = self.scanner.feed(data)
+        scanner = self.scanner
+        events = scanner.feed(data)
         transport = session.transport
         if len(events) == 1 and type(events[0]) is bytes:
             transport.write(events[0])
@@ -264,14 +267,29 @@ class ServerConnection(asyncio.Protocol):
                     # Clients know each other by the pids the pooler gave them.
                     out.append(m.notification(self.pid_map.get(pid, pid), rest))
             transport.writelines(out)
-        if self.scanner.observed:
+        if scanner.observed:
             self._observe()
-            if self.requests.idle():
-                session.server_idle()
+        elif scanner.ready_count == 1:
+            # The usual end of an answer, without the general bookkeeping.
+            scanner.ready_count = 0
+            self.status = _STATUS[scanner.status]
+            self.requests.ready()
+        elif scanner.ready_count:
+            self._observe()
+        else:
+            return
+        if session.draining and self.requests.idle():
+            session.server_idle()
 
     def _observe(self) -> None:
         requests = self.requests
-        observed = self.scanner.observed
+        scanner = self.scanner
+        if scanner.ready_count:
+            self.status = _STATUS[scanner.status]
+            for _ in range(scanner.ready_count):
+                requests.ready()
+            scanner.ready_count = 0
+        observed = scanner.observed
         for msg in observed:
             t = msg.type
             if t == m.READY_FOR_QUERY:
@@ -286,14 +304,14 @@ class ServerConnection(asyncio.Protocol):
                     self._copy_ended()
             elif t == m.COPY_IN_RESPONSE:
                 requests.copy_started()
-                self.scanner.set_observe(_COPY_OBSERVE)
+                scanner.set_observe(_COPY_OBSERVE, ready=False)
             elif t == m.COMMAND_COMPLETE and requests.copy_in:
                 self._copy_ended()
         observed.clear()
 
     def _copy_ended(self) -> None:
         self.requests.copy_ended()
-        self.scanner.set_observe(_RELAY_OBSERVE)
+        self.scanner.set_observe(_RELAY_OBSERVE, ready=True)
 
     def reusable(self) -> bool:
         """True when the server owes nothing, holds no transaction, and no message to
@@ -374,7 +392,7 @@ class ServerConnection(asyncio.Protocol):
     def _reset_data(self, data: bytes) -> None:
         # Notifications split out here belong to no one now: LISTEN ends with DISCARD ALL.
         self.scanner.feed(data)
-        if not self.scanner.observed:
+        if not self.scanner.observed and not self.scanner.ready_count:
             return
         self._observe()
         done = self._reset_done

@@ -26,7 +26,7 @@ from pooler.protocol.codec import (
     parse_startup_packet,
     startup_packet_length,
 )
-from pooler.protocol.requests import TRACKED
+from pooler.protocol.requests import TRACKED, UNSYNC
 
 if TYPE_CHECKING:
     from pooler.net.listener import Pooler
@@ -47,7 +47,9 @@ class ClientSession(asyncio.Protocol):
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.reader = HandshakeReader()
         self.scanner = Scanner(
-            split=_SPLIT, observe=frozenset(), limits=app.frontend_limits, track=TRACKED
+            split=_SPLIT,
+            limits=app.frontend_limits,
+            track=TRACKED,
         )
         self.server: ServerConnection | None = None
         self.pool: ServerPool | None = None
@@ -242,6 +244,8 @@ class ClientSession(asyncio.Protocol):
         if scanner.tracked:
             server.requests.sent(scanner.tracked)
             scanner.tracked.clear()
+        # After an extended-protocol message, nothing is settled until a Sync.
+        server.requests.unsynced = scanner.last_type in UNSYNC
         if len(events) == 1 and type(events[0]) is bytes:
             server.transport.write(events[0])
             return
@@ -265,8 +269,8 @@ class ClientSession(asyncio.Protocol):
         server.transport.writelines(out)
 
     def server_idle(self) -> None:
-        """The server answered everything sent so far (no batch or COPY half done)."""
-        if self.draining and self.server is not None and self.server.status == b"I":
+        """While draining: the server answered everything sent so far."""
+        if self.server is not None and self.server.status == b"I":
             self.terminate("57P01", "terminating connection due to administrator command")
 
     def server_lost(self) -> None:

@@ -91,30 +91,50 @@ def frame(msg_type: int, body: bytes) -> bytes:
 Event = bytes | Message | FramingError
 
 
+#: Limits for a stream whose every message type is valid (a trusted server's).
+ANY_TYPE: Mapping[int, int] = dict.fromkeys(range(256), 0x7FFFFFFF)
+
+_READY_FOR_QUERY = 0x5A
+
+
 class Scanner:
     """Sans-IO splitter of a typed-message stream (after the startup packet).
 
     ``feed(data)`` returns events in stream order: ``bytes`` runs to forward as they are,
     ``Message`` for each message of a ``split`` type, and at most one trailing
-    ``FramingError`` after which the scanner accepts nothing more. Messages of an
-    ``observe`` type stay inside the runs and are appended to ``observed``, which the
-    caller clears after handling. The type of each message of a ``track`` type is
-    appended to ``tracked`` (the caller clears it): cheaper than observing them when
-    only their order matters.
+    ``FramingError`` after which the scanner accepts nothing more. ``limits`` maps each
+    valid type to its longest length (``ANY_TYPE`` accepts everything).
+
+    Cheaper ways to watch messages that stay inside the runs, for the data path:
+    ``observe`` types are appended whole to ``observed``; ``track`` types have their
+    type byte appended to ``tracked``; ``last_type`` is the type of the last message
+    passed on whole or in part (split messages excepted); and when ``ready`` is set,
+    each ReadyForQuery adds one to ``ready_count`` and leaves its status byte in
+    ``status``. The caller clears ``observed``, ``tracked`` and ``ready_count``.
+
+    The loop is the pooler's hot path: a message of no watched type costs one set
+    lookup and a length check on top of finding where it ends.
     """
 
     __slots__ = (
         "_acc",
         "_broken",
+        "_floor",
         "_hdr",
+        "_invalid",
         "_limits",
         "_mode",
         "_observe",
         "_rem",
+        "_special",
         "_split",
         "_track",
         "_type",
+        "last_type",
         "observed",
+        "ready",
+        "ready_count",
+        "status",
         "tracked",
     )
 
@@ -122,14 +142,20 @@ class Scanner:
         self,
         split: frozenset[int] = frozenset(),
         observe: frozenset[int] = frozenset(),
-        limits: Mapping[int, int] | None = None,
+        limits: Mapping[int, int] = ANY_TYPE,
+        *,
         track: frozenset[int] = frozenset(),
+        ready: bool = False,
     ) -> None:
         self._split = split
-        self._track = track
-        self.tracked: list[int] = []
         self._observe = observe
-        self._limits = limits
+        self._track = track
+        self._limits = [limits.get(t, -1) for t in range(256)]
+        self._invalid = frozenset(t for t in range(256) if t not in limits)
+        # Lengths up to the smallest limit need no look-up of their type's own.
+        self._floor = min(limits.values())
+        self.ready = ready
+        self._update_special()
         self._hdr = b""
         # The message being received across feeds: bytes remaining, and whether its
         # bytes are forwarded (0), accumulated for a split message (1) or both (2).
@@ -139,10 +165,28 @@ class Scanner:
         self._acc = bytearray()
         self._broken = False
         self.observed: list[Message] = []
+        self.tracked: list[int] = []
+        self.last_type = -1
+        self.ready_count = 0
+        self.status = 0x49  # "I"
+
+    def _update_special(self) -> None:
+        special = self._split | self._observe | self._track | self._invalid
+        if self.ready:
+            special |= {_READY_FOR_QUERY}
+        self._special = special
 
     def set_split(self, split: frozenset[int]) -> None:
         """Change which message types are cut out from now on."""
         self._split = split
+        self._update_special()
+
+    def set_observe(self, observe: frozenset[int], *, ready: bool) -> None:
+        """Change which message types are observed, and whether ReadyForQuery is only
+        counted (``ready``) or observed with the rest, in order."""
+        self._observe = observe
+        self.ready = ready
+        self._update_special()
 
     def at_boundary(self) -> bool:
         """True when no message is partly received."""
@@ -152,9 +196,20 @@ class Scanner:
         """True when part of a message, but not all of it, has been passed on in runs."""
         return self._rem != 0 and self._mode != 1
 
-    def set_observe(self, observe: frozenset[int]) -> None:
-        """Change which message types are observed from now on."""
-        self._observe = observe
+    def _broke(
+        self, out: list[Event], data: bytes, run: int, pos: int, error: FramingError
+    ) -> list[Event]:
+        if run < pos:
+            out.append(data[run:pos])
+        out.append(error)
+        self._broken = True
+        return out
+
+    def _start_partial(self, data: bytes, pos: int, t: int, mode: int, end: int) -> None:
+        self._type = t
+        self._mode = mode
+        self._acc = bytearray(data[pos + 5 :])
+        self._rem = end - len(data)
 
     def feed(self, data: bytes) -> list[Event]:
         """Consume ``data``; see the class docstring for the events."""
@@ -182,77 +237,86 @@ class Scanner:
                         out.append(msg)
                     else:
                         self.observed.append(msg)
-        split = self._split
-        observe = self._observe
-        limits = self._limits
-        tracked = self._track
+        special = self._special
+        floor = self._floor
         unpack = unpack_int32
-        while pos < n:
+        last = self.last_type
+        n4 = n - 4
+        while pos < n4:
             t = data[pos]
-            # PostgreSQL judges the type byte before it waits for the length.
-            if n - pos < 5 and (limits is None or t in limits):
-                if run < pos:
-                    out.append(data[run:pos])
-                self._hdr = data[pos:]
-                return out
-            if limits is not None:
-                limit = limits.get(t)
-                if limit is None:
-                    if run < pos:
-                        out.append(data[run:pos])
-                    out.append(
-                        FramingError(
-                            f"invalid frontend message type {t}",
-                            f"invalid frontend message type {t}",
-                        )
-                    )
-                    self._broken = True
-                    return out
-            else:
-                limit = 0x7FFFFFFF
             length = unpack(data, pos + 1)[0]
-            if length < 4 or length > limit:
-                if run < pos:
-                    out.append(data[run:pos])
-                out.append(FramingError(f"invalid message length {length} for type {t}"))
-                self._broken = True
-                return out
+            if t not in special:
+                if length < 4 or (length > floor and length > self._limits[t]):
+                    self.last_type = last
+                    return self._broke(out, data, run, pos, _bad_length(t, length))
+                last = t
+                pos += 1 + length
+                continue
+            if t in self._invalid:
+                self.last_type = last
+                return self._broke(out, data, run, pos, _bad_type(t))
+            if length < 4 or length > self._limits[t]:
+                self.last_type = last
+                return self._broke(out, data, run, pos, _bad_length(t, length))
             end = pos + 1 + length
-            if t in tracked:
-                self.tracked.append(t)
-            if t in split:
+            if t == _READY_FOR_QUERY and self.ready:
+                last = t
+                if end <= n:
+                    self.ready_count += 1
+                    self.status = data[pos + 5]
+                    pos = end
+                    continue
+                # Split across reads: reported whole in ``observed`` when complete.
+                self._start_partial(data, pos, t, 2, end)
+                pos = end
+                break
+            if t in self._split:
                 if run < pos:
                     out.append(data[run:pos])
                 if end <= n:
                     out.append(Message(t, data[pos + 5 : end]))
                     pos = run = end
-                else:
-                    self._type = t
-                    self._mode = 1
-                    self._acc = bytearray(data[pos + 5 :])
-                    self._rem = end - n
-                    return out
-            elif t in observe:
+                    continue
+                self._start_partial(data, pos, t, 1, end)
+                self.last_type = last
+                return out
+            last = t
+            if t in self._track:
+                self.tracked.append(t)
+            if t in self._observe:
                 if end <= n:
                     self.observed.append(Message(t, data[pos + 5 : end]))
-                    pos = end
                 else:
-                    self._type = t
-                    self._mode = 2
-                    self._acc = bytearray(data[pos + 5 :])
-                    self._rem = end - n
-                    pos = n
-            elif end <= n:
-                pos = end
-            else:
+                    self._start_partial(data, pos, t, 2, end)
+            pos = end
+        self.last_type = last
+        if pos > n:
+            if not self._rem:
+                # An unwatched message continues in the next reads: pass it on as it comes.
                 self._mode = 0
-                self._rem = end - n
-                pos = n
-        if run == 0 and pos == n:
+                self._rem = pos - n
+        elif pos < n:
+            if data[pos] in self._invalid:
+                return self._broke(out, data, run, pos, _bad_type(data[pos]))
+            # PostgreSQL judges the type byte before it waits for the length.
+            if run < pos:
+                out.append(data[run:pos])
+            self._hdr = data[pos:]
+            return out
+        if run == 0:
             out.append(data)
-        elif run < pos:
-            out.append(data[run:pos])
+        elif run < n:
+            out.append(data[run:])
         return out
+
+
+def _bad_type(t: int) -> FramingError:
+    message = f"invalid frontend message type {t}"
+    return FramingError(message, message)
+
+
+def _bad_length(t: int, length: int) -> FramingError:
+    return FramingError(f"invalid message length {length} for type {t}")
 
 
 # --- startup packets ---------------------------------------------------------------

@@ -19,9 +19,10 @@ SYNC = ord("S")
 FUNCTION_CALL = ord("F")
 COPY_DONE = ord("c")
 COPY_FAIL = ord("f")
-_EXTENDED = frozenset(b"PBEDCH")
-#: The frontend message types a tracker needs to see, in stream order.
-TRACKED = frozenset({QUERY, SYNC, FUNCTION_CALL, COPY_DONE, COPY_FAIL}) | _EXTENDED
+#: Extended-protocol messages: after one of them, nothing is settled until a Sync.
+UNSYNC = frozenset(b"PBEDCH")
+#: The frontend message types whose order a tracker needs, via ``sent``.
+TRACKED = frozenset({QUERY, SYNC, FUNCTION_CALL, COPY_DONE, COPY_FAIL})
 _ANSWERED = frozenset({QUERY, SYNC, FUNCTION_CALL})
 _COPY_END = frozenset({COPY_DONE, COPY_FAIL})
 
@@ -37,7 +38,8 @@ class RequestTracker:
         self._queue: deque[int] = deque()
         #: The server answered CopyInResponse and the COPY has not ended.
         self.copy_in = False
-        #: Extended-protocol messages were sent after the last Sync.
+        #: Extended-protocol messages were sent after the last Sync (kept up to date by
+        #: whoever scans the client's stream).
         self.unsynced = False
 
     @property
@@ -53,14 +55,7 @@ class RequestTracker:
         """The client sent messages of these types (those in ``TRACKED``), in order."""
         queue = self._queue
         for t in types:
-            if t == SYNC:
-                queue.append(t)
-                self.unsynced = False
-            elif t in _ANSWERED:
-                queue.append(t)
-            elif t in _EXTENDED:
-                self.unsynced = True
-            elif t in _COPY_END and self.copy_in:
+            if t in _ANSWERED or self.copy_in:
                 queue.append(t)
 
     def ready(self) -> None:
