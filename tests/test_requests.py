@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
-from pooler.protocol.requests import RequestTracker
+from pooler.protocol.requests import TRACKED, UNSYNC, RequestTracker
 
 
 def _sent(tracker: RequestTracker, types: str) -> None:
-    tracker.sent([ord(t) for t in types])
+    """What the client scanner reports: tracked types in order, and the Sync state."""
+    for t in types:
+        if ord(t) in UNSYNC:
+            tracker.unsynced = True
+        elif ord(t) in TRACKED:
+            if t == "S":
+                tracker.unsynced = False
+            tracker.sent([ord(t)])
 
 
 def test_simple_queries_and_pipelines() -> None:
