@@ -95,6 +95,9 @@ class Mode(Enum):
     CLOSED = "closed"
 
 
+_ACTIVE = Mode.ACTIVE
+
+
 class ServerConnection(asyncio.Protocol):
     """A connection to one backend, owned by a pool between clients."""
 
@@ -131,7 +134,7 @@ class ServerConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         mode = self.mode
-        if mode is Mode.ACTIVE:
+        if mode is _ACTIVE:
             self._relay(data)
         elif mode is Mode.LOGIN:
             self.reader.feed(data)
@@ -250,13 +253,12 @@ class ServerConnection(asyncio.Protocol):
         pid_map[self.pid] = session.pid
 
     def _relay(self, data: bytes) -> None:
-        session = self.session
-        assert session is not None
+        session = cast("ClientSession", self.session)
         scanner = self.scanner
         events = scanner.feed(data)
         transport = session.transport
-        if len(events) == 1 and type(events[0]) is bytes:
-            transport.write(events[0])
+        if isinstance(events, bytes):
+            transport.write(events)
         else:
             out: list[bytes] = []
             for event in events:

@@ -16,6 +16,7 @@ from pooler.protocol.auth_errors import ClientAuthError
 from pooler.protocol.codec import (
     PROTOCOL_3_0,
     CancelRequest,
+    Event,
     FramingError,
     GSSENCRequest,
     Message,
@@ -71,10 +72,23 @@ class ClientSession(asyncio.Protocol):
         self._handshake_task = asyncio.get_running_loop().create_task(self._handshake())
 
     def data_received(self, data: bytes) -> None:
-        if self.server is not None:
-            self._relay(data)
-        else:
+        # The relay is written out here rather than called: this runs once per request.
+        server = self.server
+        if server is None:
             self.reader.feed(data)
+            return
+        scanner = self.scanner
+        events = scanner.feed(data)
+        requests = server.requests
+        if scanner.tracked:
+            requests.sent(scanner.tracked)
+            scanner.tracked.clear()
+        # After an extended-protocol message, nothing is settled until a Sync.
+        requests.unsynced = scanner.last_type in UNSYNC
+        if isinstance(events, bytes):
+            server.transport.write(events)  # type: ignore[union-attr]
+        else:
+            self._relay_events(server, events)
 
     def eof_received(self) -> bool:
         return False
@@ -222,7 +236,7 @@ class ClientSession(asyncio.Protocol):
         rest = self.reader.take_rest()
         self.transport.resume_reading()
         if rest:
-            self._relay(rest)
+            self.data_received(rest)
 
     def _fatal(
         self, sqlstate: str, message: str, *, detail: str | None = None, hint: str | None = None
@@ -236,19 +250,8 @@ class ClientSession(asyncio.Protocol):
 
     # --- relay ------------------------------------------------------------------------
 
-    def _relay(self, data: bytes) -> None:
-        server = self.server
-        assert server is not None and server.transport is not None
-        scanner = self.scanner
-        events = scanner.feed(data)
-        if scanner.tracked:
-            server.requests.sent(scanner.tracked)
-            scanner.tracked.clear()
-        # After an extended-protocol message, nothing is settled until a Sync.
-        server.requests.unsynced = scanner.last_type in UNSYNC
-        if len(events) == 1 and type(events[0]) is bytes:
-            server.transport.write(events[0])
-            return
+    def _relay_events(self, server: ServerConnection, events: list[Event]) -> None:
+        assert server.transport is not None
         out: list[bytes] = []
         for event in events:
             if type(event) is bytes:

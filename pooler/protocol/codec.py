@@ -100,7 +100,8 @@ _READY_FOR_QUERY = 0x5A
 class Scanner:
     """Sans-IO splitter of a typed-message stream (after the startup packet).
 
-    ``feed(data)`` returns events in stream order: ``bytes`` runs to forward as they are,
+    ``feed(data)`` returns events in stream order (or ``data`` itself when it is one
+whole run, see ``feed``): ``bytes`` runs to forward as they are,
     ``Message`` for each message of a ``split`` type, and at most one trailing
     ``FramingError`` after which the scanner accepts nothing more. ``limits`` maps each
     valid type to its longest length (``ANY_TYPE`` accepts everything).
@@ -211,8 +212,12 @@ class Scanner:
         self._acc = bytearray(data[pos + 5 :])
         self._rem = end - len(data)
 
-    def feed(self, data: bytes) -> list[Event]:
-        """Consume ``data``; see the class docstring for the events."""
+    def feed(self, data: bytes) -> bytes | list[Event]:
+        """Consume ``data``; see the class docstring for the events.
+
+        Returns the input itself (a ``bytes`` object, not a list) when all of it is to
+        be passed on as it is: the common case, at no cost.
+        """
         out: list[Event] = []
         if self._broken:
             return out
@@ -304,8 +309,8 @@ class Scanner:
             self._hdr = data[pos:]
             return out
         if run == 0:
-            out.append(data)
-        elif run < n:
+            return data
+        if run < n:
             out.append(data[run:])
         return out
 
