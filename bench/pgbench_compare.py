@@ -49,7 +49,9 @@ BENCH_DIR = Path(__file__).resolve().parent
 REPO_DIR = BENCH_DIR.parent
 RELAY_SCRIPT = BENCH_DIR / "relay.py"
 
-ALL_TARGETS = ("direct", "pooler", "relay", "pgbouncer", "pgpool")
+ALL_TARGETS = ("direct", "pooler", "relay", "pooler-unix", "relay-unix", "pgbouncer", "pgpool")
+#: Proxies that reach the primary through its Unix socket instead of TCP.
+UNIX_TARGETS = frozenset({"pooler-unix", "relay-unix"})
 MODES = ("simple", "extended", "prepared")
 USER = "postgres"
 PASSWORD = "postgres"
@@ -283,8 +285,14 @@ def start_pooler(
     port: int,
     pool_size: int,
     overrides: Sequence[tuple[str, object]],
+    name: str = "pooler",
 ) -> Target:
     config = cluster.pooler_config(port)
+    if name in UNIX_TARGETS:
+        config["backends"] = [
+            {"name": n.name, "host": n.host, "port": n.port, "unix_socket_dir": str(n.socket_dir)}
+            for n in cluster.nodes
+        ]
     config.update(
         users={USER: PASSWORD},
         admin_users=[USER],
@@ -303,15 +311,18 @@ def start_pooler(
     path = workdir / "pooler.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     cmd = [sys.executable, "-m", "pooler", "run", "--config", str(path)]
-    pid = services.start("pooler", cmd, workdir / "pooler.log", REPO_DIR)
-    return Target("pooler", port, pid)
+    pid = services.start(name, cmd, workdir / f"{name}.log", REPO_DIR)
+    return Target(name, port, pid)
 
 
-def start_relay(services: Services, cluster: LocalCluster, workdir: Path, port: int) -> Target:
+def start_relay(
+    services: Services, cluster: LocalCluster, workdir: Path, port: int, name: str = "relay"
+) -> Target:
     primary = cluster.primary
-    cmd = [sys.executable, str(RELAY_SCRIPT), str(port), primary.host, str(primary.port)]
-    pid = services.start("relay", cmd, workdir / "relay.log", REPO_DIR)
-    return Target("relay", port, pid)
+    host = str(primary.socket_dir) if name in UNIX_TARGETS else primary.host
+    cmd = [sys.executable, str(RELAY_SCRIPT), str(port), host, str(primary.port)]
+    pid = services.start(name, cmd, workdir / f"{name}.log", REPO_DIR)
+    return Target(name, port, pid)
 
 
 def start_pgbouncer(
@@ -658,23 +669,26 @@ def render_table(
                     f" | {x_bouncer} | {cpu} |"
                 )
     lines.append("")
-    for mode in modes:
-        if "pooler" not in targets or "relay" not in targets or not clients:
-            break
-        count = SUMMARY_CLIENTS if SUMMARY_CLIENTS in clients else max(clients)
-        pooler, relay = cells.get((mode, count, "pooler")), cells.get((mode, count, "relay"))
-        if not pooler or not relay or not pooler.tps or not relay.tps:
-            lines.append(f"pooler vs relay, {mode}, c={count}: no result")
-            continue
-        ratio = pooler.tps / relay.tps
-        verdict = "meets" if ratio >= RELAY_BAR else "misses"
-        cpu = ""
-        if pooler.cpu_us is not None and relay.cpu_us is not None:
-            cpu = f"; CPU {pooler.cpu_us:.1f} vs {relay.cpu_us:.1f} us/txn"
-        lines.append(
-            f"pooler vs relay, {mode}, c={count}: {ratio:.2f}x TPS"
-            f" ({pooler.tps:.0f} vs {relay.tps:.0f}{cpu}); {verdict} the {RELAY_BAR}x bar"
-        )
+    for pooler_name, relay_name in (("pooler", "relay"), ("pooler-unix", "relay-unix")):
+        for mode in modes:
+            if pooler_name not in targets or relay_name not in targets or not clients:
+                break
+            count = SUMMARY_CLIENTS if SUMMARY_CLIENTS in clients else max(clients)
+            pooler = cells.get((mode, count, pooler_name))
+            relay = cells.get((mode, count, relay_name))
+            what = f"{pooler_name} vs {relay_name}, {mode}, c={count}"
+            if not pooler or not relay or not pooler.tps or not relay.tps:
+                lines.append(f"{what}: no result")
+                continue
+            ratio = pooler.tps / relay.tps
+            verdict = "meets" if ratio >= RELAY_BAR else "misses"
+            cpu = ""
+            if pooler.cpu_us is not None and relay.cpu_us is not None:
+                cpu = f"; CPU {pooler.cpu_us:.1f} vs {relay.cpu_us:.1f} us/txn"
+            lines.append(
+                f"{what}: {ratio:.2f}x TPS"
+                f" ({pooler.tps:.0f} vs {relay.tps:.0f}{cpu}); {verdict} the {RELAY_BAR}x bar"
+            )
     errors = [r for r in runs if r.error or r.failed]
     if errors:
         lines.append("")
@@ -849,17 +863,19 @@ def start_targets(
     versions: list[str],
 ) -> dict[str, Target]:
     """Start every proxy in ``targets``, each in a directory of its own, and wait for all."""
-    ports = iter(find_free_ports(5))
+    ports = iter(find_free_ports(len(ALL_TARGETS) + 1))
     started: dict[str, Target] = {}
     for name in targets:
         if name == "direct":
             started[name] = Target("direct", cluster.primary.port)
             continue
         sub = _server_dir(workdir / name)
-        if name == "pooler":
-            target = start_pooler(services, cluster, sub, next(ports), pool_size, pooler_set)
-        elif name == "relay":
-            target = start_relay(services, cluster, sub, next(ports))
+        if name in ("pooler", "pooler-unix"):
+            target = start_pooler(
+                services, cluster, sub, next(ports), pool_size, pooler_set, name
+            )
+        elif name in ("relay", "relay-unix"):
+            target = start_relay(services, cluster, sub, next(ports), name)
         elif name == "pgbouncer":
             versions.append(program_version([find_program("pgbouncer") or "", "-V"]))
             target = start_pgbouncer(services, cluster, sub, next(ports), pool_size)

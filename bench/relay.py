@@ -1,7 +1,8 @@
 """A blind relay: forwards bytes to one server with no parsing and no pooling.
 
 The floor of any Python proxy on this machine: uvloop Protocols, one server connection
-per client, nothing looked at. ``python bench/relay.py LISTEN_PORT TARGET_HOST TARGET_PORT``.
+per client, nothing looked at. ``python bench/relay.py LISTEN_PORT TARGET_HOST TARGET_PORT``;
+a TARGET_HOST starting with "/" is the directory of the server's Unix socket.
 """
 
 from __future__ import annotations
@@ -43,7 +44,11 @@ class _Client(asyncio.Protocol):
     async def _connect(self) -> None:
         loop = asyncio.get_running_loop()
         server = _Server(self)
-        await loop.create_connection(lambda: server, self.host, self.port)
+        if self.host.startswith("/"):
+            path = f"{self.host}/.s.PGSQL.{self.port}"
+            await loop.create_unix_connection(lambda: server, path)
+        else:
+            await loop.create_connection(lambda: server, self.host, self.port)
         self.server = server
         assert server.transport is not None
         server.transport.writelines(self.pending)
