@@ -14,6 +14,7 @@ from pooler.pool import ParamKey, PoolKey, ServerPool
 from pooler.protocol import messages as m
 from pooler.protocol.auth_errors import BackendAuthError
 from pooler.protocol.codec import (
+    Event,
     Message,
     Scanner,
     build_cancel_request,
@@ -133,10 +134,34 @@ class ServerConnection(asyncio.Protocol):
         self.reader.attach(self.transport)
 
     def data_received(self, data: bytes) -> None:
+        if self.mode is not _ACTIVE:
+            self._not_relaying(data)
+            return
+        # The relay is written out here rather than called: this runs once per answer.
+        session = cast("ClientSession", self.session)
+        scanner = self.scanner
+        events = scanner.feed(data)
+        if isinstance(events, bytes):
+            session.transport.write(events)
+        else:
+            self._relay_events(session, events)
+        if scanner.observed:
+            self._observe()
+        elif scanner.ready_count == 1:
+            # The usual end of an answer, without the general bookkeeping.
+            scanner.ready_count = 0
+            self.status = _STATUS[scanner.status]
+            self.requests.ready()
+        elif scanner.ready_count:
+            self._observe()
+        else:
+            return
+        if session.draining and self.requests.idle():
+            session.server_idle()
+
+    def _not_relaying(self, data: bytes) -> None:
         mode = self.mode
-        if mode is _ACTIVE:
-            self._relay(data)
-        elif mode is Mode.LOGIN:
+        if mode is Mode.LOGIN:
             self.reader.feed(data)
         elif mode is Mode.RESET:
             self._reset_data(data)
@@ -252,36 +277,16 @@ class ServerConnection(asyncio.Protocol):
         self.pid_map = pid_map
         pid_map[self.pid] = session.pid
 
-    def _relay(self, data: bytes) -> None:
-        session = cast("ClientSession", self.session)
-        scanner = self.scanner
-        events = scanner.feed(data)
-        transport = session.transport
-        if isinstance(events, bytes):
-            transport.write(events)
-        else:
-            out: list[bytes] = []
-            for event in events:
-                if type(event) is bytes:
-                    out.append(event)
-                elif type(event) is Message:
-                    pid, rest = m.parse_notification(event.body)
-                    # Clients know each other by the pids the pooler gave them.
-                    out.append(m.notification(self.pid_map.get(pid, pid), rest))
-            transport.writelines(out)
-        if scanner.observed:
-            self._observe()
-        elif scanner.ready_count == 1:
-            # The usual end of an answer, without the general bookkeeping.
-            scanner.ready_count = 0
-            self.status = _STATUS[scanner.status]
-            self.requests.ready()
-        elif scanner.ready_count:
-            self._observe()
-        else:
-            return
-        if session.draining and self.requests.idle():
-            session.server_idle()
+    def _relay_events(self, session: ClientSession, events: list[Event]) -> None:
+        out: list[bytes] = []
+        for event in events:
+            if type(event) is bytes:
+                out.append(event)
+            elif type(event) is Message:
+                pid, rest = m.parse_notification(event.body)
+                # Clients know each other by the pids the pooler gave them.
+                out.append(m.notification(self.pid_map.get(pid, pid), rest))
+        session.transport.writelines(out)
 
     def _observe(self) -> None:
         requests = self.requests

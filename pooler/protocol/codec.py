@@ -18,6 +18,7 @@ from dataclasses import dataclass
 _INT32 = struct.Struct("!i")
 _UINT32 = struct.Struct("!I")
 _HDR = struct.Struct("!ci")
+_TYPE_AND_LENGTH = struct.Struct("!Bi").unpack_from
 unpack_int32 = _INT32.unpack_from
 
 #: PostgreSQL's ``MAX_STARTUP_PACKET_LENGTH``.
@@ -244,12 +245,11 @@ whole run, see ``feed``): ``bytes`` runs to forward as they are,
                         self.observed.append(msg)
         special = self._special
         floor = self._floor
-        unpack = unpack_int32
+        header = _TYPE_AND_LENGTH
         last = self.last_type
         n4 = n - 4
         while pos < n4:
-            t = data[pos]
-            length = unpack(data, pos + 1)[0]
+            t, length = header(data, pos)
             if t not in special:
                 if length < 4 or (length > floor and length > self._limits[t]):
                     self.last_type = last
