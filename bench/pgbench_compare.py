@@ -964,9 +964,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 workdir / "cluster",
                 users={USER: PASSWORD},
                 databases={DATABASE: USER},
-                # Every pooler holds a server connection per client at c=64 (pgpool-II
-                # one per child and node), and pgbench's own 64 come on top.
-                settings={"max_connections": str(max(300, 4 * pool_size + 50))},
+                # Every pooling target keeps a server connection per client of the
+                # largest run (pgpool-II one per child and node, a few children more),
+                # and the unpooled targets' clients come on top.
+                settings={"max_connections": str(len(targets) * (pool_size + 4) + 50)},
                 progress=lambda line: say(f"cluster: {line}"),
             )
             versions.append(program_version([str(find_bindir() / "postgres"), "--version"]))
