@@ -361,8 +361,7 @@ class ServerConnection(asyncio.Protocol):
         longer than ``timeout`` closes the server.
         """
         self.session = None
-        if self.pid_map.get(self.pid) is not None:
-            del self.pid_map[self.pid]
+        self.pid_map.pop(self.pid, None)
         if client_partial or not self.reusable():
             self._give_up(pool, "not idle at release")
             return

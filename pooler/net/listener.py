@@ -168,7 +168,7 @@ class Pooler:
         while self.sessions and loop.time() < deadline:
             await asyncio.sleep(0.05)
         for session in list(self.sessions):
-            session.terminate("57P01", "terminating connection due to administrator command")
+            session.shut_down()
         # Let resets of servers released just now finish, then close what is idle.
         if self._janitor_task is not None:
             self._janitor_task.cancel()

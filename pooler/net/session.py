@@ -170,13 +170,16 @@ class ClientSession(asyncio.Protocol):
                 self.app.cancel(packet.pid, packet.key)
                 self.transport.close()
                 return None
+            # Bytes already here when we answer came before the answer, so unencrypted:
+            # PostgreSQL refuses them (a man in the middle could have injected them).
+            # The check runs before any await, so nothing sent after the answer counts.
             if isinstance(packet, SSLRequest) and not ssl_done:
                 ssl_done = True
                 context = self.app.ssl_context
                 self.transport.write(b"S" if context is not None else b"N")
+                self._no_unencrypted_data("SSL request")
                 if context is not None:
                     await self._start_tls(context)
-                self._no_unencrypted_data("SSL request")
             elif isinstance(packet, GSSENCRequest) and not gss_done:
                 gss_done = True
                 self.transport.write(b"N")
@@ -196,8 +199,6 @@ class ClientSession(asyncio.Protocol):
 
     async def _start_tls(self, context: ssl.SSLContext) -> None:
         loop = asyncio.get_running_loop()
-        if self.reader.pending():
-            raise _UnencryptedData("SSL request")
         transport = await loop.start_tls(self.transport, self, context, server_side=True)
         self.transport = cast(asyncio.Transport, transport)
         self.reader.attach(self.transport)
@@ -274,13 +275,14 @@ class ClientSession(asyncio.Protocol):
     def server_idle(self) -> None:
         """While draining: the server answered everything sent so far."""
         if self.server is not None and self.server.status == b"I":
-            self.terminate("57P01", "terminating connection due to administrator command")
+            self.shut_down()
 
     def server_lost(self) -> None:
         """The server connection closed under us: so does the client, as directly."""
         server = self.server
         self.server = None
         if server is not None and self.pool is not None:
+            self.app.server_pids.pop(server.pid, None)
             self.pool.discard(server)
         self.transport.close()
 
@@ -318,15 +320,15 @@ class ClientSession(asyncio.Protocol):
         server = self.server
         if server is None:
             if self._handshake_task is not None:
-                self.terminate("57P01", "terminating connection due to administrator command")
+                self.shut_down()
             return
         if server.requests.idle() and server.status == b"I":
-            self.terminate("57P01", "terminating connection due to administrator command")
+            self.shut_down()
 
-    def terminate(self, sqlstate: str, message: str) -> None:
-        """Send FATAL and close."""
+    def shut_down(self) -> None:
+        """Close with the FATAL PostgreSQL sends when it shuts down."""
         if not self.transport.is_closing():
-            self._fatal(sqlstate, message)
+            self._fatal("57P01", "terminating connection due to administrator command")
 
 
 class _UnencryptedData(StartupError):
