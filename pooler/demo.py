@@ -137,6 +137,6 @@ def _print_connect_info(cluster: LocalCluster, port: int) -> None:
         "Connect with:\n"
         f'  psql "host=127.0.0.1 port={port} user=app dbname=app password=app"\n'
         f"  postgresql://app:app@127.0.0.1:{port}/app\n"
-        "Admin commands: user postgres, password postgres. Stop with Ctrl-C.",
+        "Superuser: postgres, password postgres. Stop with Ctrl-C.",
         flush=True,
     )
