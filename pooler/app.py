@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 import signal
 import sys
 
@@ -19,6 +20,7 @@ log = logging.getLogger("pooler")
 def run(config: Config) -> int:
     """Serve until SIGINT or SIGTERM, then drain and return the exit status."""
     pooler_log.setup(config.log.level, config.log.format)
+    _raise_open_files_limit()
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         return runner.run(_serve(config))
 
@@ -45,3 +47,14 @@ async def _serve(config: Config) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
     return 0
+
+
+def _raise_open_files_limit() -> None:
+    """Every client and server connection is a file descriptor: take the hard limit, as
+    a distribution's default soft limit (1024) is below a thousand clients."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as exc:
+            log.warning("cannot raise the open files limit", extra={"soft": soft, "why": str(exc)})

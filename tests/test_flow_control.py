@@ -1,10 +1,14 @@
-"""Back-pressure: a client that stops reading makes the pooler stop reading its server,
-and a server that stops reading makes the pooler stop reading its client; memory stays
-bounded either way and everyone else is served meanwhile."""
+"""Memory bounds. Back-pressure: a client that stops reading makes the pooler stop reading
+its server, and a server that stops reading makes the pooler stop reading its client;
+memory stays bounded either way and everyone else is served meanwhile. And a connected
+client that has not logged in yet costs a few kilobytes, so thousands cost little."""
 
 from __future__ import annotations
 
+import resource
+import socket
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -58,3 +62,22 @@ def test_large_copy_in_streams_through_without_buffering(start_pooler: Any) -> N
         count = conn.execute("SELECT count(*) FROM flow").fetchone()
     assert count == (200_000,)
     assert peak - before < 40, f"pooler RSS grew by {peak - before:.0f} MiB during COPY"
+
+
+def test_thousands_of_idle_connections_cost_a_few_kilobytes_each(start_pooler: Any) -> None:
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    # Enough connections that per-connection memory dominates the measurement.
+    count = min(2000, hard - 200)
+    assert count >= 500, f"the open files limit ({hard}) is too low for this test"
+    pooler = start_pooler(pool={"max_clients": 5000})
+    before = _rss_mib(pooler.proc.pid)
+    with ExitStack() as stack:
+        for _ in range(count):
+            stack.enter_context(socket.create_connection((pooler.host, pooler.port)))
+        with psycopg.connect(pooler.dsn()) as healthy:
+            assert healthy.execute("SELECT 1").fetchone() == (1,)
+        time.sleep(1)
+        per_client_kib = (_rss_mib(pooler.proc.pid) - before) * 1024 / count
+    # DESIGN.md's budget: 10,000 idle clients in under 50 MB.
+    assert per_client_kib < 5, f"{per_client_kib:.1f} KiB per idle connection"

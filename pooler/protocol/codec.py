@@ -11,6 +11,7 @@ without breaking its zero-copy path.
 
 from __future__ import annotations
 
+import functools
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -152,10 +153,7 @@ whole run, see ``feed``): ``bytes`` runs to forward as they are,
         self._split = split
         self._observe = observe
         self._track = track
-        self._limits = [limits.get(t, -1) for t in range(256)]
-        self._invalid = frozenset(t for t in range(256) if t not in limits)
-        # Lengths up to the smallest limit need no look-up of their type's own.
-        self._floor = min(limits.values())
+        self._limits, self._invalid, self._floor = _tables(tuple(sorted(limits.items())))
         self.ready = ready
         self._update_special()
         self._hdr = b""
@@ -173,10 +171,7 @@ whole run, see ``feed``): ``bytes`` runs to forward as they are,
         self.status = 0x49  # "I"
 
     def _update_special(self) -> None:
-        special = self._split | self._observe | self._track | self._invalid
-        if self.ready:
-            special |= {_READY_FOR_QUERY}
-        self._special = special
+        self._special = _special(self._split, self._observe, self._track, self._invalid, self.ready)
 
     def set_split(self, split: frozenset[int]) -> None:
         """Change which message types are cut out from now on."""
@@ -313,6 +308,34 @@ whole run, see ``feed``): ``bytes`` runs to forward as they are,
         if run < n:
             out.append(data[run:])
         return out
+
+
+# Every client has a scanner: the tables behind it are shared, not built per connection
+# (they are a few kilobytes, more than the rest of an idle client).
+
+
+@functools.cache
+def _tables(limits: tuple[tuple[int, int], ...]) -> tuple[list[int], frozenset[int], int]:
+    """Per-type limits as a list, the invalid types, and the smallest limit (lengths up to
+    it need no look-up of their type's own)."""
+    table = dict(limits)
+    return (
+        [table.get(t, -1) for t in range(256)],
+        frozenset(t for t in range(256) if t not in table),
+        min(table.values()),
+    )
+
+
+@functools.cache
+def _special(
+    split: frozenset[int],
+    observe: frozenset[int],
+    track: frozenset[int],
+    invalid: frozenset[int],
+    ready: bool,
+) -> frozenset[int]:
+    special = split | observe | track | invalid
+    return special | {_READY_FOR_QUERY} if ready else special
 
 
 def _bad_type(t: int) -> FramingError:
