@@ -110,6 +110,9 @@ class Auth:
     #: Key of the HMAC that derives mock SCRAM salts for unknown users; see
     #: ``auth_secret_key``.
     secret: str | None = None
+    #: Seconds a client has to log in before it is dropped (PostgreSQL's
+    #: authentication_timeout).
+    timeout: float = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -683,7 +686,10 @@ def parse_config(
         users=users,
         admin_users=_admin_users(top, users),
         auth=top.section("auth").read(
-            Auth, method=_choice(_AUTH_METHODS), secret=_optional(_SECRET)
+            Auth,
+            method=_choice(_AUTH_METHODS),
+            secret=_optional(_SECRET),
+            timeout=_POSITIVE_DURATION,
         ),
         pool=top.section("pool").read(
             Pool,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+import time
 from typing import Any
 
 import psycopg
@@ -87,3 +89,17 @@ def test_backend_password_mismatch_is_the_backends_error(start_pooler: Any) -> N
     pooler = start_pooler(users={"app": "not-the-real-one", "postgres": "postgres"})
     with pytest.raises(psycopg.OperationalError, match=FAILED.format("app")):
         psycopg.connect(pooler.dsn(password="not-the-real-one"))
+
+
+def test_a_client_that_does_not_log_in_in_time_is_dropped(start_pooler: Any) -> None:
+    """As PostgreSQL's authentication_timeout; a logged-in client is not affected."""
+    pooler = start_pooler(auth={"timeout": 1})
+    with (
+        psycopg.connect(pooler.dsn()) as logged_in,
+        socket.create_connection((pooler.host, pooler.port)) as silent,
+    ):
+        silent.settimeout(5)
+        started = time.monotonic()
+        assert silent.recv(1) == b""
+        assert 0.5 < time.monotonic() - started < 4
+        assert logged_in.execute("SELECT 1").fetchone() == (1,)

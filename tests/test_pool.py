@@ -190,3 +190,16 @@ def test_idle_server_terminated_by_an_administrator_is_replaced(
     with psycopg.connect(pooler.dsn()) as conn:
         row = conn.execute("SELECT pg_backend_pid()").fetchone()
     assert row is not None and row[0] != pid
+
+
+def test_checkout_timeout_is_a_clear_error_and_frees_nothing_else(start_pooler: Any) -> None:
+    pooler = start_pooler(pool={"size": 1, "checkout_timeout": 0.5})
+    with psycopg.connect(pooler.dsn()) as holder:
+        started = time.monotonic()
+        with pytest.raises(psycopg.OperationalError) as info:
+            psycopg.connect(pooler.dsn(), connect_timeout=5)
+        assert time.monotonic() - started < 3
+        assert "no server connection became free" in str(info.value)
+        assert holder.execute("SELECT 1").fetchone() == (1,)
+    with psycopg.connect(pooler.dsn()) as after:
+        assert after.execute("SELECT 2").fetchone() == (2,)

@@ -60,6 +60,7 @@ class ClientSession(asyncio.Protocol):
         self.database = ""
         self.draining = False
         self._handshake_task: asyncio.Task[None] | None = None
+        self._auth_timer: asyncio.TimerHandle | None = None
         #: Counted against pool.max_clients (set by the listener's ``admit``).
         self.counted = False
 
@@ -69,7 +70,16 @@ class ClientSession(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
         self.reader.attach(self.transport)
         self.app.sessions.add(self)
-        self._handshake_task = asyncio.get_running_loop().create_task(self._handshake())
+        loop = asyncio.get_running_loop()
+        self._handshake_task = loop.create_task(self._handshake())
+        # As PostgreSQL's authentication_timeout: a client that has not logged in by
+        # then is dropped, so idle sockets cannot pile up.
+        self._auth_timer = loop.call_later(self.app.config.auth.timeout, self.transport.abort)
+
+    def _cancel_auth_timer(self) -> None:
+        if self._auth_timer is not None:
+            self._auth_timer.cancel()
+            self._auth_timer = None
 
     def data_received(self, data: bytes) -> None:
         # The relay is written out here rather than called: this runs once per request.
@@ -94,6 +104,7 @@ class ClientSession(asyncio.Protocol):
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_auth_timer()
         self.reader.feed_eof()
         self.app.forget(self)
         task = self._handshake_task
@@ -150,6 +161,13 @@ class ClientSession(asyncio.Protocol):
             log.warning("server login for %r@%r failed: %s", self.user, self.database, exc)
             self.transport.write(exc.response)
             self.transport.close()
+        except _CheckoutTimeout:
+            log.warning("no server for %r@%r in time", self.user, self.database)
+            self._fatal(
+                "53300",
+                "no server connection became free within pool.checkout_timeout",
+                hint="Raise pool.size, or shorten what holds the connections.",
+            )
         except asyncio.CancelledError:
             self.transport.abort()
         except Exception:
@@ -222,9 +240,13 @@ class ClientSession(asyncio.Protocol):
         pool = app.pools.get(PoolKey(app.primary_node(), self.database, self.user))
         self.pool = pool
         self.transport.pause_reading()
-        server = await pool.checkout(
-            params, app.server_opener(self.user, self.database, creds), app.checkout_timeout
-        )
+        self._cancel_auth_timer()
+        try:
+            server = await pool.checkout(
+                params, app.server_opener(self.user, self.database, creds), app.checkout_timeout
+            )
+        except TimeoutError as exc:
+            raise _CheckoutTimeout from exc
         assert isinstance(server, ServerConnection)
         self.pid, self.key = app.register(self)
         out = [m.parameter_status(k, v) for k, v in server.params.items()]
@@ -329,6 +351,10 @@ class ClientSession(asyncio.Protocol):
         """Close with the FATAL PostgreSQL sends when it shuts down."""
         if not self.transport.is_closing():
             self._fatal("57P01", "terminating connection due to administrator command")
+
+
+class _CheckoutTimeout(Exception):
+    """No server connection became free within pool.checkout_timeout."""
 
 
 class _UnencryptedData(StartupError):
