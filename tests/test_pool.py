@@ -203,3 +203,22 @@ def test_checkout_timeout_is_a_clear_error_and_frees_nothing_else(start_pooler: 
         assert holder.execute("SELECT 1").fetchone() == (1,)
     with psycopg.connect(pooler.dsn()) as after:
         assert after.execute("SELECT 2").fetchone() == (2,)
+
+
+def test_backend_fatal_reaches_the_client_as_postgresql_sent_it(
+    cluster: LocalCluster, start_pooler: Any
+) -> None:
+    pooler = start_pooler(pool={"size": 1})
+    conn = psycopg.connect(pooler.dsn(), autocommit=True)
+    pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]  # type: ignore[index]
+    with psycopg.connect(cluster.primary.dsn(), autocommit=True) as direct:
+        direct.execute("SELECT pg_terminate_backend(%s)", [pid])
+    with pytest.raises(psycopg.OperationalError) as info:
+        conn.execute("SELECT 1")
+    assert info.value.sqlstate == "57P01"
+    assert "terminating connection due to administrator command" in str(info.value)
+    conn.close()
+    # The dead server left the pool: the next client gets a new one.
+    with psycopg.connect(pooler.dsn()) as after:
+        row = after.execute("SELECT pg_backend_pid()").fetchone()
+    assert row is not None and row[0] != pid
