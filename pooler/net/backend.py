@@ -168,7 +168,7 @@ class ServerConnection(asyncio.Protocol):
         elif mode is Mode.IDLE:
             # An idle server speaks only to say it is going away (an administrator's
             # pg_terminate_backend, a shutdown); it is of no further use.
-            log.info("idle server %s pid %d spoke; closing it", self.address, self.pid)
+            log.info("idle server spoke; closing it", extra=self._log_fields())
             if self.pool is None or not self.pool.remove_idle(self):
                 self.close()
 
@@ -347,7 +347,7 @@ class ServerConnection(asyncio.Protocol):
             # then the cancel may still hit whatever this server runs next.
             await asyncio.wait_for(closed, timeout)
         except (OSError, TimeoutError) as exc:
-            log.warning("cancel to %s pid %d failed: %s", self.address, self.pid, exc)
+            log.warning("cancel failed", extra={**self._log_fields(), "why": str(exc)})
 
     # --- back to the pool -------------------------------------------------------------
 
@@ -406,8 +406,11 @@ class ServerConnection(asyncio.Protocol):
             done.set_result(not self._reset_error and self.status == b"I")
 
     def _give_up(self, pool: ServerPool, reason: str) -> None:
-        log.debug("closing server %s pid %d: %s", self.address, self.pid, reason)
+        log.debug("closing server", extra={**self._log_fields(), "why": reason})
         pool.discard(self)
+
+    def _log_fields(self) -> dict[str, object]:
+        return {"server": str(self.address), "server_pid": self.pid}
 
     def close(self) -> None:
         """Close at once (a Terminate first when the connection is in a known state)."""

@@ -146,7 +146,7 @@ class ClientSession(asyncio.Protocol):
         except AuthClosed:
             self.transport.abort()
         except StartupError as exc:
-            log.info("bad startup packet from %s: %s", self._peer(), exc.message)
+            log.info("bad startup packet", extra={"peer": self._peer(), "why": exc.message})
             if exc.sqlstate is None:
                 self.transport.abort()
             elif exc.old_format:
@@ -155,14 +155,23 @@ class ClientSession(asyncio.Protocol):
             else:
                 self._fatal(exc.sqlstate, exc.message, detail=exc.detail, hint=exc.hint)
         except ClientAuthError as exc:
-            log.info("authentication of %r from %s failed: %s", self.user, self._peer(), exc)
+            log.info(
+                "authentication failed",
+                extra={"user": self.user, "peer": self._peer(), "why": str(exc)},
+            )
             self._fatal(exc.sqlstate, exc.message, detail=exc.detail)
         except LoginError as exc:
-            log.warning("server login for %r@%r failed: %s", self.user, self.database, exc)
+            log.warning(
+                "server login failed",
+                extra={"user": self.user, "database": self.database, "why": str(exc)},
+            )
             self.transport.write(exc.response)
             self.transport.close()
         except _CheckoutTimeout:
-            log.warning("no server for %r@%r in time", self.user, self.database)
+            log.warning(
+                "no server connection within pool.checkout_timeout",
+                extra={"user": self.user, "database": self.database},
+            )
             self._fatal(
                 "53300",
                 "no server connection became free within pool.checkout_timeout",
@@ -171,7 +180,7 @@ class ClientSession(asyncio.Protocol):
         except asyncio.CancelledError:
             self.transport.abort()
         except Exception:
-            log.exception("unexpected error in the handshake of %s", self._peer())
+            log.exception("unexpected error in a handshake", extra={"peer": self._peer()})
             self._fatal("XX000", "internal error in the connection pooler")
 
     async def _read_startup(self) -> StartupMessage | None:
@@ -286,7 +295,7 @@ class ClientSession(asyncio.Protocol):
                 return
             elif isinstance(event, FramingError):
                 server.transport.writelines(out)
-                log.info("protocol violation from %s: %s", self._peer(), event)
+                log.info("protocol violation", extra={"peer": self._peer(), "why": str(event)})
                 if event.fatal_message is not None:
                     self._fatal("08P01", event.fatal_message)
                 else:
