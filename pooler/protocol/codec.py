@@ -173,11 +173,6 @@ whole run, see ``feed``): ``bytes`` runs to forward as they are,
     def _update_special(self) -> None:
         self._special = _special(self._split, self._observe, self._track, self._invalid, self.ready)
 
-    def set_split(self, split: frozenset[int]) -> None:
-        """Change which message types are cut out from now on."""
-        self._split = split
-        self._update_special()
-
     def set_observe(self, observe: frozenset[int], *, ready: bool) -> None:
         """Change which message types are observed, and whether ReadyForQuery is only
         counted (``ready``) or observed with the rest, in order."""

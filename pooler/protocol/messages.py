@@ -21,8 +21,6 @@ NOTIFICATION_RESPONSE = ord("A")
 COMMAND_COMPLETE = ord("C")
 NEGOTIATE_PROTOCOL_VERSION = ord("v")
 COPY_IN_RESPONSE = ord("G")
-COPY_OUT_RESPONSE = ord("H")
-COPY_BOTH_RESPONSE = ord("W")
 
 # Frontend message types.
 QUERY = ord("Q")
