@@ -1,60 +1,122 @@
-"""Running the pooler in the foreground until SIGINT or SIGTERM."""
+"""The running pooler: configuration, pools, clients, background tasks; start and stop."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import resource
-import signal
-import sys
+from collections.abc import Coroutine
+from typing import Any
 
-import uvloop
-
-from pooler import log as pooler_log
-from pooler.config import Config
-from pooler.net.listener import Pooler
+from pooler.clients import ClientRegistry
+from pooler.config import Config, auth_secret_key
+from pooler.net.client import ClientConnection
+from pooler.net.client_auth import Authenticator
+from pooler.net.listener import listen, ssl_context
+from pooler.net.server import ServerConnection
+from pooler.net.server_login import Credentials, LoginError, NodeAddress
+from pooler.pool import Opener, ParamKey, PooledServer, PoolKey, PoolManager
+from pooler.protocol import messages as m
+from pooler.protocol.codec import frontend_limits
 
 log = logging.getLogger("pooler")
 
 
-def run(config: Config) -> int:
-    """Serve until SIGINT or SIGTERM, then drain and return the exit status."""
-    pooler_log.setup(config.log.level, config.log.format)
-    _raise_open_files_limit()
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(_serve(config))
+class Pooler:
+    """The running pooler: listening socket, pools, clients."""
 
-
-async def _serve(config: Config) -> int:
-    pooler = Pooler(config)
-    try:
-        await pooler.start()
-    except OSError as exc:
-        listen = config.listen
-        print(
-            f"pooler: cannot listen on {listen.host}:{listen.port}: {exc.strerror}", file=sys.stderr
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.frontend_limits = frontend_limits(config.limits.max_message_size)
+        self.pools = PoolManager(config.pool.size)
+        self.addresses = [NodeAddress(b.host, b.port, b.unix_socket_path) for b in config.backends]
+        self.authenticator = Authenticator(
+            config.auth.method, config.users, auth_secret_key(config)
         )
-        return 1
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        await stop.wait()
-        log.info("shutting down", extra={"timeout": config.shutdown_timeout})
-        await pooler.shutdown(config.shutdown_timeout)
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
-    return 0
+        self.ssl_context = ssl_context(config.tls)
+        reset = config.pool.reset_query
+        self.reset_query = m.query(reset) if reset else None
+        self.checkout_timeout = config.pool.checkout_timeout or None
+        self.connect_timeout = config.pool.connect_timeout
+        self.clients = ClientRegistry(config.pool.max_clients)
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._server: asyncio.Server | None = None
+        self._janitor_task: asyncio.Task[None] | None = None
 
+    def primary_node(self) -> int:
+        """The node that takes writes (node 0 until the cluster monitor exists)."""
+        return 0
 
-def _raise_open_files_limit() -> None:
-    """Every client and server connection is a file descriptor: take the hard limit, as
-    a distribution's default soft limit (1024) is below a thousand clients."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard != soft:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-        except (ValueError, OSError) as exc:
-            log.warning("cannot raise the open files limit", extra={"soft": soft, "why": str(exc)})
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run ``coro`` in the background, keeping a reference until it ends."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def server_opener(self, user: str, database: str, creds: Credentials) -> Opener:
+        """How to open a server connection for this client when its pool needs one."""
+        node = self.primary_node()
+        address = self.addresses[node]
+        pool_key = PoolKey(node, database, user)
+        timeout = self.connect_timeout
+
+        async def open_server(params: ParamKey) -> PooledServer:
+            server = ServerConnection(address, pool_key, params)
+            try:
+                await address.connect(lambda: server, timeout)
+                await asyncio.wait_for(server.login(user, database, creds), timeout)
+            except (OSError, TimeoutError) as exc:
+                server.close()
+                reason = f"could not connect to server {address}: {exc or 'timeout'}"
+                raise LoginError(reason, m.error_response("FATAL", "08006", reason)) from exc
+            except BaseException:
+                server.close()
+                raise
+            return server
+
+        return open_server
+
+    # --- lifecycle --------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Bind the listening socket; raises OSError if it cannot."""
+        cfg = self.config
+        factory = lambda: ClientConnection(self)  # noqa: E731
+        self._server = await listen(cfg.listen.host, cfg.listen.port, factory)
+        if cfg.pool.idle_timeout:
+            loop = asyncio.get_running_loop()
+            self._janitor_task = loop.create_task(self._janitor(cfg.pool.idle_timeout))
+        log.info(
+            "listening",
+            extra={"host": cfg.listen.host, "port": cfg.listen.port, "mode": cfg.pool.mode},
+        )
+
+    async def _janitor(self, idle_timeout: float) -> None:
+        """Close server connections unused for ``idle_timeout`` seconds."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(min(idle_timeout / 2, 30.0))
+            self.pools.close_expired(loop.time() - idle_timeout)
+
+    async def shutdown(self, timeout: float) -> None:
+        """Stop accepting, let running queries finish for ``timeout`` s, then close all."""
+        if self._server is not None:
+            self._server.close()
+        clients = self._client_connections()
+        for client in clients:
+            client.drain()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.clients and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        for client in self._client_connections():
+            client.shut_down()
+        # Let resets of servers released just now finish, then close what is idle.
+        if self._janitor_task is not None:
+            self._janitor_task.cancel()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=1)
+        self.pools.close_idle()
+        log.info("shut down")
+
+    def _client_connections(self) -> list[ClientConnection]:
+        return [c for c in self.clients.all if isinstance(c, ClientConnection)]

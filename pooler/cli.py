@@ -51,6 +51,6 @@ def main(argv: list[str] | None = None) -> int:
             print(f"pooler: warning: {warning}", file=sys.stderr)
         print(f"{args.config}: OK" + (f" ({len(warnings)} warnings)" if warnings else ""))
         return 0
-    from pooler.app import run
+    from pooler.serve import run
 
     return run(config)

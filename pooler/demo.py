@@ -104,7 +104,7 @@ def main(directory: str = "./pooler-demo", port: int = 9999, port_base: int = 55
             data = {**cluster.pooler_config(port), "log": {"format": "text"}}
             config = _write_config(base_dir / "pooler.yaml", data)
             _print_connect_info(cluster, port)
-            from pooler.app import run
+            from pooler.serve import run
 
             return run(config)
     except PortInUseError as exc:

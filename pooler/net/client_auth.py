@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping
 
-from pooler.net.backend import Credentials
+from pooler.net.server_login import Credentials
 from pooler.net.handshake import HandshakeReader, MessageTooLong
 from pooler.protocol import messages as m
 from pooler.protocol.auth_errors import AuthFailed, ClientAuthError, ProtocolViolation

@@ -20,6 +20,7 @@ _INT32 = struct.Struct("!i")
 _UINT32 = struct.Struct("!I")
 _HDR = struct.Struct("!ci")
 _TYPE_AND_LENGTH = struct.Struct("!Bi").unpack_from
+_HDR_BYTES = struct.Struct("!Bi").pack
 unpack_int32 = _INT32.unpack_from
 
 #: PostgreSQL's ``MAX_STARTUP_PACKET_LENGTH``.
@@ -68,8 +69,11 @@ class FramingError(Exception):
     is None PostgreSQL closes without a word (it only logs), and so do we.
     """
 
-    def __init__(self, log_message: str, fatal_message: str | None = None) -> None:
+    def __init__(self, log_message: str, raw: bytes, fatal_message: str | None = None) -> None:
         super().__init__(log_message)
+        #: The offending bytes as received: the type byte, and the length when it is
+        #: the length that is wrong (so the same fault can be handed to a server).
+        self.raw = raw
         self.fatal_message = fatal_message
 
 
@@ -108,10 +112,18 @@ whole run, see ``feed``): ``bytes`` runs to forward as they are,
     ``FramingError`` after which the scanner accepts nothing more. ``limits`` maps each
     valid type to its longest length (``ANY_TYPE`` accepts everything).
 
+    After an observed message of a ``pause`` type the scanner stops and keeps the rest
+    of the input for the next ``feed`` (call ``feed(b"")`` to go on): the caller can
+    change what is observed from that message on.
+
+    A message of a ``stop`` type is split out too, and ends the stream: nothing after
+    it is read (a Terminate, after which PostgreSQL reads nothing more).
+
     Cheaper ways to watch messages that stay inside the runs, for the data path:
     ``observe`` types are appended whole to ``observed``; ``track`` types have their
     type byte appended to ``tracked``; ``last_type`` is the type of the last message
-    passed on whole or in part (split messages excepted); and when ``ready`` is set,
+    passed on whole or in part (split messages and ``transparent`` types excepted);
+    and when ``ready`` is set,
     each ReadyForQuery adds one to ``ready_count`` and leaves its status byte in
     ``status``. The caller clears ``observed``, ``tracked`` and ``ready_count``.
 
@@ -128,13 +140,17 @@ whole run, see ``feed``): ``bytes`` runs to forward as they are,
         "_limits",
         "_mode",
         "_observe",
+        "_pause",
         "_rem",
         "_special",
         "_split",
+        "_stop",
         "_track",
+        "_transparent",
         "_type",
         "last_type",
         "observed",
+        "paused",
         "ready",
         "ready_count",
         "status",
@@ -149,8 +165,14 @@ whole run, see ``feed``): ``bytes`` runs to forward as they are,
         *,
         track: frozenset[int] = frozenset(),
         ready: bool = False,
+        stop: frozenset[int] = frozenset(),
+        pause: frozenset[int] = frozenset(),
+        transparent: frozenset[int] = frozenset(),
     ) -> None:
-        self._split = split
+        self._split = split | stop
+        self._stop = stop
+        self._pause = pause
+        self._transparent = transparent
         self._observe = observe
         self._track = track
         self._limits, self._invalid, self._floor = _tables(tuple(sorted(limits.items())))
@@ -169,9 +191,13 @@ whole run, see ``feed``): ``bytes`` runs to forward as they are,
         self.last_type = -1
         self.ready_count = 0
         self.status = 0x49  # "I"
+        #: The last feed stopped after a ``pause`` message; ``feed(b"")`` goes on.
+        self.paused = False
 
     def _update_special(self) -> None:
-        self._special = _special(self._split, self._observe, self._track, self._invalid, self.ready)
+        self._special = _special(
+            self._split, self._observe, self._track | self._transparent, self._invalid, self.ready
+        )
 
     def set_observe(self, observe: frozenset[int], *, ready: bool) -> None:
         """Change which message types are observed, and whether ReadyForQuery is only
@@ -197,6 +223,15 @@ whole run, see ``feed``): ``bytes`` runs to forward as they are,
         self._broken = True
         return out
 
+    def _paused(self, out: list[Event], data: bytes, run: int, pos: int) -> list[Event]:
+        # The rest waits for the next feed, which the caller makes at once (with b"")
+        # after it has acted on what was observed.
+        if run < pos:
+            out.append(data[run:pos])
+        self._hdr = data[pos:]
+        self.paused = pos < len(data)
+        return out
+
     def _start_partial(self, data: bytes, pos: int, t: int, mode: int, end: int) -> None:
         self._type = t
         self._mode = mode
@@ -215,6 +250,7 @@ whole run, see ``feed``): ``bytes`` runs to forward as they are,
         if self._hdr:
             data = self._hdr + data
             self._hdr = b""
+            self.paused = False
         n = len(data)
         pos = 0
         run = 0
@@ -231,8 +267,16 @@ whole run, see ``feed``): ``bytes`` runs to forward as they are,
                     self._acc = bytearray()
                     if self._mode == 1:
                         out.append(msg)
+                        if self._type in self._stop:
+                            self._broken = True
+                            return out
+                    elif self._type == _READY_FOR_QUERY and self.ready:
+                        self.ready_count += 1
+                        self.status = msg.body[0] if msg.body else 0
                     else:
                         self.observed.append(msg)
+                        if self._type in self._pause:
+                            return self._paused(out, data, run, pos)
         special = self._special
         floor = self._floor
         header = _TYPE_AND_LENGTH
@@ -271,16 +315,24 @@ whole run, see ``feed``): ``bytes`` runs to forward as they are,
                 if end <= n:
                     out.append(Message(t, data[pos + 5 : end]))
                     pos = run = end
+                    if t in self._stop:
+                        self.last_type = last
+                        self._broken = True
+                        return out
                     continue
                 self._start_partial(data, pos, t, 1, end)
                 self.last_type = last
                 return out
-            last = t
+            if t not in self._transparent:
+                last = t
             if t in self._track:
                 self.tracked.append(t)
             if t in self._observe:
                 if end <= n:
                     self.observed.append(Message(t, data[pos + 5 : end]))
+                    if t in self._pause:
+                        self.last_type = last
+                        return self._paused(out, data, run, end)
                 else:
                     self._start_partial(data, pos, t, 2, end)
             pos = end
@@ -335,11 +387,11 @@ def _special(
 
 def _bad_type(t: int) -> FramingError:
     message = f"invalid frontend message type {t}"
-    return FramingError(message, message)
+    return FramingError(message, bytes((t,)), message)
 
 
 def _bad_length(t: int, length: int) -> FramingError:
-    return FramingError(f"invalid message length {length} for type {t}")
+    return FramingError(f"invalid message length {length} for type {t}", _HDR_BYTES(t, length))
 
 
 # --- startup packets ---------------------------------------------------------------
@@ -446,7 +498,7 @@ def parse_startup_packet(packet: bytes) -> StartupPacket:
         raise StartupError(
             f"unsupported frontend protocol {major}.{minor}: server supports 3.0 to 3.0",
             "0A000",
-            old_format=major < 3,
+            old_format=0 < major < 3,
         )
     body = packet[8:]
     params: list[tuple[str, str]] = []

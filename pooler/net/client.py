@@ -1,4 +1,8 @@
-"""One client connection: startup, authentication, then relaying to its server."""
+"""One client connection: startup, authentication, then relaying to its server.
+
+What to do with the client's bytes is its ``ClientEngine``'s decision; this class
+reads, writes and carries the engine's actions out.
+"""
 
 from __future__ import annotations
 
@@ -7,51 +11,43 @@ import logging
 import ssl
 from typing import TYPE_CHECKING, cast
 
-from pooler.net.backend import LoginError, ServerConnection
+from pooler.engine.actions import Close, HandOver
+from pooler.engine.client import ClientEngine
 from pooler.net.client_auth import AuthClosed
 from pooler.net.handshake import ConnectionClosed, HandshakeReader
+from pooler.net.server import ServerConnection
+from pooler.net.server_login import LoginError
 from pooler.pool import PoolKey, ServerPool
 from pooler.protocol import messages as m
 from pooler.protocol.auth_errors import ClientAuthError
 from pooler.protocol.codec import (
     PROTOCOL_3_0,
     CancelRequest,
-    Event,
-    FramingError,
     GSSENCRequest,
-    Message,
-    Scanner,
     SSLRequest,
     StartupError,
     StartupMessage,
     parse_startup_packet,
     startup_packet_length,
 )
-from pooler.protocol.requests import TRACKED, UNSYNC
 
 if TYPE_CHECKING:
-    from pooler.net.listener import Pooler
+    from pooler.app import Pooler
 
 log = logging.getLogger("pooler.client")
-
-_SPLIT = frozenset({m.TERMINATE})
 
 # Startup parameters that say who connects, not how the session is set up.
 _IDENTITY = frozenset({"user", "database"})
 
 
-class ClientSession(asyncio.Protocol):
+class ClientConnection(asyncio.Protocol):
     """A client of the pooler, relaying to one server connection in session mode."""
 
     def __init__(self, app: Pooler) -> None:
         self.app = app
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.reader = HandshakeReader()
-        self.scanner = Scanner(
-            split=_SPLIT,
-            limits=app.frontend_limits,
-            track=TRACKED,
-        )
+        self.engine = ClientEngine(app.frontend_limits)
         self.server: ServerConnection | None = None
         self.pool: ServerPool | None = None
         self.pid = 0
@@ -61,7 +57,7 @@ class ClientSession(asyncio.Protocol):
         self.draining = False
         self._handshake_task: asyncio.Task[None] | None = None
         self._auth_timer: asyncio.TimerHandle | None = None
-        #: Counted against pool.max_clients (set by the listener's ``admit``).
+        #: Counted against pool.max_clients (set by the registry's ``admit``).
         self.counted = False
 
     # --- asyncio.Protocol ---------------------------------------------------------
@@ -69,7 +65,7 @@ class ClientSession(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
         self.reader.attach(self.transport)
-        self.app.sessions.add(self)
+        self.app.clients.add(self)
         loop = asyncio.get_running_loop()
         self._handshake_task = loop.create_task(self._handshake())
         # As PostgreSQL's authentication_timeout: a client that has not logged in by
@@ -85,34 +81,51 @@ class ClientSession(asyncio.Protocol):
         # The relay is written out here rather than called: this runs once per request.
         server = self.server
         if server is None:
-            self.reader.feed(data)
+            if not self.engine.ended:
+                self.reader.feed(data)
             return
-        scanner = self.scanner
-        events = scanner.feed(data)
-        requests = server.requests
-        if scanner.tracked:
-            requests.sent(scanner.tracked)
-            scanner.tracked.clear()
-        # After an extended-protocol message, nothing is settled until a Sync.
-        requests.unsynced = scanner.last_type in UNSYNC
-        if isinstance(events, bytes):
-            server.transport.write(events)  # type: ignore[union-attr]
+        out = self.engine.feed(data)
+        if type(out) is bytes:
+            server.transport.write(out)  # type: ignore[union-attr]
         else:
-            self._relay_events(server, events)
+            self._carry_out(server, out)  # type: ignore[arg-type]
+
+    def _carry_out(self, server: ServerConnection, out: list[bytes | Close | HandOver]) -> None:
+        for item in out:
+            if type(item) is bytes:
+                server.write(item)
+            elif isinstance(item, Close):
+                self._close(item.reply)
+            elif isinstance(item, HandOver):
+                self._hand_over(server, item.to_server)
 
     def eof_received(self) -> bool:
+        server = self.server
+        if server is None:
+            return False
+        if self.engine.ended:
+            # Handing over: keep the write side open while the server finishes.
+            return True
+        action = self.engine.eof()
+        if isinstance(action, HandOver):
+            self._hand_over(server, action.to_server)
+            return True
+        self._close(action.reply)
         return False
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._cancel_auth_timer()
-        self.reader.feed_eof()
-        self.app.forget(self)
-        task = self._handshake_task
-        if task is not None and not task.done():
-            task.cancel()
+    def _close(self, reply: bytes) -> None:
+        if reply:
+            self.transport.write(reply)
+        self.transport.close()
         self._release_server()
 
+    def _hand_over(self, server: ServerConnection, to_server: bytes) -> None:
+        log.debug("client ended with answers owed; server finishes", extra=server.log_fields())
+        self.transport.pause_reading()
+        server.hand_over(to_server)
+
     def pause_writing(self) -> None:
+        # The client reads slower than its server answers: stop reading the server.
         server = self.server
         if server is not None and server.transport is not None:
             server.transport.pause_reading()
@@ -122,13 +135,14 @@ class ClientSession(asyncio.Protocol):
         if server is not None and server.transport is not None:
             server.transport.resume_reading()
 
-    def pause_client_reading(self) -> None:
-        """The server cannot take more for now."""
-        self.transport.pause_reading()
-
-    def resume_client_reading(self) -> None:
-        """The server drained its buffer."""
-        self.transport.resume_reading()
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_auth_timer()
+        self.reader.feed_eof()
+        self.app.clients.forget(self)
+        task = self._handshake_task
+        if task is not None and not task.done():
+            task.cancel()
+        self._release_server()
 
     # --- handshake ------------------------------------------------------------------
 
@@ -137,7 +151,7 @@ class ClientSession(asyncio.Protocol):
             startup = await self._read_startup()
             if startup is None:
                 return
-            if not self.app.admit(self):
+            if not self.app.clients.admit(self):
                 self._fatal("53300", "sorry, too many clients already")
                 return
             await self._login(startup)
@@ -194,7 +208,7 @@ class ClientSession(asyncio.Protocol):
             if isinstance(packet, StartupMessage):
                 return packet
             if isinstance(packet, CancelRequest):
-                self.app.cancel(packet.pid, packet.key)
+                self.app.clients.cancel(packet.pid, packet.key)
                 self.transport.close()
                 return None
             # Bytes already here when we answer came before the answer, so unencrypted:
@@ -257,13 +271,19 @@ class ClientSession(asyncio.Protocol):
         except TimeoutError as exc:
             raise _CheckoutTimeout from exc
         assert isinstance(server, ServerConnection)
-        self.pid, self.key = app.register(self)
-        out = [m.parameter_status(k, v) for k, v in server.params.items()]
+        # In session mode the client is told its server's own pid (so that
+        # pg_backend_pid(), pg_stat_activity and pg_terminate_backend agree with what the
+        # driver reports), with a secret key of the pooler's: cancels come through here.
+        self.pid = server.pid
+        self.key = app.clients.register(self)
+        engine = server.engine
+        out = [m.parameter_status(k, v) for k, v in engine.params.items()]
         out.append(m.backend_key_data(self.pid, self.key))
-        out.append(m.ready_for_query(server.status))
+        out.append(m.ready_for_query(engine.status))
         self.transport.writelines(out)
         self.server = server
-        server.attach(self, app.server_pids)
+        self.engine.server = engine
+        server.attach(self)
         self._handshake_task = None
         rest = self.reader.take_rest()
         self.transport.resume_reading()
@@ -282,30 +302,9 @@ class ClientSession(asyncio.Protocol):
 
     # --- relay ------------------------------------------------------------------------
 
-    def _relay_events(self, server: ServerConnection, events: list[Event]) -> None:
-        assert server.transport is not None
-        out: list[bytes] = []
-        for event in events:
-            if type(event) is bytes:
-                out.append(event)
-            elif type(event) is Message:
-                # Terminate: the server stays open for the next client.
-                server.transport.writelines(out)
-                self.transport.close()
-                return
-            elif isinstance(event, FramingError):
-                server.transport.writelines(out)
-                log.info("protocol violation", extra={"peer": self._peer(), "why": str(event)})
-                if event.fatal_message is not None:
-                    self._fatal("08P01", event.fatal_message)
-                else:
-                    self.transport.abort()
-                return
-        server.transport.writelines(out)
-
     def server_idle(self) -> None:
         """While draining: the server answered everything sent so far."""
-        if self.server is not None and self.server.status == b"I":
+        if self.server is not None and self.server.engine.status == b"I":
             self.shut_down()
 
     def server_lost(self) -> None:
@@ -313,7 +312,6 @@ class ClientSession(asyncio.Protocol):
         server = self.server
         self.server = None
         if server is not None and self.pool is not None:
-            self.app.server_pids.pop(server.pid, None)
             self.pool.discard(server)
         self.transport.close()
 
@@ -323,11 +321,12 @@ class ClientSession(asyncio.Protocol):
         self.server = None
         if server is None or pool is None:
             return
+        server.detach()
         self.app.spawn(
             server.release(
                 pool,
                 self.app.reset_query,
-                client_partial=self.scanner.passed_partial(),
+                client_partial=self.engine.partial(),
                 timeout=self.app.connect_timeout,
             )
         )
@@ -353,7 +352,7 @@ class ClientSession(asyncio.Protocol):
             if self._handshake_task is not None:
                 self.shut_down()
             return
-        if server.requests.idle() and server.status == b"I":
+        if server.engine.idle():
             self.shut_down()
 
     def shut_down(self) -> None:

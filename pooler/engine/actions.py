@@ -1,0 +1,32 @@
+"""What the client engine asks the asyncio layer to do besides forwarding bytes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    """Write ``reply`` (possibly nothing) to the client, close it, release its server.
+
+    The server owes nothing, so the pooler can say what PostgreSQL would have said.
+    """
+
+    reply: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class HandOver:
+    """The client's stream ended while its server still owes answers: write ``to_server``
+    to the server and end its input, then relay everything it answers until it closes,
+    and close the client after that.
+
+    The server is PostgreSQL: handed the same ending (a Terminate, the bad bytes, an end
+    of input), it sends exactly what it would have sent the client directly, in order.
+    The server is not reused.
+    """
+
+    to_server: bytes
+
+
+Action = Close | HandOver

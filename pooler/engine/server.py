@@ -1,0 +1,131 @@
+"""What one logged-in server connection is doing, from the messages it sends.
+
+Fed the server's bytes, it returns them for forwarding untouched and keeps what the
+pooler needs to decide on: the transaction status of the last ReadyForQuery, the
+requests still owed answers (``Outstanding``), COPY IN, the parameters the server
+reports, and whether the reset query the pooler sent succeeded.
+"""
+
+from __future__ import annotations
+
+from pooler.protocol import messages as m
+from pooler.protocol.codec import Event, Scanner
+from pooler.protocol.outstanding import Outstanding
+
+# ReadyForQuery status bytes, shared rather than allocated per message.
+_STATUS = {code: bytes((code,)) for code in b"IET"}
+
+_OBSERVE = frozenset({m.PARAMETER_STATUS, m.ERROR_RESPONSE, m.COPY_IN_RESPONSE})
+# While COPY IN runs, its end (CommandComplete or ErrorResponse) must be seen in order
+# with ReadyForQuery rather than ReadyForQuery only counted.
+_COPY_OBSERVE = _OBSERVE | {m.COMMAND_COMPLETE, m.READY_FOR_QUERY}
+_PAUSE = frozenset({m.COPY_IN_RESPONSE})
+
+
+class ServerEngine:
+    """State of a server connection after login; sans-IO."""
+
+    __slots__ = ("_reset_failed", "handed_over", "params", "requests", "scanner", "status")
+
+    def __init__(self, params: dict[str, str], status: bytes) -> None:
+        #: ParameterStatus values, in the order the server first reported them.
+        self.params = params
+        #: Transaction status of the last ReadyForQuery.
+        self.status = status
+        #: What was forwarded to this server and is not answered yet.
+        self.requests = Outstanding()
+        self.scanner = Scanner(observe=_OBSERVE, ready=True, pause=_PAUSE)
+        self._reset_failed = False
+        #: The client's ending was handed to the server, which closes after answering.
+        self.handed_over = False
+
+    def feed(self, data: bytes) -> bytes | list[Event]:
+        """Take the server's bytes; return what to pass to the client.
+
+        The common answer ends in one ReadyForQuery and is returned as it came.
+        """
+        scanner = self.scanner
+        events = scanner.feed(data)
+        if scanner.observed:
+            self._observe()
+            if scanner.paused:
+                return self._after_pause(events)
+        elif scanner.ready_count == 1:
+            scanner.ready_count = 0
+            self.status = _STATUS[scanner.status]
+            self.requests.ready()
+        elif scanner.ready_count:
+            self._observe()
+        return events
+
+    def _after_pause(self, events: bytes | list[Event]) -> list[Event]:
+        # The scanner stopped after CopyInResponse so that what follows it in the same
+        # read is observed the COPY way, in order.
+        scanner = self.scanner
+        out: list[Event] = [events] if isinstance(events, bytes) else events
+        while scanner.paused:
+            more = scanner.feed(b"")
+            if isinstance(more, bytes):
+                out.append(more)
+            else:
+                out.extend(more)
+            self._observe()
+        return out
+
+    def _observe(self) -> None:
+        requests = self.requests
+        scanner = self.scanner
+        if scanner.ready_count:
+            # Counted ReadyForQuery messages all came before anything observed now:
+            # observing switches to in-order ReadyForQuery at CopyInResponse.
+            self.status = _STATUS[scanner.status]
+            for _ in range(scanner.ready_count):
+                requests.ready()
+            scanner.ready_count = 0
+        for msg in scanner.observed:
+            t = msg.type
+            if t == m.READY_FOR_QUERY:
+                self.status = msg.body
+                requests.ready()
+            elif t == m.PARAMETER_STATUS:
+                name, value = m.parse_parameter_status(msg.body)
+                self.params[name] = value
+            elif t == m.ERROR_RESPONSE:
+                self._reset_failed = True
+                if requests.copy_in:
+                    requests.copy_failed()
+                    scanner.set_observe(_OBSERVE, ready=True)
+            elif t == m.COPY_IN_RESPONSE:
+                requests.copy_started()
+                scanner.set_observe(_COPY_OBSERVE, ready=False)
+            elif t == m.COMMAND_COMPLETE and requests.copy_in:
+                requests.copy_done()
+                scanner.set_observe(_OBSERVE, ready=True)
+        scanner.observed.clear()
+
+    def idle(self) -> bool:
+        """The server owes nothing and is outside any transaction."""
+        return self.status == b"I" and self.requests.idle()
+
+    def reusable(self, client_partial: bool) -> bool:
+        """Whether another client may have this server: it owes nothing, holds no
+        transaction, and no message either way is half sent (``client_partial``: part of
+        one of the client's messages was forwarded and the rest never came)."""
+        return (
+            not client_partial
+            and not self.handed_over
+            and self.idle()
+            and self.scanner.at_boundary()
+        )
+
+    def reset_sent(self) -> None:
+        """The pooler sent its reset query (as a Query); its answers are not forwarded."""
+        self._reset_failed = False
+        self.requests.sent([m.QUERY])
+
+    def reset_result(self) -> bool | None:
+        """None while the reset query is unanswered; then whether it left the server
+        reusable (no error, idle)."""
+        if not self.requests.idle():
+            return None
+        return not self._reset_failed and self.idle()
