@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping
 
-from pooler.net.server_login import Credentials
 from pooler.net.handshake import HandshakeReader, MessageTooLong
+from pooler.net.server_login import Credentials
 from pooler.protocol import messages as m
 from pooler.protocol.auth_errors import AuthFailed, ClientAuthError, ProtocolViolation
 from pooler.protocol.codec import PASSWORD_MESSAGE_LIMIT, SASL_MESSAGE_LIMIT

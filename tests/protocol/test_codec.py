@@ -190,9 +190,7 @@ def test_arbitrary_startup_packets_raise_only_startup_error(body: bytes) -> None
                 min_size=1,
                 max_size=20,
             ),
-            st.text(
-                st.characters(codec="utf-8", exclude_characters="\0"), max_size=40
-            ),
+            st.text(st.characters(codec="utf-8", exclude_characters="\0"), max_size=40),
         ),
         max_size=6,
     )
