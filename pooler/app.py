@@ -7,8 +7,10 @@ import logging
 from collections.abc import Coroutine
 from typing import Any
 
+from parser_api import Classification, Classifier, ParseError
 from pooler.clients import ClientRegistry
 from pooler.config import Config, auth_secret_key
+from pooler.engine.client import Classify
 from pooler.net.client import ClientConnection
 from pooler.net.client_auth import Authenticator
 from pooler.net.listener import listen, ssl_context
@@ -19,6 +21,18 @@ from pooler.protocol import messages as m
 from pooler.protocol.codec import frontend_limits
 
 log = logging.getLogger("pooler")
+
+
+def _classifier() -> Classify:
+    classifier = Classifier()
+
+    def classify(sql: str) -> Classification | None:
+        try:
+            return classifier.classify(sql)
+        except ParseError:
+            return None
+
+    return classify
 
 
 class Pooler:
@@ -38,6 +52,14 @@ class Pooler:
         self.checkout_timeout = config.pool.checkout_timeout or None
         self.connect_timeout = config.pool.connect_timeout
         self.clients = ClientRegistry(config.pool.max_clients)
+        #: Transaction pooling classifies statements (for what pins a client); session
+        #: mode needs no classification at all.
+        self.classify: Classify | None = None
+        if config.pool.mode == "transaction":
+            self.classify = _classifier()
+        #: Real pid of each server -> the pid of the last client it served, so that a
+        #: notification names the client that sent it, also after it left.
+        self.server_owners: dict[int, int] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._server: asyncio.Server | None = None
         self._janitor_task: asyncio.Task[None] | None = None
@@ -60,7 +82,8 @@ class Pooler:
         timeout = self.connect_timeout
 
         async def open_server(params: ParamKey) -> PooledServer:
-            server = ServerConnection(address, pool_key, params)
+            owners = self.server_owners if self.classify is not None else None
+            server = ServerConnection(address, pool_key, params, owners)
             try:
                 await address.connect(lambda: server, timeout)
                 await asyncio.wait_for(server.login(user, database, creds), timeout)

@@ -5,6 +5,9 @@ from __future__ import annotations
 import secrets
 from typing import Protocol
 
+_PID_LOW = 1 << 24
+_PID_HIGH = 1 << 31
+
 
 class RegisteredClient(Protocol):
     """What the registry needs of a client connection."""
@@ -30,6 +33,7 @@ class ClientRegistry:
         self.all: set[RegisteredClient] = set()
         self.admitted = 0
         self._by_key: dict[tuple[int, int], RegisteredClient] = {}
+        self._pids: set[int] = set()
 
     def __len__(self) -> int:
         return len(self.all)
@@ -45,6 +49,15 @@ class ClientRegistry:
         self.admitted += 1
         client.counted = True
         return True
+
+    def new_pid(self) -> int:
+        """A pid for a client of transaction pooling: unused by any other client, and
+        above every real backend's (PostgreSQL's pids stay below 2**22 on Linux)."""
+        while True:
+            pid = secrets.randbelow(_PID_HIGH - _PID_LOW) + _PID_LOW
+            if pid not in self._pids:
+                self._pids.add(pid)
+                return pid
 
     def register(self, client: RegisteredClient) -> int:
         """A fresh secret key for ``client`` (whose ``pid`` is set), registered for
@@ -63,6 +76,7 @@ class ClientRegistry:
             self.admitted -= 1
         if self._by_key.get((client.pid, client.key)) is client:
             del self._by_key[(client.pid, client.key)]
+            self._pids.discard(client.pid)
 
     def cancel(self, pid: int, key: int) -> None:
         """A CancelRequest: relayed at once if it names a live client with its key."""

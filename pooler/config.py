@@ -816,8 +816,6 @@ def check_warnings(config: Config) -> list[str]:
             "statements, temporary tables) reaches the next client of its server connection"
         )
     # Drop each of these when its feature lands.
-    if config.pool.mode == "transaction":
-        warnings.append("pool.mode: transaction is not yet in effect; clients get session pooling")
     if config.query_cache.enabled:
         warnings.append("query_cache.enabled: the query cache is not yet in effect")
     if config.failover.command is not None:

@@ -452,7 +452,6 @@ def test_tls_file_that_is_not_pem(tmp_path: Path) -> None:
             {"users": {"app": "a", "postgres": SCRAM}},
             'health_check.user: "postgres" has only a SCRAM secret in users*',
         ),
-        ({"pool": {"mode": "transaction"}}, "pool.mode: transaction is not yet in effect*"),
         ({"query_cache": {"enabled": True}}, "query_cache.enabled: *not yet in effect"),
         ({"failover": {"command": "promote.sh"}}, "failover.command: not yet in effect"),
         (
@@ -465,7 +464,6 @@ def test_tls_file_that_is_not_pem(tmp_path: Path) -> None:
         "scram-md5",
         "scram-trust",
         "health-scram",
-        "transaction",
         "cache",
         "command",
         "trust-open",
@@ -644,8 +642,8 @@ def test_cli_check_sample_is_clean() -> None:
 
 def test_cli_check_prints_warnings(tmp_path: Path) -> None:
     path = tmp_path / "pooler.yaml"
-    path.write_text(yaml.safe_dump(with_minimal(pool={"mode": "transaction"})))
+    path.write_text(yaml.safe_dump(with_minimal(query_cache={"enabled": True})))
     result = pooler("check", "--config", str(path))
     assert result.returncode == 0
-    assert "warning: pool.mode: transaction is not yet in effect" in result.stderr
+    assert "warning: query_cache.enabled: the query cache is not yet in effect" in result.stderr
     assert "OK (1 warnings)" in result.stdout

@@ -29,4 +29,10 @@ class HandOver:
     to_server: bytes
 
 
-Action = Close | HandOver
+@dataclass(frozen=True, slots=True)
+class NeedServer:
+    """The client sent something and holds no server (transaction pooling): get one,
+    and meanwhile read nothing more from the client. The bytes wait in the engine."""
+
+
+Action = Close | HandOver | NeedServer

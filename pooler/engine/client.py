@@ -1,5 +1,5 @@
-"""What to do with a logged-in client's bytes: forward them, or end its session as
-PostgreSQL would have ended it.
+"""What to do with a logged-in client's bytes: forward them, hold them until a server is
+assigned, or end the session as PostgreSQL would have ended it.
 
 PostgreSQL reads a client's messages one by one and answers each in turn, so how a
 session ends depends on what is still in flight. When the server owes nothing, the
@@ -8,44 +8,74 @@ FATAL 08P01; a length out of range closes without a word). When it owes answers,
 the server knows what it would still have sent (answers up to the last Sync or Flush,
 pending rows, the error of a COPY cut short), so it is handed the same ending and its
 answers are relayed until it closes.
+
+In transaction pooling the client has a server only from the first message of a
+transaction to the ReadyForQuery that ends it with nothing owed; bytes that arrive in
+between are held until the next server is assigned. Query and Parse texts are
+classified to see the session state that pins a client to its server.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
-from pooler.engine.actions import Action, Close, HandOver
+from parser_api import Classification
+from pooler.engine.actions import Action, Close, HandOver, NeedServer
 from pooler.engine.server import ServerEngine
+from pooler.engine.session_state import SessionState
 from pooler.protocol import messages as m
-from pooler.protocol.codec import FramingError, Message, Scanner
+from pooler.protocol.codec import Event, FramingError, Message, Scanner
 from pooler.protocol.outstanding import NEUTRAL, TRACKED, UNSYNCED
 
 _STOP = frozenset({m.TERMINATE})
 _TERMINATE = b"X\x00\x00\x00\x04"
+_TEXTS = frozenset({m.QUERY, m.PARSE})
+
+#: Classifies a statement text; None when it does not parse (PostgreSQL will say why).
+Classify = Callable[[str], Classification | None]
+
+_NEED_SERVER = NeedServer()
 
 
 class ClientEngine:
-    """One client's stream after login, relayed to one server (session mode)."""
+    """One client's stream after login."""
 
-    __slots__ = ("ended", "scanner", "server")
+    __slots__ = ("_classify", "_ending", "_held", "ended", "scanner", "server", "session")
 
-    def __init__(self, limits: Mapping[int, int]) -> None:
-        self.scanner = Scanner(limits=limits, track=TRACKED, stop=_STOP, transparent=NEUTRAL)
-        #: The server this client's requests go to.
+    def __init__(self, limits: Mapping[int, int], classify: Classify | None = None) -> None:
+        observe = _TEXTS if classify is not None else frozenset()
+        self.scanner = Scanner(
+            limits=limits, observe=observe, track=TRACKED, stop=_STOP, transparent=NEUTRAL
+        )
+        self._classify = classify
+        #: The server this client's requests go to, while it has one.
         self.server: ServerEngine | None = None
+        #: What the session holds that pins it to its server (transaction pooling).
+        self.session = SessionState()
         #: The stream ended (Terminate, bad framing, end of input): nothing more is read.
         self.ended = False
+        # Bytes waiting for a server, and the ending that came after them.
+        self._held: list[bytes] = []
+        self._ending: tuple[bytes, bytes] | None = None
+
+    @property
+    def pooling(self) -> bool:
+        """Transaction pooling: the server changes between transactions."""
+        return self._classify is not None
 
     def feed(self, data: bytes) -> bytes | list[bytes | Action]:
         """Take the client's bytes: what to forward to the server, in order, and at most
-        one closing action at the end.
+        one action at the end (``NeedServer`` when there is none to forward to).
 
         Returns the input itself when all of it is to be forwarded (the common case).
         """
-        server = self.server
-        assert server is not None
         scanner = self.scanner
         events = scanner.feed(data)
+        if scanner.observed:
+            self._inspect(scanner.observed)
+        server = self.server
+        if server is None:
+            return self._hold(events)
         requests = server.requests
         if scanner.tracked:
             requests.sent(scanner.tracked)
@@ -57,19 +87,90 @@ class ClientEngine:
         for event in events:
             if type(event) is bytes:
                 out.append(event)
-            elif type(event) is Message:
-                out.append(self._end(server, _TERMINATE, b""))
-            elif isinstance(event, FramingError):
-                reply = b""
-                if event.fatal_message is not None:
-                    reply = m.error_response("FATAL", "08P01", event.fatal_message)
-                out.append(self._end(server, event.raw, reply))
+            else:
+                to_server, reply = _ending_of(event)  # type: ignore[arg-type]
+                out.append(self._end(server, to_server, reply))
         return out
+
+    def _inspect(self, observed: list[Message]) -> None:
+        classify = self._classify
+        assert classify is not None
+        errors = self.server.errors if self.server is not None else 0
+        for msg in observed:
+            body = msg.body
+            if msg.type == m.QUERY:
+                text = body[:-1]
+            else:
+                name_end = body.find(b"\0")
+                if name_end > 0:
+                    self.session.named_statement()
+                text = body[name_end + 1 : body.find(b"\0", name_end + 1)]
+            classification = classify(text.decode("utf-8", "replace"))
+            if classification is not None:
+                self.session.statement(classification, errors)
+        observed.clear()
+
+    def _hold(self, events: bytes | list[Event]) -> list[bytes | Action]:
+        if isinstance(events, bytes):
+            self._held.append(events)
+        else:
+            for event in events:
+                if type(event) is bytes:
+                    self._held.append(event)
+                else:
+                    self._ending = _ending_of(event)  # type: ignore[arg-type]
+                    self.ended = True
+        if self._held:
+            return [_NEED_SERVER]
+        if self._ending is not None:
+            return [Close(self._ending[1])]
+        return []
+
+    def attach(self, server: ServerEngine) -> list[bytes | Action]:
+        """A server was assigned: what to send it now (the held bytes), and the held
+        ending if the stream ended meanwhile."""
+        self.server = server
+        scanner = self.scanner
+        requests = server.requests
+        if scanner.tracked:
+            requests.sent(scanner.tracked)
+            scanner.tracked.clear()
+        requests.unsynced = scanner.last_type in UNSYNCED
+        out: list[bytes | Action] = list(self._held)
+        self._held.clear()
+        if self._ending is not None:
+            to_server, reply = self._ending
+            out.append(self._end(server, to_server, reply))
+        return out
+
+    def detach(self) -> ServerEngine | None:
+        """Give the server up (transaction pooling, at the end of a transaction)."""
+        server = self.server
+        self.server = None
+        return server
+
+    def releasable(self) -> bool:
+        """Transaction pooling: the server may go back to its pool now (idle outside a
+        transaction, owing nothing, no message half forwarded, nothing pinned)."""
+        server = self.server
+        if server is None or self.ended or not server.idle():
+            return False
+        session = self.session
+        if session.pins:
+            session.settled(server.errors)
+            if session.pins:
+                return False
+        return not self.scanner.passed_partial()
 
     def eof(self) -> Action:
         """The client closed its side: PostgreSQL still answers what it had read."""
+        self.ended = True
         server = self.server
-        assert server is not None
+        if server is None:
+            if self._held:
+                self._ending = (b"", b"")
+                return _NEED_SERVER
+            return Close(b"")
         return self._end(server, b"", b"")
 
     def _end(self, server: ServerEngine, to_server: bytes, reply: bytes) -> Action:
@@ -81,3 +182,14 @@ class ClientEngine:
     def partial(self) -> bool:
         """Part of a message was forwarded and the rest never came."""
         return self.scanner.passed_partial()
+
+
+def _ending_of(event: Message | FramingError) -> tuple[bytes, bytes]:
+    """What to hand a server that owes answers, and what to answer when none does."""
+    if type(event) is Message:
+        return _TERMINATE, b""
+    assert isinstance(event, FramingError)
+    reply = b""
+    if event.fatal_message is not None:
+        reply = m.error_response("FATAL", "08P01", event.fatal_message)
+    return event.raw, reply

@@ -8,8 +8,10 @@ reports, and whether the reset query the pooler sent succeeded.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from pooler.protocol import messages as m
-from pooler.protocol.codec import Event, Scanner
+from pooler.protocol.codec import Event, Message, Scanner
 from pooler.protocol.outstanding import Outstanding
 
 # ReadyForQuery status bytes, shared rather than allocated per message.
@@ -20,22 +22,40 @@ _OBSERVE = frozenset({m.PARAMETER_STATUS, m.ERROR_RESPONSE, m.COPY_IN_RESPONSE})
 # with ReadyForQuery rather than ReadyForQuery only counted.
 _COPY_OBSERVE = _OBSERVE | {m.COMMAND_COMPLETE, m.READY_FOR_QUERY}
 _PAUSE = frozenset({m.COPY_IN_RESPONSE})
+_NOTIFICATION = frozenset({m.NOTIFICATION_RESPONSE})
 
 
 class ServerEngine:
     """State of a server connection after login; sans-IO."""
 
-    __slots__ = ("_reset_failed", "handed_over", "params", "requests", "scanner", "status")
+    __slots__ = (
+        "_reset_failed",
+        "errors",
+        "handed_over",
+        "owners",
+        "params",
+        "requests",
+        "scanner",
+        "status",
+    )
 
-    def __init__(self, params: dict[str, str], status: bytes) -> None:
+    def __init__(
+        self, params: dict[str, str], status: bytes, owners: Mapping[int, int] | None = None
+    ) -> None:
         #: ParameterStatus values, in the order the server first reported them.
         self.params = params
         #: Transaction status of the last ReadyForQuery.
         self.status = status
         #: What was forwarded to this server and is not answered yet.
         self.requests = Outstanding()
-        self.scanner = Scanner(observe=_OBSERVE, ready=True, pause=_PAUSE)
+        #: Real server pid -> pid of the client it last served, to rewrite the sender of
+        #: notifications (transaction pooling, where clients have the pooler's pids).
+        self.owners = owners
+        split = _NOTIFICATION if owners is not None else frozenset()
+        self.scanner = Scanner(split=split, observe=_OBSERVE, ready=True, pause=_PAUSE)
         self._reset_failed = False
+        #: ErrorResponses seen since login.
+        self.errors = 0
         #: The client's ending was handed to the server, which closes after answering.
         self.handed_over = False
 
@@ -56,7 +76,21 @@ class ServerEngine:
             self.requests.ready()
         elif scanner.ready_count:
             self._observe()
+        if type(events) is list and self.owners is not None:
+            return self._rewrite_notifications(events)
         return events
+
+    def _rewrite_notifications(self, events: list[Event]) -> list[Event]:
+        owners = self.owners
+        assert owners is not None
+        out: list[Event] = []
+        for event in events:
+            if type(event) is Message:
+                pid, rest = m.parse_notification(event.body)
+                out.append(m.notification(owners.get(pid, pid), rest))
+            else:
+                out.append(event)
+        return out
 
     def _after_pause(self, events: bytes | list[Event]) -> list[Event]:
         # The scanner stopped after CopyInResponse so that what follows it in the same
@@ -92,6 +126,7 @@ class ServerEngine:
                 self.params[name] = value
             elif t == m.ERROR_RESPONSE:
                 self._reset_failed = True
+                self.errors += 1
                 if requests.copy_in:
                     requests.copy_failed()
                     scanner.set_observe(_OBSERVE, ready=True)

@@ -11,13 +11,13 @@ import logging
 import ssl
 from typing import TYPE_CHECKING, cast
 
-from pooler.engine.actions import Close, HandOver
+from pooler.engine.actions import Action, Close, HandOver, NeedServer
 from pooler.engine.client import ClientEngine
 from pooler.net.client_auth import AuthClosed
 from pooler.net.handshake import ConnectionClosed, HandshakeReader
 from pooler.net.server import ServerConnection
 from pooler.net.server_login import LoginError
-from pooler.pool import PoolKey, ServerPool
+from pooler.pool import Opener, ParamKey, PoolKey, ServerPool
 from pooler.protocol import messages as m
 from pooler.protocol.auth_errors import ClientAuthError
 from pooler.protocol.codec import (
@@ -47,9 +47,15 @@ class ClientConnection(asyncio.Protocol):
         self.app = app
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.reader = HandshakeReader()
-        self.engine = ClientEngine(app.frontend_limits)
+        self.engine = ClientEngine(app.frontend_limits, app.classify)
         self.server: ServerConnection | None = None
         self.pool: ServerPool | None = None
+        self.logged_in = False
+        self.pooling = self.engine.pooling
+        # How to get a server (transaction pooling), and the checkout under way.
+        self._params: ParamKey = ()
+        self._opener: Opener | None = None
+        self._checkout: asyncio.Task[None] | None = None
         self.pid = 0
         self.key = 0
         self.user = ""
@@ -81,7 +87,9 @@ class ClientConnection(asyncio.Protocol):
         # The relay is written out here rather than called: this runs once per request.
         server = self.server
         if server is None:
-            if not self.engine.ended:
+            if self.logged_in:
+                self._carry_out(None, self.engine.feed(data))  # type: ignore[arg-type]
+            else:
                 self.reader.feed(data)
             return
         out = self.engine.feed(data)
@@ -90,28 +98,29 @@ class ClientConnection(asyncio.Protocol):
         else:
             self._carry_out(server, out)  # type: ignore[arg-type]
 
-    def _carry_out(self, server: ServerConnection, out: list[bytes | Close | HandOver]) -> None:
+    def _carry_out(self, server: ServerConnection | None, out: list[bytes | Action]) -> None:
         for item in out:
             if type(item) is bytes:
+                assert server is not None
                 server.write(item)
             elif isinstance(item, Close):
                 self._close(item.reply)
             elif isinstance(item, HandOver):
+                assert server is not None
                 self._hand_over(server, item.to_server)
+            elif isinstance(item, NeedServer):
+                self._need_server()
 
     def eof_received(self) -> bool:
-        server = self.server
-        if server is None:
+        if not self.logged_in:
             return False
         if self.engine.ended:
-            # Handing over: keep the write side open while the server finishes.
-            return True
+            # Handing over, or waiting for a server to hand over to: keep the write side
+            # open while the server finishes.
+            return self.server is not None or self._checkout is not None
         action = self.engine.eof()
-        if isinstance(action, HandOver):
-            self._hand_over(server, action.to_server)
-            return True
-        self._close(action.reply)
-        return False
+        self._carry_out(self.server, [action])
+        return not isinstance(action, Close)
 
     def _close(self, reply: bytes) -> None:
         if reply:
@@ -123,6 +132,57 @@ class ClientConnection(asyncio.Protocol):
         log.debug("client ended with answers owed; server finishes", extra=server.log_fields())
         self.transport.pause_reading()
         server.hand_over(to_server)
+
+    # --- transaction pooling ------------------------------------------------------------
+
+    def _need_server(self) -> None:
+        if self._checkout is not None:
+            return
+        # Nothing more is read until a server takes what is held: a waiting client
+        # costs no CPU.
+        self.transport.pause_reading()
+        self._checkout = asyncio.get_running_loop().create_task(self._take_server())
+
+    async def _take_server(self) -> None:
+        assert self.pool is not None and self._opener is not None
+        try:
+            pooled = await self.pool.checkout(
+                self._params, self._opener, self.app.checkout_timeout
+            )
+        except TimeoutError:
+            self._checkout = None
+            self._checkout_timed_out()
+            return
+        except LoginError as exc:
+            self._checkout = None
+            self.transport.write(exc.response)
+            self.transport.close()
+            return
+        self._checkout = None
+        server = cast(ServerConnection, pooled)
+        if self.transport.is_closing():
+            self.pool.checkin(server)
+            return
+        self._attach(server)
+        self._carry_out(server, self.engine.attach(server.engine))
+        if not self.engine.ended:
+            self.transport.resume_reading()
+
+    def _attach(self, server: ServerConnection) -> None:
+        self.server = server
+        server.attach(self)
+        self.app.server_owners[server.pid] = self.pid
+
+    def server_answered(self) -> None:
+        """Transaction pooling: the server sent something; give it back if the client
+        is done with it for now."""
+        if self.engine.releasable():
+            server = self.server
+            pool = self.pool
+            assert server is not None and pool is not None
+            self.server = None
+            self.engine.detach()
+            server.back_to_pool(pool)
 
     def pause_writing(self) -> None:
         # The client reads slower than its server answers: stop reading the server.
@@ -181,16 +241,8 @@ class ClientConnection(asyncio.Protocol):
             )
             self.transport.write(exc.response)
             self.transport.close()
-        except _CheckoutTimeout:
-            log.warning(
-                "no server connection within pool.checkout_timeout",
-                extra={"user": self.user, "database": self.database},
-            )
-            self._fatal(
-                "53300",
-                "no server connection became free within pool.checkout_timeout",
-                hint="Raise pool.size, or shorten what holds the connections.",
-            )
+        except TimeoutError:
+            self._checkout_timed_out()
         except asyncio.CancelledError:
             self.transport.abort()
         except Exception:
@@ -262,28 +314,36 @@ class ClientConnection(asyncio.Protocol):
         params = tuple((k, v) for k, v in startup.params if k not in _IDENTITY)
         pool = app.pools.get(PoolKey(app.primary_node(), self.database, self.user))
         self.pool = pool
+        self._params = params
+        self._opener = app.server_opener(self.user, self.database, creds)
         self.transport.pause_reading()
         self._cancel_auth_timer()
-        try:
-            server = await pool.checkout(
-                params, app.server_opener(self.user, self.database, creds), app.checkout_timeout
-            )
-        except TimeoutError as exc:
-            raise _CheckoutTimeout from exc
-        assert isinstance(server, ServerConnection)
-        # In session mode the client is told its server's own pid (so that
-        # pg_backend_pid(), pg_stat_activity and pg_terminate_backend agree with what the
-        # driver reports), with a secret key of the pooler's: cancels come through here.
-        self.pid = server.pid
-        self.key = app.clients.register(self)
+        # The first server tells what the client's session looks like (its
+        # ParameterStatus values), in either pooling mode.
+        server = cast(
+            ServerConnection, await pool.checkout(params, self._opener, app.checkout_timeout)
+        )
         engine = server.engine
+        if self.engine.pooling:
+            # Servers change under the client: its pid is the pooler's own, unique
+            # among its clients and never a real backend's.
+            self.pid = app.clients.new_pid()
+        else:
+            # Session mode: the server's own pid, so that pg_backend_pid(),
+            # pg_stat_activity and pg_terminate_backend agree with what the driver
+            # reports. The secret key is the pooler's: cancels come through here.
+            self.pid = server.pid
+        self.key = app.clients.register(self)
         out = [m.parameter_status(k, v) for k, v in engine.params.items()]
         out.append(m.backend_key_data(self.pid, self.key))
         out.append(m.ready_for_query(engine.status))
         self.transport.writelines(out)
-        self.server = server
-        self.engine.server = engine
-        server.attach(self)
+        if self.engine.pooling:
+            pool.checkin(server)
+        else:
+            self._attach(server)
+            self.engine.attach(engine)
+        self.logged_in = True
         self._handshake_task = None
         rest = self.reader.take_rest()
         self.transport.resume_reading()
@@ -295,6 +355,17 @@ class ClientConnection(asyncio.Protocol):
     ) -> None:
         self.transport.write(m.error_response("FATAL", sqlstate, message, detail=detail, hint=hint))
         self.transport.close()
+
+    def _checkout_timed_out(self) -> None:
+        log.warning(
+            "no server connection within pool.checkout_timeout",
+            extra={"user": self.user, "database": self.database},
+        )
+        self._fatal(
+            "53300",
+            "no server connection became free within pool.checkout_timeout",
+            hint="Raise pool.size, or shorten what holds the connections.",
+        )
 
     def _peer(self) -> str:
         peer = self.transport.get_extra_info("peername")
@@ -316,16 +387,23 @@ class ClientConnection(asyncio.Protocol):
         self.transport.close()
 
     def _release_server(self) -> None:
+        if self._checkout is not None:
+            self._checkout.cancel()
+            self._checkout = None
         server = self.server
         pool = self.pool
         self.server = None
         if server is None or pool is None:
             return
         server.detach()
+        # Transaction pooling resets only what a pinned client may have left.
+        reset = self.app.reset_query
+        if self.engine.pooling and not self.engine.session.pins:
+            reset = None
         self.app.spawn(
             server.release(
                 pool,
-                self.app.reset_query,
+                reset,
                 client_partial=self.engine.partial(),
                 timeout=self.app.connect_timeout,
             )
@@ -349,7 +427,7 @@ class ClientConnection(asyncio.Protocol):
         self.draining = True
         server = self.server
         if server is None:
-            if self._handshake_task is not None:
+            if self._handshake_task is not None or self._checkout is None:
                 self.shut_down()
             return
         if server.engine.idle():
@@ -359,10 +437,6 @@ class ClientConnection(asyncio.Protocol):
         """Close with the FATAL PostgreSQL sends when it shuts down."""
         if not self.transport.is_closing():
             self._fatal("57P01", "terminating connection due to administrator command")
-
-
-class _CheckoutTimeout(Exception):
-    """No server connection became free within pool.checkout_timeout."""
 
 
 class _UnencryptedData(StartupError):

@@ -20,6 +20,8 @@ from pooler.protocol.codec import Event, FramingError, build_cancel_request
 log = logging.getLogger("pooler.server")
 
 _TERMINATE = b"X\x00\x00\x00\x04"
+# Tasks that must not be collected before they end.
+_background: set[asyncio.Task[None]] = set()
 
 
 class Client(Protocol):
@@ -27,12 +29,17 @@ class Client(Protocol):
 
     transport: asyncio.Transport
     draining: bool
+    #: Transaction pooling: the server may go back to the pool between transactions.
+    pooling: bool
 
     def server_lost(self) -> None:
         """The server connection closed."""
 
     def server_idle(self) -> None:
         """While draining: the server answered everything."""
+
+    def server_answered(self) -> None:
+        """Transaction pooling: the server sent something (it may be free now)."""
 
 
 class Mode(Enum):
@@ -51,13 +58,20 @@ _ACTIVE = Mode.ACTIVE
 class ServerConnection(asyncio.Protocol):
     """A connection to one backend, owned by a pool between clients."""
 
-    def __init__(self, address: NodeAddress, pool_key: PoolKey, param_key: ParamKey) -> None:
+    def __init__(
+        self,
+        address: NodeAddress,
+        pool_key: PoolKey,
+        param_key: ParamKey,
+        owners: dict[int, int] | None = None,
+    ) -> None:
         self.address = address
         self.pool_key = pool_key
         self.param_key = param_key
         self.mode = Mode.LOGIN
         self.transport: asyncio.Transport | None = None
         self.reader = HandshakeReader()
+        self.owners = owners
         self.engine = ServerEngine({}, b"I")
         self.pid = 0
         self.key = 0
@@ -88,7 +102,9 @@ class ServerConnection(asyncio.Protocol):
         except RuntimeError:
             # The client's transport closed under us; its connection_lost follows.
             return
-        if client.draining and self.engine.requests.idle():
+        if client.pooling:
+            client.server_answered()
+        elif client.draining and self.engine.requests.idle():
             client.server_idle()
 
     def _relay_events(self, client: Client, events: list[Event]) -> None:
@@ -149,7 +165,7 @@ class ServerConnection(asyncio.Protocol):
         assert self.transport is not None
         startup = (("user", user), ("database", database), *self.param_key)
         result = await login(self.reader, self.transport, self.address, startup, creds)
-        self.engine = ServerEngine(result.params, result.status)
+        self.engine = ServerEngine(result.params, result.status, self.owners)
         self.pid, self.key = result.pid, result.key
         rest = self.reader.take_rest()
         self.mode = Mode.IDLE
@@ -208,6 +224,25 @@ class ServerConnection(asyncio.Protocol):
         self.client = None
         if self.mode is Mode.ACTIVE:
             self.mode = Mode.RESET
+
+    def back_to_pool(self, pool: ServerPool) -> None:
+        """Transaction pooling: the client's transaction is over and the server idle;
+        no reset, but a cancel still on its way must land before anyone else has it."""
+        self.client = None
+        if not self._cancels:
+            self._to_pool(pool)
+            return
+        self.mode = Mode.RESET
+        task = asyncio.get_running_loop().create_task(self._after_cancels(pool))
+        _background.add(task)
+        task.add_done_callback(_background.discard)
+
+    async def _after_cancels(self, pool: ServerPool) -> None:
+        await asyncio.gather(*self._cancels)
+        if self.mode is Mode.RESET and self.engine.idle():
+            self._to_pool(pool)
+        else:
+            self._give_up(pool, "not idle after a cancel")
 
     async def release(
         self, pool: ServerPool, reset_query: bytes | None, *, client_partial: bool, timeout: float

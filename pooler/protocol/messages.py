@@ -24,6 +24,7 @@ COPY_IN_RESPONSE = ord("G")
 
 # Frontend message types.
 QUERY = ord("Q")
+PARSE = ord("P")
 TERMINATE = ord("X")
 PASSWORD = ord("p")
 SYNC = ord("S")

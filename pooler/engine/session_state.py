@@ -1,0 +1,78 @@
+"""Session state a client leaves on its server, and whether that pins it there.
+
+In transaction pooling a client's server goes back to the pool at the end of each
+transaction, so anything that outlives a transaction on the server (a setting, a
+prepared statement, LISTEN, a temporary table, a WITH HOLD cursor, a session advisory
+lock, SET ROLE, a loaded library) would either vanish for this client or leak to the
+next one. Until such state can be carried over, the client keeps its server: it is
+pinned, for the reasons counted here, until DISCARD ALL undoes everything or it leaves.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from parser_api import Classification, EffectKind
+
+#: Why a session effect pins, by kind; the kinds absent undo state or leave none.
+_PIN_REASONS: dict[EffectKind, str] = {
+    EffectKind.SETTING: "set",
+    EffectKind.RESET_ALL: "set",
+    EffectKind.PREPARE: "prepare",
+    EffectKind.HOLD_CURSOR: "with hold cursor",
+    EffectKind.LISTEN: "listen",
+    EffectKind.TEMP_OBJECT: "temporary object",
+    EffectKind.ADVISORY_LOCK: "advisory lock",
+    EffectKind.LOAD: "load",
+    EffectKind.RANDOM_SEED: "setseed",
+}
+#: A DO block may change anything, and its text does not always show what.
+_DO = "utility:DoStmt"
+
+
+class SessionState:
+    """Why one client is pinned to its server (empty: it may change servers)."""
+
+    __slots__ = ("_discard_errors", "pins")
+
+    def __init__(self) -> None:
+        #: Pin reasons, each with how many statements gave it.
+        self.pins: Counter[str] = Counter()
+        # Server errors counted when a DISCARD ALL was sent, None when none is pending.
+        self._discard_errors: int | None = None
+
+    def statement(self, classification: Classification, errors: int) -> list[str]:
+        """A statement text was sent (``errors``: the server's error count so far);
+        return the pin reasons it adds."""
+        added: list[str] = []
+        for effect in classification.session_effects:
+            if effect.kind is EffectKind.DISCARD and effect.name == "all":
+                self._discard_errors = errors
+                continue
+            reason = _PIN_REASONS.get(effect.kind)
+            if reason is not None:
+                added.append(reason)
+        if any(s.kind == _DO for s in classification.statements):
+            added.append("do block")
+        self._pin(added)
+        return added
+
+    def named_statement(self) -> list[str]:
+        """A protocol-level named prepared statement was parsed."""
+        added = ["protocol prepared statement"]
+        self._pin(added)
+        return added
+
+    def _pin(self, reasons: list[str]) -> None:
+        if reasons:
+            # State made after a DISCARD ALL is not undone by it.
+            self._discard_errors = None
+            self.pins.update(reasons)
+
+    def settled(self, errors: int) -> None:
+        """The server is idle outside a transaction: a DISCARD ALL sent since the last
+        pin that met no error has undone everything, and the client may move again."""
+        if self._discard_errors is not None:
+            if errors == self._discard_errors:
+                self.pins.clear()
+            self._discard_errors = None
