@@ -18,15 +18,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import fcntl
 import socket
 import struct
+import termios
 import threading
 import time
 from dataclasses import dataclass, field
 
 CONNECT_TIMEOUT = 5.0
-#: Pause between the last bytes written and a reset, so that the peer has read them
-#: (a reset discards what still sits in the sender's socket buffer).
+#: Before a reset, what was written must have reached the peer (a reset discards what
+#: still sits in the sender's buffers): the proxy waits up to FLUSH_TIMEOUT for the
+#: peer's kernel to acknowledge it, then SETTLE more for the peer to read it.
+FLUSH_TIMEOUT = 3.0
 SETTLE = 0.05
 
 _SSL_REQUEST = 80877103
@@ -161,6 +165,21 @@ class _Connection:
         if self.fault is not None and not self.fault.fired.is_set():
             self.fault.fired_at = time.monotonic()
             self.fault.fired.set()
+
+    async def flush(self, writer: asyncio.StreamWriter) -> None:
+        """Wait until everything written to ``writer`` reached the peer's kernel."""
+        await writer.drain()
+        sock = writer.get_extra_info("socket")
+        deadline = time.monotonic() + FLUSH_TIMEOUT
+        while time.monotonic() < deadline and not writer.transport.is_closing():
+            try:
+                unacked = struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"1234"))
+            except OSError:
+                break
+            if writer.transport.get_write_buffer_size() == 0 and unacked[0] == 0:
+                break
+            await asyncio.sleep(0.005)
+        await asyncio.sleep(SETTLE)
 
     def reset(self) -> None:
         """Both sides get a RST (SO_LINGER 0, then close)."""
@@ -382,8 +401,7 @@ class FaultProxy:
                         conn.fire()
                         conn.close()
                     else:
-                        await out.drain()
-                        await asyncio.sleep(SETTLE)
+                        await conn.flush(out)
                         conn.reset()
                     return
             # Bytes after a packet that ended the framing (a CancelRequest's, TLS).
@@ -463,8 +481,7 @@ class FaultProxy:
                         out.write(message[: max(1, len(message) // 2)])
                     else:
                         out.write(message)
-                    await out.drain()
-                    await asyncio.sleep(SETTLE)
+                    await conn.flush(out)
                     conn.reset()
                     return
                 batch.append(message)
