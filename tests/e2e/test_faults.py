@@ -17,6 +17,7 @@ its PostgreSQL connection breaks that way.
 from __future__ import annotations
 
 import contextlib
+import signal
 import threading
 import time
 import uuid
@@ -41,6 +42,8 @@ TIMEOUT = 10.0
 POOL_SIZE = 3
 #: The pooler's pool.connect_timeout: opening a server, a reset, a cancel (seconds).
 CONNECT_TIMEOUT = 2
+#: The pooler's shutdown_timeout: how long it lets running queries finish on SIGTERM.
+SHUTDOWN_TIMEOUT = 2
 #: Rows of a result a fault interrupts, and the row it strikes at.
 ROWS = 500
 FAULT_ROW = 100
@@ -306,6 +309,7 @@ def setup(cluster: LocalCluster, proxy: FaultProxy, start_pooler: StartPooler, t
     pooler = start_pooler(
         backends=[{"name": "node0", "host": proxy.host, "port": proxy.port}, *standbys],
         pool={"size": POOL_SIZE, "checkout_timeout": 5, "connect_timeout": CONNECT_TIMEOUT},
+        shutdown_timeout=SHUTDOWN_TIMEOUT,
     )
     return Setup(cluster, proxy, pooler, table)
 
@@ -674,3 +678,65 @@ def test_server_breaks_during_login(setup: Setup, kind: Kind) -> None:
         with Client(s.pooler.dsn(), "again") as again:
             again.call(lambda conn: select_rows(conn, again.token))
     assert_recovered(s)
+
+
+# --- waiting clients, giving up, shutting down ---------------------------------------------
+
+
+def test_waiting_client_gets_the_broken_servers_slot(setup: Setup) -> None:
+    """All POOL_SIZE servers are busy and a fourth client waits for one; when a server
+    connection breaks, the waiting client gets a new one at once."""
+    s = setup
+    with healthy_clients(s.pooler, s.table) as healthy, Client(s.pooler.dsn(), "victim") as victim:
+        waiting = ThreadPoolExecutor(1)
+        served = waiting.submit(lambda: Client(s.pooler.dsn(), "waiting"))
+        try:
+            time.sleep(1.0)
+            assert not served.done(), "a fourth client got a server from a pool of three"
+            fault = s.proxy.arm(Fault(Kind.RESET_AFTER_ROWS, match=victim.token.encode(), n=1))
+            expect_connection_failure(victim, partial(select_rows, token=victim.token))
+            with served.result(TIMEOUT) as waiter:
+                served_at = time.monotonic()
+                waiter.call(partial(select_rows, token=waiter.token))
+            assert served_at - fault.fired_at < 2.0, "the waiting client waited on"
+        finally:
+            waiting.shutdown(wait=False, cancel_futures=True)
+        healthy.keep_working_after(fault.fired_at)
+    assert_recovered(s)
+
+
+def test_client_gives_up_while_the_server_login_stalls(setup: Setup) -> None:
+    """The server the pooler opens for a client never answers its startup packet, and the
+    client gives up first (libpq's connect_timeout): its slot comes back once the
+    pooler's connect_timeout ends the stalled login."""
+    s = setup
+    with healthy_clients(s.pooler, s.table) as healthy:
+        fault = s.proxy.arm(Fault(Kind.STALL, nth_connection=1))
+        with pytest.raises(psycopg.OperationalError):
+            psycopg.connect(s.pooler.dsn(), connect_timeout=1)  # libpq waits 2 s at least
+        assert fault.ended.wait(TIMEOUT), "the pooler kept the stalled server connection"
+        healthy.keep_working_after(fault.claimed_at)
+    assert_recovered(s)
+
+
+def test_shutdown_with_a_stalled_server(setup: Setup) -> None:
+    """SIGTERM while a server holds its answer: the pooler waits shutdown_timeout for the
+    query, then ends the session as PostgreSQL's fast shutdown does (FATAL 57P01), and
+    exits 0 without a traceback."""
+    s = setup
+    with Client(s.pooler.dsn(), "victim") as victim:
+        fault = s.proxy.arm(Fault(Kind.STALL, match=victim.token.encode()))
+        running = victim.submit(partial(select_rows, token=victim.token))
+        assert fault.claimed.wait(TIMEOUT)
+        time.sleep(0.3)
+        stopping = time.monotonic()
+        status = s.pooler.stop(signal.SIGTERM, timeout=SHUTDOWN_TIMEOUT + TIMEOUT)
+        stopped = time.monotonic() - stopping
+        with pytest.raises(psycopg.errors.AdminShutdown):
+            victim.wait(running, 5)
+    assert status == 0, f"the pooler exited with {status}"
+    assert SHUTDOWN_TIMEOUT - 0.5 < stopped < SHUTDOWN_TIMEOUT + 3
+    assert fault.ended.wait(TIMEOUT), "the stalled server connection outlived the pooler"
+    log = s.pooler.log_text()
+    alarms = [a for a in LOG_ALARMS if a in log]
+    assert not alarms, f"the pooler logged {alarms}:\n{log[-4000:]}"
