@@ -17,7 +17,9 @@ its PostgreSQL connection breaks that way.
 from __future__ import annotations
 
 import contextlib
+import shutil
 import signal
+import subprocess
 import threading
 import time
 import uuid
@@ -25,6 +27,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Any, TypeVar
 
 import psycopg
@@ -261,11 +264,13 @@ class HealthyGroup(list[Healthy]):
 
 
 @contextlib.contextmanager
-def healthy_clients(pooler: PoolerProcess, table: str, count: int = 2) -> Iterator[HealthyGroup]:
+def healthy_clients(
+    pooler: PoolerProcess, table: str, count: int = 2, dsn_suffix: str = ""
+) -> Iterator[HealthyGroup]:
     group = HealthyGroup()
     try:
         for _ in range(count):
-            group.append(Healthy(pooler.dsn(), table))
+            group.append(Healthy(pooler.dsn() + dsn_suffix, table))
         yield group
     finally:
         for h in group:
@@ -467,6 +472,50 @@ def test_faults_one_after_another(setup: Setup) -> None:
         assert not failures, f"{len(failures)} victims failed; the first: {failures[0]!r}"
         healthy.keep_working_after(started, operations=8)
     assert_recovered(s)
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed certificate and its key, for TLS between clients and the pooler."""
+    if shutil.which("openssl") is None:
+        pytest.skip("no openssl CLI")
+    where = tmp_path_factory.mktemp("tls")
+    cert, key = where / "cert.pem", where / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+         "-subj", "/CN=localhost", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True, timeout=30,
+    )  # fmt: skip
+    return cert, key
+
+
+@pytest.mark.parametrize("name", ["reset-after-datarow", "reset-mid-copy-in"])
+def test_fault_under_a_tls_client(
+    cluster: LocalCluster,
+    proxy: FaultProxy,
+    start_pooler: StartPooler,
+    table: str,
+    certificate: tuple[Path, Path],
+    name: str,
+) -> None:
+    """The same, with the victim and the healthy clients on TLS to the pooler (closing
+    a TLS transport under a client that is still writing is its own code path)."""
+    cert, key = certificate
+    pooler = start_pooler(
+        backends=[{"name": "node0", "host": proxy.host, "port": proxy.port}],
+        pool={"size": POOL_SIZE, "checkout_timeout": 5},
+        tls={"cert": str(cert), "key": str(key)},
+    )
+    case = CASES[name]
+    with (
+        healthy_clients(pooler, table, dsn_suffix=" sslmode=require") as healthy,
+        Client(pooler.dsn() + " sslmode=require", "victim") as victim,
+    ):
+        assert victim.conn is not None and victim.conn.pgconn.ssl_in_use
+        fault = proxy.arm(case.fault(victim.token.encode()))
+        expect_connection_failure(victim, case.op(victim.token, table))
+        healthy.keep_working_after(fault.fired_at)
+    assert_recovered(Setup(cluster, proxy, pooler, table))
 
 
 STALL = 5.0
