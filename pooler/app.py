@@ -87,6 +87,7 @@ class Pooler:
             try:
                 await address.connect(lambda: server, timeout)
                 await asyncio.wait_for(server.login(user, database, creds), timeout)
+                self.pools.get(pool_key).reported[params] = tuple(server.engine.params.items())
             except (OSError, TimeoutError) as exc:
                 server.close()
                 reason = f"could not connect to server {address}: {exc or 'timeout'}"

@@ -119,7 +119,7 @@ class Auth:
 class Pool:
     """Server connection pools, one per (node, database, user)."""
 
-    mode: PoolMode = "session"
+    mode: PoolMode = "transaction"
     #: Server connections per (node, database, user), across all startup-parameter sets.
     size: int = 20
     max_clients: int = 1000

@@ -71,6 +71,9 @@ class ServerPool:
     total: int = 0
     waiters: deque[_Waiter] = field(default_factory=deque)
     stats: PoolStats = field(default_factory=PoolStats)
+    #: What servers opened with each set of startup parameters reported at login
+    #: (ParameterStatus), so that a client can log in without taking a server.
+    reported: dict[ParamKey, tuple[tuple[str, str], ...]] = field(default_factory=dict)
     _opening: set[asyncio.Task[PooledServer]] = field(default_factory=set)
 
     @property

@@ -171,10 +171,18 @@ def start_pooler(
         pooler.stop()
 
 
+@pytest.fixture(params=["transaction", "session"])
+def pooler(start_pooler: StartPooler, request: pytest.FixtureRequest) -> PoolerProcess:
+    """A pooler with the default test config in front of ``cluster``, once in each pool
+    mode: what a client sees must not depend on it."""
+    return start_pooler(pool={"mode": request.param})
+
+
 @pytest.fixture
-def pooler(start_pooler: StartPooler) -> PoolerProcess:
-    """A pooler with the default test config in front of ``cluster``."""
-    return start_pooler()
+def session_pooler(start_pooler: StartPooler) -> PoolerProcess:
+    """A pooler in session mode, for what only session mode promises (one server for
+    the client's whole session, its real pid)."""
+    return start_pooler(pool={"mode": "session"})
 
 
 @pytest.fixture

@@ -170,7 +170,7 @@ def test_minimal_config_takes_every_default() -> None:
     assert config.admin_users == frozenset()
     assert config.auth == Auth(method="scram-sha-256", secret=None)
     assert config.pool == Pool(
-        mode="session",
+        mode="transaction",
         size=20,
         max_clients=1000,
         connect_timeout=5.0,

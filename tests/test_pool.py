@@ -193,7 +193,7 @@ def test_idle_server_terminated_by_an_administrator_is_replaced(
 
 
 def test_checkout_timeout_is_a_clear_error_and_frees_nothing_else(start_pooler: Any) -> None:
-    pooler = start_pooler(pool={"size": 1, "checkout_timeout": 0.5})
+    pooler = start_pooler(pool={"size": 1, "checkout_timeout": 0.5, "mode": "session"})
     with psycopg.connect(pooler.dsn()) as holder:
         started = time.monotonic()
         with pytest.raises(psycopg.OperationalError) as info:
@@ -205,10 +205,27 @@ def test_checkout_timeout_is_a_clear_error_and_frees_nothing_else(start_pooler: 
         assert after.execute("SELECT 2").fetchone() == (2,)
 
 
+def test_checkout_timeout_in_transaction_pooling(start_pooler: Any) -> None:
+    # The server is taken by a transaction; the other client waits at its first query.
+    pooler = start_pooler(pool={"size": 1, "checkout_timeout": 0.5, "mode": "transaction"})
+    with psycopg.connect(pooler.dsn()) as holder:
+        assert holder.execute("SELECT 1").fetchone() == (1,)  # BEGIN is now open
+        with psycopg.connect(pooler.dsn(), autocommit=True, connect_timeout=5) as waiter:
+            started = time.monotonic()
+            with pytest.raises(psycopg.OperationalError) as info:
+                waiter.execute("SELECT 'waits'")
+            assert time.monotonic() - started < 3
+            assert info.value.sqlstate == "53300"
+            assert "no server connection became free" in str(info.value)
+        assert holder.execute("SELECT 1").fetchone() == (1,)
+    with psycopg.connect(pooler.dsn()) as after:
+        assert after.execute("SELECT 2").fetchone() == (2,)
+
+
 def test_backend_fatal_reaches_the_client_as_postgresql_sent_it(
     cluster: LocalCluster, start_pooler: Any
 ) -> None:
-    pooler = start_pooler(pool={"size": 1})
+    pooler = start_pooler(pool={"size": 1, "mode": "session"})
     conn = psycopg.connect(pooler.dsn(), autocommit=True)
     pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]  # type: ignore[index]
     with psycopg.connect(cluster.primary.dsn(), autocommit=True) as direct:
@@ -222,3 +239,18 @@ def test_backend_fatal_reaches_the_client_as_postgresql_sent_it(
     with psycopg.connect(pooler.dsn()) as after:
         row = after.execute("SELECT pg_backend_pid()").fetchone()
     assert row is not None and row[0] != pid
+
+
+def test_terminated_idle_server_is_replaced_in_transaction_pooling(
+    cluster: LocalCluster, start_pooler: Any
+) -> None:
+    # Between transactions the client holds no server: one terminated meanwhile is
+    # noticed by the pool, and the client's next transaction runs on a new one.
+    pooler = start_pooler(pool={"size": 1, "mode": "transaction"})
+    with psycopg.connect(pooler.dsn(), autocommit=True) as conn:
+        pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]  # type: ignore[index]
+        with psycopg.connect(cluster.primary.dsn(), autocommit=True) as direct:
+            direct.execute("SELECT pg_terminate_backend(%s)", [pid])
+        time.sleep(0.2)
+        row = conn.execute("SELECT pg_backend_pid()").fetchone()
+        assert row is not None and row[0] != pid

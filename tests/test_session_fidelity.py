@@ -75,7 +75,7 @@ def _one(conn: psycopg.Connection[Any], sql: str, params: Any = None) -> Any:
 def test_clients_with_equal_startup_parameters_take_turns_on_one_server(
     start_pooler: StartPooler,
 ) -> None:
-    pooler = start_pooler(pool={"size": 1})
+    pooler = start_pooler(pool={"size": 1, "mode": "session"})
     pids = []
     for _ in range(3):
         with _connect(pooler.dsn(), {"application_name": "turns"}) as conn:

@@ -318,12 +318,15 @@ class ClientConnection(asyncio.Protocol):
         self._opener = app.server_opener(self.user, self.database, creds)
         self.transport.pause_reading()
         self._cancel_auth_timer()
-        # The first server tells what the client's session looks like (its
-        # ParameterStatus values), in either pooling mode.
-        server = cast(
-            ServerConnection, await pool.checkout(params, self._opener, app.checkout_timeout)
-        )
-        engine = server.engine
+        reported = pool.reported.get(params)
+        server: ServerConnection | None = None
+        if reported is None or not self.engine.pooling:
+            # A server tells what the client's session looks like (its ParameterStatus
+            # values); in transaction pooling only the first of its kind is needed.
+            server = cast(
+                ServerConnection, await pool.checkout(params, self._opener, app.checkout_timeout)
+            )
+            reported = tuple(server.engine.params.items())
         if self.engine.pooling:
             # Servers change under the client: its pid is the pooler's own, unique
             # among its clients and never a real backend's.
@@ -332,17 +335,19 @@ class ClientConnection(asyncio.Protocol):
             # Session mode: the server's own pid, so that pg_backend_pid(),
             # pg_stat_activity and pg_terminate_backend agree with what the driver
             # reports. The secret key is the pooler's: cancels come through here.
+            assert server is not None
             self.pid = server.pid
         self.key = app.clients.register(self)
-        out = [m.parameter_status(k, v) for k, v in engine.params.items()]
+        out = [m.parameter_status(k, v) for k, v in reported]
         out.append(m.backend_key_data(self.pid, self.key))
-        out.append(m.ready_for_query(engine.status))
+        out.append(m.ready_for_query(b"I"))
         self.transport.writelines(out)
-        if self.engine.pooling:
-            pool.checkin(server)
-        else:
-            self._attach(server)
-            self.engine.attach(engine)
+        if server is not None:
+            if self.engine.pooling:
+                pool.checkin(server)
+            else:
+                self._attach(server)
+                self.engine.attach(server.engine)
         self.logged_in = True
         self._handshake_task = None
         rest = self.reader.take_rest()
@@ -382,6 +387,7 @@ class ClientConnection(asyncio.Protocol):
         """The server connection closed under us: so does the client, as directly."""
         server = self.server
         self.server = None
+        self.engine.detach()
         if server is not None and self.pool is not None:
             self.pool.discard(server)
         self.transport.close()
@@ -393,6 +399,7 @@ class ClientConnection(asyncio.Protocol):
         server = self.server
         pool = self.pool
         self.server = None
+        self.engine.detach()
         if server is None or pool is None:
             return
         server.detach()

@@ -80,10 +80,10 @@ def _next_client_sees_only_its_own(pooler: PoolerProcess) -> None:
         assert wire.query("SELECT 'second'")[1].body.endswith(b"second"), "a stray answer"
 
 
-@pytest.fixture
-def pool_of_one(start_pooler: StartPooler) -> PoolerProcess:
+@pytest.fixture(params=["transaction", "session"])
+def pool_of_one(start_pooler: StartPooler, request: pytest.FixtureRequest) -> PoolerProcess:
     """A pooler whose pool holds one server connection: every client gets the same."""
-    return start_pooler(pool={"size": 1})
+    return start_pooler(pool={"size": 1, "mode": request.param})
 
 
 @pytest.mark.parametrize("case", list(ENDINGS))
@@ -154,8 +154,9 @@ def test_next_client_never_reads_what_the_last_one_left(
 
 
 def test_backend_pid_is_the_real_one_in_session_mode(
-    cluster: LocalCluster, pooler: PoolerProcess
+    cluster: LocalCluster, session_pooler: PoolerProcess
 ) -> None:
+    pooler = session_pooler
     with psycopg.connect(pooler.dsn(), autocommit=True) as conn:
         pid = conn.info.backend_pid
         assert conn.execute("SELECT pg_backend_pid()").fetchone() == (pid,)
@@ -191,9 +192,9 @@ def test_notification_from_a_client_that_left_carries_its_pid(pooler: PoolerProc
 
 
 def test_cancel_key_is_the_poolers_and_cannot_be_guessed(
-    cluster: LocalCluster, pooler: PoolerProcess
+    cluster: LocalCluster, session_pooler: PoolerProcess
 ) -> None:
-    with Wire(address_of(pooler)) as wire:
+    with Wire(address_of(session_pooler)) as wire:
         assert wire.login()[-1].type == "Z"
         assert wire.backend_key is not None
         pid, key = wire.backend_key
@@ -202,7 +203,25 @@ def test_cancel_key_is_the_poolers_and_cannot_be_guessed(
             assert row.fetchone() == (1,)
         # A cancel with the right pid and a wrong key does nothing.
         wire.send(m.query("SELECT pg_sleep(1)"))
-        with Wire(address_of(pooler)) as canceller:
+        with Wire(address_of(session_pooler)) as canceller:
             canceller.send(struct.pack("!iIii", 16, (1234 << 16) | 5678, pid, key ^ 1))
         answer = wire.read_until("Z")
         assert [comparable(msg)[0] for msg in answer] == ["T", "D", "C", "Z"]
+
+
+def test_transaction_pooling_gives_each_client_a_pid_of_its_own(
+    start_pooler: StartPooler,
+) -> None:
+    pooler = start_pooler(pool={"size": 1, "mode": "transaction"})
+    conns = [psycopg.connect(pooler.dsn(), autocommit=True) for _ in range(3)]
+    try:
+        pids = {conn.info.backend_pid for conn in conns}
+        assert len(pids) == 3
+        # Real backends' pids stay below 2**22 on Linux; the pooler's are above.
+        assert all(pid >= 1 << 24 for pid in pids)
+        # One server serves all three in turn.
+        servers = {conn.execute("SELECT pg_backend_pid()").fetchone() for conn in conns}
+        assert len(servers) == 1
+    finally:
+        for conn in conns:
+            conn.close()
