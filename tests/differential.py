@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import re
 import socket
 import struct
 import time
@@ -212,24 +213,33 @@ def _is_prefix(short: list[Item], long: list[Item]) -> bool:
     return len(short) <= len(long) and long[: len(short)] == short
 
 
-def _signature(pg: Stream, ours: Stream, case: Case, pg_end: str) -> str:
-    """A short, case-independent name for how ``ours`` parts from ``pg`` (``pg_end``:
-    how PostgreSQL's full stream ended; ``pg`` may be a prefix of it)."""
+def _error_text(item: Item) -> str:
+    """An ErrorResponse as severity, SQLSTATE and message, numbers blotted out."""
+    fields = {k: v for k, v in (x for x in item[1:] if isinstance(x, tuple))}
+    text = re.sub(r"\b(0x[0-9A-Fa-f]+|\d+)\b", "N", str(fields.get("M", "")))
+    return f"{fields.get('V', '')} {fields.get('C', '')} {text}"
+
+
+def _signature(pg: Stream, ours: Stream, case: Case, full: Stream) -> str:
+    """A short, case-independent name for how ``ours`` parts from ``pg`` (``full``:
+    PostgreSQL's full stream, of which ``pg`` may be a prefix)."""
     terminal = next((type(s).__name__ for s in case.steps if isinstance(s, TERMINAL)), None)
-    if terminal and pg_end == ours.end == "closed":
+    if terminal and full.end == ours.end == "closed":
         # The client ended the conversation (Terminate, broken framing) with answers
         # still owed: PostgreSQL answers them first, then closes.
         if _is_prefix(ours.messages, pg.messages):
             return f"at {terminal}: the pooler closes without the answers still in flight"
-        last = pg.messages[-1] if pg.messages else None
-        if (
-            last is not None
-            and ours.messages[-1:] == [last]
-            and _is_prefix(ours.messages[:-1], pg.messages[:-1])
-        ):
+        last = ours.messages[-1]
+        if last[0] == "E" and _is_prefix(ours.messages[:-1], pg.messages):
+            if last in full.messages:
+                return (
+                    f"at {terminal}: the pooler sends {_error_text(last)} without the answers"
+                    " still in flight before it"
+                )
+            theirs = " + ".join(_error_text(x) for x in full.messages[-2:] if x[0] == "E")
             return (
-                f"at {terminal}: the pooler sends {_shape(last, pg.end)} without the answers"
-                " still in flight before it"
+                f"at {terminal}: the pooler ends with {_error_text(last)}, postgres"
+                f" with {theirs or _shape(full.messages[-1] if full.messages else None, 'closed')}"
             )
     i, _ = first_divergence(pg, ours)
     before = _shape(pg.messages[i - 1], pg.end) if i > 0 else "<login>"
@@ -366,6 +376,14 @@ def next_client(address: Address, token: str) -> Stream:
     """A client right after the case's: two queries of its own, each read to its
     ReadyForQuery. Stream "open" with the exact answers when all is well; "slow" when
     the login took longer than :data:`NEXT_CLIENT_SLOW` seconds."""
+    wire = _open_next(address)
+    if isinstance(wire, Stream):
+        return wire
+    with wire:
+        return own_queries(wire, token)
+
+
+def _open_next(address: Address) -> Wire | Stream:
     started = time.monotonic()
     try:
         wire = _open(address, login_timeout=NEXT_CLIENT_LOGIN_TIMEOUT)
@@ -376,31 +394,55 @@ def next_client(address: Address, token: str) -> Stream:
     if waited > NEXT_CLIENT_SLOW:
         wire.close()
         return Stream([], "slow", f"the login took {waited:.1f} s")
-    with wire:
-        own_pid = wire.backend_key[0] if wire.backend_key else None
-        out: list[Item] = []
-        # A statement name the cases use: a leaked prepared statement answers 42P05.
-        second = f"next2-{token}"
-        requests = [
-            m.query(f"SELECT 'next-{token}'"),
-            b"".join(
-                step.encode()
-                for step in (Parse("s1", f"SELECT '{second}'"), Bind("", "s1"), Execute(), Sync())
-            ),
-        ]
-        for request in requests:
-            try:
-                wire.send(request)
-            except OSError as exc:
-                return Stream(out, "closed", f"send: {type(exc).__name__}")
-            part = _read(wire, own_pid, until_ready=1)
-            out.extend(part.messages)
-            if part.end != "open":
-                part.messages = out
-                return part
-        with contextlib.suppress(OSError):
-            wire.send(b"X\0\0\0\4")
-        return Stream(out, "open")
+    return wire
+
+
+def own_queries(wire: Wire, token: str) -> Stream:
+    """Run the next client's two queries on ``wire`` (see :func:`expected_next_client`),
+    then send Terminate."""
+    own_pid = wire.backend_key[0] if wire.backend_key else None
+    out: list[Item] = []
+    # A statement name the cases use: a leaked prepared statement answers 42P05.
+    second = f"next2-{token}"
+    requests = [
+        m.query(f"SELECT 'next-{token}'"),
+        b"".join(
+            step.encode()
+            for step in (Parse("s1", f"SELECT '{second}'"), Bind("", "s1"), Execute(), Sync())
+        ),
+    ]
+    for request in requests:
+        try:
+            wire.send(request)
+        except OSError as exc:
+            return Stream(out, "closed", f"send: {type(exc).__name__}")
+        part = _read(wire, own_pid, until_ready=1)
+        out.extend(part.messages)
+        if part.end != "open":
+            part.messages = out
+            return part
+    with contextlib.suppress(OSError):
+        wire.send(b"X\0\0\0\4")
+    return Stream(out, "open")
+
+
+def probe_every_server(address: Address, count: int) -> list[tuple[str, Stream]]:
+    """``count`` clients at once (so with pool.size ``count``, each on its own server),
+    each running the next client's queries; (token, stream) for every one that did not
+    get exactly its own answers."""
+    wires: list[tuple[str, Wire | Stream]] = [
+        (new_token(), _open_next(address)) for _ in range(count)
+    ]
+    bad: list[tuple[str, Stream]] = []
+    for token, wire in wires:
+        if isinstance(wire, Stream):
+            bad.append((token, wire))
+            continue
+        with wire:
+            stream = own_queries(wire, token)
+        if stream.end != "open" or stream.messages != expected_next_client(token):
+            bad.append((token, stream))
+    return bad
 
 
 def expected_next_client(token: str) -> list[Item]:
@@ -486,7 +528,7 @@ def run_case(
         ours = converse(pooler, case, token, None)
         if ours.key() != pg.key() or ours.end != pg.end:
             differences.append(
-                Difference("stream", _signature(pg, ours, case, pg.end), _compare_detail(pg, ours))
+                Difference("stream", _signature(pg, ours, case, pg), _compare_detail(pg, ours))
             )
     else:
         k = min(case.leave_after, pipeline_ready_bound(pg))
@@ -498,7 +540,7 @@ def run_case(
             differences.append(
                 Difference(
                     "prefix",
-                    "leaving early: " + _signature(want, ours, case, pg.end),
+                    "leaving early: " + _signature(want, ours, case, pg),
                     f"the client left after ReadyForQuery #{k}\n" + _compare_detail(want, ours),
                 )
             )

@@ -9,6 +9,7 @@ at the start, the middle and the end.
 
     scripts/fuzz --cases 10000 --seed 7 --out ./fuzz-out
     scripts/fuzz --replay fuzz-out/diff-00012-pool1.json
+    scripts/fuzz --minimize fuzz-out/diff-00012-pool1.json --pool-sizes 1
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -25,7 +27,7 @@ import time
 import traceback
 from collections import Counter, defaultdict
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,13 +37,14 @@ from differential import (
     HarnessError,
     new_token,
     prepare_database,
+    probe_every_server,
     render_stream,
     run_case,
     run_on_postgres,
 )
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import seed as hypothesis_seed
-from pipelines import Case, case_from_json, case_snippet, cases
+from pipelines import Case, Chunking, case_from_json, case_snippet, case_to_json, cases
 from wire import Address, address_of
 
 from pooler.localcluster import LocalCluster, find_free_ports, server_tempdir
@@ -128,14 +131,56 @@ class Pooler:
                     return int(line.split()[1])
         return None
 
-    def bad_log_lines(self) -> list[str]:
-        found = []
+    def log_problems(self) -> Counter[str]:
+        """Tracebacks and errors in every log of this pooler, by kind: the exception line
+        ending each traceback, and every other bad line, with addresses and numbers
+        blotted out so that alike ones count together."""
+        found: Counter[str] = Counter()
         for log in self.logs:
+            lines: list[str] = []
             with contextlib.suppress(OSError):
-                for line in log.read_text(errors="replace").splitlines():
-                    if any(word in line for word in BAD_LOG_WORDS):
-                        found.append(f"{log.name}: {line[:300]}")
+                lines = log.read_text(errors="replace").splitlines()
+            in_traceback = False
+            for line in lines:
+                if line.startswith("Traceback"):
+                    in_traceback = True
+                    continue
+                if in_traceback:
+                    if line.startswith((" ", "\t")):
+                        continue
+                    in_traceback = False
+                    found[f"exception: {_blot(line)}"] += 1
+                    continue
+                if any(word in line for word in BAD_LOG_WORDS):
+                    found[_blot(line)] += 1
         return found
+
+    def sockets(self) -> set[int]:
+        """Local TCP ports of this pooler's sockets."""
+        if self.proc is None:
+            return set()
+        inodes = set()
+        with contextlib.suppress(OSError):
+            for fd in Path(f"/proc/{self.proc.pid}/fd").iterdir():
+                with contextlib.suppress(OSError):
+                    target = os.readlink(fd)
+                    if target.startswith("socket:["):
+                        inodes.add(target[8:-1])
+        ports = set()
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            with contextlib.suppress(OSError):
+                for row in Path(table).read_text().splitlines()[1:]:
+                    cols = row.split()
+                    if len(cols) > 9 and cols[9] in inodes:
+                        ports.add(int(cols[1].rsplit(":", 1)[1], 16))
+        return ports
+
+
+def _blot(line: str) -> str:
+    line = re.sub(r"0x[0-9a-f]+", "ADDR", line)
+    line = re.sub(r'"ts": "[^"]*", ', "", line)
+    line = re.sub(r"\d+", "N", line)
+    return line[:240]
 
 
 # --- bookkeeping -------------------------------------------------------------------------
@@ -205,17 +250,19 @@ def run_one(
     tally.differing_cases += differing
 
 
-def busy_servers(cluster: LocalCluster, wait: float = 3.0) -> list[str]:
-    """Backends of user app that are not idle; waits up to ``wait`` s for them to settle."""
+def busy_servers(cluster: LocalCluster, wait: float) -> list[tuple[int, str]]:
+    """Backends of user app that are not idle, as (client port, description); waits up
+    to ``wait`` s for them to settle (a pooler may be waiting out a reset)."""
     sql = (
-        "SELECT pid || ' ' || coalesce(state, '?') || ' ' || left(query, 80)"
-        " FROM pg_stat_activity WHERE usename = 'app' AND state IS DISTINCT FROM 'idle'"
+        "SELECT client_port || '|' || pid || ' ' || coalesce(state, '?') || ' '"
+        " || left(query, 80) FROM pg_stat_activity"
+        " WHERE usename = 'app' AND state IS DISTINCT FROM 'idle'"
     )
     deadline = time.monotonic() + wait
     while True:
-        rows = [r for r in cluster.primary.psql(sql).splitlines() if r.strip()]
+        rows = [r.split("|", 1) for r in cluster.primary.psql(sql).splitlines() if r.strip()]
         if not rows or time.monotonic() > deadline:
-            return rows
+            return [(int(port or 0), what) for port, what in rows]
         time.sleep(0.2)
 
 
@@ -290,6 +337,61 @@ def replay(postgres: Address, poolers: list[Pooler], files: list[str]) -> int:
     return differing
 
 
+def _reproduces(
+    postgres: Address, pooler: Pooler, case: Case, wanted: set[str], tries: int
+) -> bool:
+    """Whether one of ``wanted`` (signatures) shows within ``tries`` runs of ``case``."""
+    for _ in range(tries):
+        try:
+            result = run_case(postgres, pooler.address, case)
+        except HarnessError:
+            return False
+        if _wedged(result) or (pooler.proc is not None and pooler.proc.poll() is not None):
+            pooler.restart()
+        if wanted & {f"{d.check}: {d.signature}" for d in result.differences}:
+            return True
+    return False
+
+
+def minimize(postgres: Address, pooler: Pooler, name: str, tries: int) -> Path | None:
+    """Drop steps (and simplify the chunking and the leaving) while the difference of the
+    saved case at ``name`` still shows; the smallest case goes to ``<name>.min.json``."""
+    data = json.loads(Path(name).read_text())
+    case = case_from_json(data.get("case", data))
+    first = run_case(postgres, pooler.address, case)
+    wanted = {f"{d.check}: {d.signature}" for d in first.differences}
+    if _wedged(first):
+        pooler.restart()
+    if not wanted:
+        print(f"=== {name}: no difference on {pooler.name}; nothing to minimize")
+        return None
+    print(f"=== {name}: minimizing {sorted(wanted)}")
+    for simpler in (Chunking(), None):
+        candidate = (
+            replace(case, chunking=simpler)
+            if isinstance(simpler, Chunking)
+            else replace(case, leave_after=None)
+        )
+        if candidate != case and _reproduces(postgres, pooler, candidate, wanted, tries):
+            case = candidate
+    changed = True
+    while changed:
+        changed = False
+        for i in range(len(case.steps)):
+            steps = case.steps[:i] + case.steps[i + 1 :]
+            if not steps:
+                continue
+            candidate = replace(case, steps=steps)
+            if _reproduces(postgres, pooler, candidate, wanted, tries):
+                case = candidate
+                changed = True
+                break
+    out = Path(f"{name.removesuffix('.json')}.min.json")
+    out.write_text(json.dumps({"case": case_to_json(case), "signatures": sorted(wanted)}, indent=1))
+    print(f"{case_snippet(case)}\n-> {out}")
+    return out
+
+
 @contextlib.contextmanager
 def environment(out: Path, sizes: list[int]) -> Iterator[tuple[LocalCluster, list[Pooler]]]:
     cluster = LocalCluster(server_tempdir("pooler-fuzz-"), standbys=0)
@@ -321,16 +423,26 @@ def summary(tally: Tally, cluster: LocalCluster, poolers: list[Pooler], took: fl
         print("no differences")
     if tally.restarts:
         print(f"pooler restarts after a hurt next client: {dict(tally.restarts)}")
-    busy = busy_servers(cluster)
+    # Longer than pool.connect_timeout, which bounds a reset.
+    busy = busy_servers(cluster, wait=7.0)
     print(f"server connections of app not idle after all clients left: {len(busy)}")
-    for row in busy:
-        print(f"  {row}")
+    for port, what in busy:
+        holders = [p.name for p in poolers if port in p.sockets()] or ["no pooler"]
+        print(f"  {what} (held by {', '.join(holders)})")
     print(f"server connections of app open: {app_backends(cluster)}")
     for pooler in poolers:
-        bad = pooler.bad_log_lines()
-        print(f"{pooler.name}: {len(bad)} traceback/fatal/error lines in its log")
-        for line in bad[:10]:
-            print(f"  {line}")
+        hurt = probe_every_server(pooler.address, pooler.size)
+        print(
+            f"{pooler.name}: {pooler.size} clients at once, each on a server of the pool:"
+            f" {pooler.size - len(hurt)} got exactly their answers"
+        )
+        for _, stream in hurt:
+            print(render_stream(stream))
+    for pooler in poolers:
+        problems = pooler.log_problems()
+        print(f"{pooler.name}: {sum(problems.values())} tracebacks and errors in its logs")
+        for line, n in problems.most_common(10):
+            print(f"  {n:6}  {line}")
         rss = ", ".join(
             f"{when} {'?' if kib is None else f'{kib / 1024:.1f} MB'}"
             for when, kib in tally.rss[pooler.name]
@@ -346,13 +458,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pool-sizes", default="1,5", help="one pooler per size (default 1,5)")
     parser.add_argument("--max-blocks", type=int, default=5, help="blocks per pipeline")
     parser.add_argument("--replay", nargs="+", metavar="FILE", help="replay saved cases")
+    parser.add_argument(
+        "--minimize",
+        nargs="+",
+        metavar="FILE",
+        help="drop steps from saved cases while their difference still shows (on the first"
+        " pool size); writes FILE.min.json",
+    )
+    parser.add_argument(
+        "--tries", type=int, default=3, help="--minimize: runs before a step counts as needed"
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="print each difference")
     args = parser.parse_args(argv)
     sizes = [int(x) for x in args.pool_sizes.split(",") if x.strip()]
     # scripts/fuzz runs from the repository; relative paths are the caller's.
     base = Path(os.environ.get("FUZZ_CWD", "."))
     out: Path = (base / args.out).absolute()
-    if args.replay:
+    if args.replay or args.minimize:
         # Only the poolers' configs and logs go there.
         out = Path(tempfile.mkdtemp(prefix="pooler-fuzz-replay-"))
     out.mkdir(parents=True, exist_ok=True)
@@ -363,6 +485,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.replay:
             files = [str(base / name) for name in args.replay]
             return 1 if replay(postgres, poolers, files) else 0
+        if args.minimize:
+            for name in args.minimize:
+                minimize(postgres, poolers[0], str(base / name), args.tries)
+            return 0
         tally = Tally(out)
         note_rss(tally, poolers, "start")
         say(f"running {args.cases} cases, seed {args.seed}")
