@@ -686,4 +686,32 @@ def known_cases() -> dict[str, Case]:
         "copydata-2GiB-in-copy": Case((Query(COPY_IN_SQL), CopyData("1\tone\n"), HugeCopyData())),
         "pbe-terminate": Case((*pbe, Terminate())),
         "pbe-flush-terminate": Case((*pbe, Flush(), Terminate())),
+        # Found by scripts/fuzz. An extended COPY ended by CopyFail, its Syncs, a slow
+        # query and a second extended COPY, in one write; the client leaves after the
+        # first ReadyForQuery: the next client gets that COPY's answers, and its query
+        # lands in the COPY (08P01, then FATAL).
+        "extended-copy-fail-then-copy": Case(
+            (
+                Parse("", COPY_IN_SQL),
+                Bind(),
+                Execute(),
+                Sync(),
+                CopyFail(),
+                Sync(),
+                Sync(),
+                Query("SELECT pg_sleep(0.2)"),
+                Parse("", COPY_IN_SQL),
+                Bind(),
+                Execute(),
+                Sync(),
+            ),
+            leave_after=1,
+        ),
+        # Found by scripts/fuzz: an error in an extended batch, then a CopyData outside
+        # any COPY (PostgreSQL ignores it); the server skips everything up to a Sync,
+        # the reset of a client leaving now included.
+        "error-then-copydata-leave": Case((Execute("nope"), CopyData("")), leave_after=0),
+        # Found by scripts/fuzz: during COPY IN PostgreSQL reads no message type but
+        # CopyData, CopyDone, CopyFail, Sync and Flush.
+        "unknown-type-in-copy": Case((Query(COPY_IN_SQL), UnknownType(ord("y"), ""))),
     }

@@ -126,6 +126,9 @@ def test_pooler_answers_any_pipeline_like_postgres(
     @example(KNOWN["copydata-2GiB-in-copy"])
     @example(KNOWN["pbe-terminate"])
     @example(KNOWN["pbe-flush-terminate"])
+    @example(KNOWN["extended-copy-fail-then-copy"])
+    @example(KNOWN["error-then-copydata-leave"])
+    @example(KNOWN["unknown-type-in-copy"])
     @given(cases())
     def check(case: Case) -> None:
         process = pooler.fresh()
