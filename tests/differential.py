@@ -58,6 +58,9 @@ SENTINELS = 3
 NEXT_CLIENT_LOGIN_TIMEOUT = 15.0
 NEXT_CLIENT_SLOW = 4.0
 
+#: Log lines that mean the pooler hit something it did not expect.
+BAD_LOG_WORDS = ("Traceback", "Fatal error", '"level": "error"', '"level": "critical"')
+
 End = Literal["closed", "open", "timeout", "login-failed", "slow"]
 Item = tuple[object, ...]
 

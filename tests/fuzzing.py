@@ -33,6 +33,7 @@ from typing import Any
 
 import yaml
 from differential import (
+    BAD_LOG_WORDS,
     CaseResult,
     HarnessError,
     new_token,
@@ -51,8 +52,6 @@ from pooler.localcluster import LocalCluster, find_free_ports, server_tempdir
 
 ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT = 10.0
-#: Log lines that mean the pooler hit something it did not expect.
-BAD_LOG_WORDS = ("Traceback", "Fatal error", '"level": "error"', '"level": "critical"')
 
 
 def say(line: str) -> None:

@@ -19,6 +19,7 @@ import time
 
 from conftest import PoolerProcess, StartPooler
 from differential import (
+    BAD_LOG_WORDS,
     CaseResult,
     Difference,
     expected_next_client,
@@ -84,12 +85,12 @@ class _Pooler:
         return self.process
 
     def log_problems(self) -> list[str]:
-        """Lines of tracebacks and asyncio's "Fatal error" in the logs of every run."""
+        """Tracebacks, asyncio's "Fatal error" and error-level lines in every run's log."""
         return [
             line
             for process in self.started
             for line in process.log_text().splitlines()
-            if "Traceback" in line or "Fatal error" in line or "Error:" in line
+            if any(word in line for word in BAD_LOG_WORDS)
         ]
 
 
