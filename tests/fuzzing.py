@@ -357,12 +357,16 @@ def minimize(postgres: Address, pooler: Pooler, name: str, tries: int) -> Path |
     saved case at ``name`` still shows; the smallest case goes to ``<name>.min.json``."""
     data = json.loads(Path(name).read_text())
     case = case_from_json(data.get("case", data))
-    first = run_case(postgres, pooler.address, case)
-    wanted = {f"{d.check}: {d.signature}" for d in first.differences}
-    if _wedged(first):
-        pooler.restart()
+    wanted: set[str] = set()
+    for _ in range(tries):
+        first = run_case(postgres, pooler.address, case)
+        wanted = {f"{d.check}: {d.signature}" for d in first.differences}
+        if _wedged(first):
+            pooler.restart()
+        if wanted:
+            break
     if not wanted:
-        print(f"=== {name}: no difference on {pooler.name}; nothing to minimize")
+        print(f"=== {name}: no difference on {pooler.name} in {tries} runs; nothing to minimize")
         return None
     print(f"=== {name}: minimizing {sorted(wanted)}")
     for simpler in (Chunking(), None):
