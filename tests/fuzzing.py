@@ -69,6 +69,7 @@ class Pooler:
     cluster: LocalCluster
     size: int
     workdir: Path
+    mode: str = "transaction"
     proc: subprocess.Popen[bytes] | None = None
     port: int = 0
     starts: int = 0
@@ -82,7 +83,7 @@ class Pooler:
         self.port = find_free_ports(1)[0]
         self.starts += 1
         config: dict[str, Any] = dict(self.cluster.pooler_config(self.port))
-        config["pool"] = {"size": self.size}
+        config["pool"] = {"size": self.size, "mode": self.mode}
         path = self.workdir / f"{self.name}.yaml"
         path.write_text(yaml.safe_dump(config, sort_keys=False))
         log = self.workdir / f"{self.name}-{self.starts}.log"
@@ -396,16 +397,19 @@ def minimize(postgres: Address, pooler: Pooler, name: str, tries: int) -> Path |
 
 
 @contextlib.contextmanager
-def environment(out: Path, sizes: list[int]) -> Iterator[tuple[LocalCluster, list[Pooler]]]:
+def environment(
+    out: Path, sizes: list[int], modes: list[str]
+) -> Iterator[tuple[LocalCluster, list[Pooler]]]:
     cluster = LocalCluster(server_tempdir("pooler-fuzz-"), standbys=0)
     poolers: list[Pooler] = []
     try:
         cluster.start()
         prepare_database(address_of(cluster.primary))
-        for size in sizes:
-            pooler = Pooler(f"pool{size}", cluster, size, out)
-            poolers.append(pooler)
-            pooler.start()
+        for mode in modes:
+            for size in sizes:
+                pooler = Pooler(f"{mode}-pool{size}", cluster, size, out, mode)
+                poolers.append(pooler)
+                pooler.start()
         yield cluster, poolers
     finally:
         for pooler in poolers:
@@ -459,6 +463,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="hypothesis seed")
     parser.add_argument("--out", type=Path, default=Path("fuzz-out"), help="output directory")
     parser.add_argument("--pool-sizes", default="1,5", help="one pooler per size (default 1,5)")
+    parser.add_argument(
+        "--modes", default="transaction,session", help="pool modes (default both)"
+    )
     parser.add_argument("--max-blocks", type=int, default=5, help="blocks per pipeline")
     parser.add_argument("--replay", nargs="+", metavar="FILE", help="replay saved cases")
     parser.add_argument(
@@ -474,6 +481,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-v", "--verbose", action="store_true", help="print each difference")
     args = parser.parse_args(argv)
     sizes = [int(x) for x in args.pool_sizes.split(",") if x.strip()]
+    modes = [x.strip() for x in args.modes.split(",") if x.strip()]
     # scripts/fuzz runs from the repository; relative paths are the caller's.
     base = Path(os.environ.get("FUZZ_CWD", "."))
     out: Path = (base / args.out).absolute()
@@ -483,7 +491,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     say(f"starting a cluster and poolers (pool sizes {sizes}); output in {out}")
-    with environment(out, sizes) as (cluster, poolers):
+    with environment(out, sizes, modes) as (cluster, poolers):
         postgres = address_of(cluster.primary)
         if args.replay:
             files = [str(base / name) for name in args.replay]

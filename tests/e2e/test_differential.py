@@ -17,6 +17,7 @@ import json
 import os
 import time
 
+import pytest
 from conftest import PoolerProcess, StartPooler
 from differential import (
     BAD_LOG_WORDS,
@@ -70,16 +71,17 @@ class _Pooler:
     """The pooler under test, restarted when a case hurt the next client: its state can
     no longer be trusted, and later cases (and shrinking) must not pay for it."""
 
-    def __init__(self, start_pooler: StartPooler) -> None:
+    def __init__(self, start_pooler: StartPooler, mode: str) -> None:
         self._start = start_pooler
-        self.process: PoolerProcess = start_pooler(pool={"size": 1})
+        self._pool = {"size": 1, "mode": mode}
+        self.process: PoolerProcess = start_pooler(pool=self._pool)
         self.started = [self.process]
         self.dirty = False
 
     def fresh(self) -> PoolerProcess:
         if self.dirty:
             self.process.stop()
-            self.process = self._start(pool={"size": 1})
+            self.process = self._start(pool=self._pool)
             self.started.append(self.process)
             self.dirty = False
         return self.process
@@ -105,12 +107,13 @@ def _failure(result: CaseResult, unaccepted: list[Difference]) -> str:
     )
 
 
+@pytest.mark.parametrize("mode", ["transaction", "session"])
 def test_pooler_answers_any_pipeline_like_postgres(
-    cluster: LocalCluster, start_pooler: StartPooler
+    cluster: LocalCluster, start_pooler: StartPooler, mode: str
 ) -> None:
     postgres = address_of(cluster.primary)
     prepare_database(postgres)
-    pooler = _Pooler(start_pooler)
+    pooler = _Pooler(start_pooler, mode)
 
     @settings(
         max_examples=MAX_EXAMPLES,
@@ -150,14 +153,15 @@ def test_known_cases_are_valid_json_round_trips() -> None:
         assert case_from_json(json.loads(json.dumps(case_to_json(case)))) == case, name
 
 
+@pytest.mark.parametrize("mode", ["transaction", "session"])
 def test_copy_sync_sync_answers_do_not_leak_to_the_next_client(
-    cluster: LocalCluster, start_pooler: StartPooler
+    cluster: LocalCluster, start_pooler: StartPooler, mode: str
 ) -> None:
     """Client A sends in ONE write a COPY FROM STDIN by Query, its data, CopyDone, two
     Syncs and two slow queries; it reads three ReadyForQuery and disconnects. With pool
     size 1, client B gets the same server: it must see only its own answers."""
     prepare_database(address_of(cluster.primary))
-    pooler = start_pooler(pool={"size": 1})
+    pooler = start_pooler(pool={"size": 1, "mode": mode})
     pipeline = (
         m.query(COPY_IN_SQL)
         + CopyData("1\tone\n").encode()
