@@ -19,17 +19,25 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
-from parser_api import Classification
+from parser_api import Classification, EffectKind
 from pooler.engine.actions import Action, Close, HandOver, NeedServer
 from pooler.engine.server import ServerEngine
 from pooler.engine.session_state import SessionState
+from pooler.engine.statements import (
+    ClientStatements,
+    rewrite_bind,
+    rewrite_describe_or_close,
+    rewrite_parse,
+)
 from pooler.protocol import messages as m
-from pooler.protocol.codec import Event, FramingError, Message, Scanner
+from pooler.protocol.codec import Event, FramingError, Message, Scanner, frame
 from pooler.protocol.outstanding import NEUTRAL, TRACKED, UNSYNCED
 
 _STOP = frozenset({m.TERMINATE})
 _TERMINATE = b"X\x00\x00\x00\x04"
-_TEXTS = frozenset({m.QUERY, m.PARSE})
+# Transaction pooling looks inside these: statement texts to classify, and statement
+# names to rewrite.
+_POOLED = frozenset({m.QUERY, m.PARSE, m.BIND, m.DESCRIBE, m.CLOSE})
 
 #: Classifies a statement text; None when it does not parse (PostgreSQL will say why).
 Classify = Callable[[str], Classification | None]
@@ -40,12 +48,22 @@ _NEED_SERVER = NeedServer()
 class ClientEngine:
     """One client's stream after login."""
 
-    __slots__ = ("_classify", "_ending", "_held", "ended", "scanner", "server", "session")
+    __slots__ = (
+        "_classify",
+        "_ending",
+        "_forget_prepared",
+        "_held",
+        "ended",
+        "scanner",
+        "server",
+        "session",
+        "statements",
+    )
 
     def __init__(self, limits: Mapping[int, int], classify: Classify | None = None) -> None:
-        observe = _TEXTS if classify is not None else frozenset()
+        split = _POOLED if classify is not None else frozenset()
         self.scanner = Scanner(
-            limits=limits, observe=observe, track=TRACKED, stop=_STOP, transparent=NEUTRAL
+            split=split, limits=limits, track=TRACKED, stop=_STOP, transparent=NEUTRAL
         )
         self._classify = classify
         #: The server this client's requests go to, while it has one.
@@ -54,9 +72,13 @@ class ClientEngine:
         self.session = SessionState()
         #: The stream ended (Terminate, bad framing, end of input): nothing more is read.
         self.ended = False
+        #: Its named prepared statements, carried from server to server.
+        self.statements = ClientStatements()
         # Bytes waiting for a server, and the ending that came after them.
         self._held: list[bytes] = []
         self._ending: tuple[bytes, bytes] | None = None
+        # A DEALLOCATE ALL or DISCARD ALL is held: the next server drops its statements.
+        self._forget_prepared = False
 
     @property
     def pooling(self) -> bool:
@@ -71,8 +93,6 @@ class ClientEngine:
         """
         scanner = self.scanner
         events = scanner.feed(data)
-        if scanner.observed:
-            self._inspect(scanner.observed)
         server = self.server
         if server is None:
             return self._hold(events)
@@ -87,28 +107,49 @@ class ClientEngine:
         for event in events:
             if type(event) is bytes:
                 out.append(event)
+            elif type(event) is Message and event.type != m.TERMINATE:
+                out.append(self._pooled(event, server))
             else:
                 to_server, reply = _ending_of(event)  # type: ignore[arg-type]
                 out.append(self._end(server, to_server, reply))
         return out
 
-    def _inspect(self, observed: list[Message]) -> None:
+    def _pooled(self, msg: Message, server: ServerEngine | None) -> bytes:
+        """A message transaction pooling looks inside: classify its text, rename its
+        statement; the bytes to forward."""
+        t = msg.type
+        body = msg.body
+        if t == m.QUERY:
+            self._classified(body[:-1], server)
+            return frame(t, body)
+        if t == m.PARSE:
+            raw, text = rewrite_parse(
+                body, self.statements, server.prepared if server is not None else None
+            )
+            self._classified(text, server)
+            return raw
+        if t == m.BIND:
+            return rewrite_bind(body, self.statements)
+        errors = server.errors if server is not None else None
+        return rewrite_describe_or_close(t, body, self.statements, errors)
+
+    def _classified(self, text: bytes, server: ServerEngine | None) -> None:
         classify = self._classify
         assert classify is not None
-        errors = self.server.errors if self.server is not None else 0
-        for msg in observed:
-            body = msg.body
-            if msg.type == m.QUERY:
-                text = body[:-1]
-            else:
-                name_end = body.find(b"\0")
-                if name_end > 0:
-                    self.session.named_statement()
-                text = body[name_end + 1 : body.find(b"\0", name_end + 1)]
-            classification = classify(text.decode("utf-8", "replace"))
-            if classification is not None:
-                self.session.statement(classification, errors)
-        observed.clear()
+        classification = classify(text.decode("utf-8", "replace"))
+        if classification is None:
+            return
+        self.session.statement(classification, server.errors if server is not None else 0)
+        for effect in classification.session_effects:
+            if (effect.kind is EffectKind.DEALLOCATE and effect.name is None) or (
+                effect.kind is EffectKind.DISCARD and effect.name == "all"
+            ):
+                # Every prepared statement of the session goes, the pooler's too.
+                self.statements.clear()
+                if server is not None:
+                    server.prepared.clear()
+                else:
+                    self._forget_prepared = True
 
     def _hold(self, events: bytes | list[Event]) -> list[bytes | Action]:
         if isinstance(events, bytes):
@@ -117,6 +158,8 @@ class ClientEngine:
             for event in events:
                 if type(event) is bytes:
                     self._held.append(event)
+                elif type(event) is Message and event.type != m.TERMINATE:
+                    self._held.append(self._pooled(event, None))
                 else:
                     self._ending = _ending_of(event)  # type: ignore[arg-type]
                     self.ended = True
@@ -130,13 +173,24 @@ class ClientEngine:
         """A server was assigned: what to send it now (the held bytes), and the held
         ending if the stream ended meanwhile."""
         self.server = server
+        server.names = self.statements.theirs
+        out: list[bytes | Action] = []
+        # The statements this client has and the server lacks come first.
+        prelude, parsed = self.statements.prelude(server.prepared)
+        if prelude:
+            out.append(prelude)
+            server.prelude_sent(parsed)
+        if self._forget_prepared:
+            server.prepared.clear()
+            self._forget_prepared = False
+        self.statements.sent_to(server.errors)
         scanner = self.scanner
         requests = server.requests
         if scanner.tracked:
             requests.sent(scanner.tracked)
             scanner.tracked.clear()
         requests.unsynced = scanner.last_type in UNSYNCED
-        out: list[bytes | Action] = list(self._held)
+        out.extend(self._held)
         self._held.clear()
         if self._ending is not None:
             to_server, reply = self._ending
@@ -147,6 +201,8 @@ class ClientEngine:
         """Give the server up (transaction pooling, at the end of a transaction)."""
         server = self.server
         self.server = None
+        if server is not None:
+            server.names = None
         return server
 
     def releasable(self) -> bool:
@@ -155,6 +211,7 @@ class ClientEngine:
         server = self.server
         if server is None or self.ended or not server.idle():
             return False
+        self.statements.settled(server.errors)
         session = self.session
         if session.pins:
             session.settled(server.errors)

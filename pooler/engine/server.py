@@ -8,10 +8,12 @@ reports, and whether the reset query the pooler sent succeeded.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Mapping
 
+from pooler.engine.statements import POOLER_NAME
 from pooler.protocol import messages as m
-from pooler.protocol.codec import Event, Message, Scanner
+from pooler.protocol.codec import Event, Message, Scanner, frame
 from pooler.protocol.outstanding import Outstanding
 
 # ReadyForQuery status bytes, shared rather than allocated per message.
@@ -22,18 +24,23 @@ _OBSERVE = frozenset({m.PARAMETER_STATUS, m.ERROR_RESPONSE, m.COPY_IN_RESPONSE})
 # with ReadyForQuery rather than ReadyForQuery only counted.
 _COPY_OBSERVE = _OBSERVE | {m.COMMAND_COMPLETE, m.READY_FOR_QUERY}
 _PAUSE = frozenset({m.COPY_IN_RESPONSE})
-_NOTIFICATION = frozenset({m.NOTIFICATION_RESPONSE})
+_REWRITTEN = frozenset({m.NOTIFICATION_RESPONSE, m.ERROR_RESPONSE})
 
 
 class ServerEngine:
     """State of a server connection after login; sans-IO."""
 
     __slots__ = (
+        "_prelude",
+        "_prelude_error",
         "_reset_failed",
+        "_skipping",
         "errors",
         "handed_over",
+        "names",
         "owners",
         "params",
+        "prepared",
         "requests",
         "scanner",
         "status",
@@ -51,11 +58,20 @@ class ServerEngine:
         #: Real server pid -> pid of the client it last served, to rewrite the sender of
         #: notifications (transaction pooling, where clients have the pooler's pids).
         self.owners = owners
-        split = _NOTIFICATION if owners is not None else frozenset()
+        split = _REWRITTEN if owners is not None else frozenset()
+        #: Pooler statement name -> the client's, for the client attached now.
+        self.names: dict[bytes, bytes] | None = None
         self.scanner = Scanner(split=split, observe=_OBSERVE, ready=True, pause=_PAUSE)
         self._reset_failed = False
         #: ErrorResponses seen since login.
         self.errors = 0
+        #: The pooler's prepared statements that exist on this server, oldest use first.
+        self.prepared: OrderedDict[bytes, None] = OrderedDict()
+        # Answers of a prelude the pooler sent, still to be dropped (up to its Sync's
+        # ReadyForQuery), as they arrive.
+        self._skipping: bytearray | None = None
+        self._prelude: list[bytes] = []
+        self._prelude_error = False
         #: The client's ending was handed to the server, which closes after answering.
         self.handed_over = False
 
@@ -64,12 +80,14 @@ class ServerEngine:
 
         The common answer ends in one ReadyForQuery and is returned as it came.
         """
+        if self._skipping is not None:
+            data = self._skip(data)
         scanner = self.scanner
         events = scanner.feed(data)
         if scanner.observed:
             self._observe()
             if scanner.paused:
-                return self._after_pause(events)
+                events = self._after_pause(events)
         elif scanner.ready_count == 1:
             scanner.ready_count = 0
             self.status = _STATUS[scanner.status]
@@ -77,20 +95,70 @@ class ServerEngine:
         elif scanner.ready_count:
             self._observe()
         if type(events) is list and self.owners is not None:
-            return self._rewrite_notifications(events)
+            return self._rewrite(events)
         return events
 
-    def _rewrite_notifications(self, events: list[Event]) -> list[Event]:
+    def _rewrite(self, events: list[Event]) -> list[Event]:
+        # Transaction pooling: notifications name the client that sent them, errors the
+        # statement names the client gave.
         owners = self.owners
         assert owners is not None
         out: list[Event] = []
         for event in events:
-            if type(event) is Message:
+            if type(event) is not Message:
+                out.append(event)
+            elif event.type == m.NOTIFICATION_RESPONSE:
                 pid, rest = m.parse_notification(event.body)
                 out.append(m.notification(owners.get(pid, pid), rest))
             else:
-                out.append(event)
+                out.append(frame(event.type, self._client_names(event.body)))
         return out
+
+    def _client_names(self, body: bytes) -> bytes:
+        names = self.names
+        if not names or POOLER_NAME not in body:
+            return body
+        for ours, theirs in names.items():
+            if ours in body:
+                body = body.replace(b'"' + ours + b'"', b'"' + theirs + b'"')
+        return body
+
+    def prelude_sent(self, parsed: list[bytes]) -> None:
+        """The pooler sent a prelude while the server owed nothing: a Parse and a Sync
+        for each of ``parsed``. Its answers are dropped; a statement whose Parse failed
+        is not prepared here."""
+        self.requests.sent([m.SYNC] * len(parsed))
+        self._skipping = bytearray()
+        self._prelude = list(parsed)
+        self._prelude_error = False
+
+    def _skip(self, data: bytes) -> bytes:
+        buf = self._skipping
+        assert buf is not None
+        buf += data
+        pos = 0
+        while len(buf) - pos >= 5:
+            t = buf[pos]
+            end = pos + 1 + int.from_bytes(buf[pos + 1 : pos + 5], "big")
+            if end > len(buf):
+                break
+            if t == m.ERROR_RESPONSE:
+                self._prelude_error = True
+            elif t == m.READY_FOR_QUERY:
+                self.status = bytes(buf[pos + 5 : end])
+                self.requests.ready()
+                name = self._prelude.pop(0)
+                if self._prelude_error:
+                    # A statement that no longer parses (its table was dropped): the
+                    # client meets "does not exist" when it uses it.
+                    self.prepared.pop(name, None)
+                    self._prelude_error = False
+                if not self._prelude:
+                    self._skipping = None
+                    return bytes(buf[end:])
+            pos = end
+        del buf[:pos]
+        return b""
 
     def _after_pause(self, events: bytes | list[Event]) -> list[Event]:
         # The scanner stopped after CopyInResponse so that what follows it in the same

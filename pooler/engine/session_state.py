@@ -57,12 +57,6 @@ class SessionState:
         self._pin(added)
         return added
 
-    def named_statement(self) -> list[str]:
-        """A protocol-level named prepared statement was parsed."""
-        added = ["protocol prepared statement"]
-        self._pin(added)
-        return added
-
     def _pin(self, reasons: list[str]) -> None:
         if reasons:
             # State made after a DISCARD ALL is not undone by it.

@@ -36,6 +36,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pooler.client")
 
+#: Seconds a client may take to close its side after the pooler ended the session.
+_LINGER = 5.0
+
 # Startup parameters that say who connects, not how the session is set up.
 _IDENTITY = frozenset({"user", "database"})
 
@@ -47,11 +50,12 @@ class ClientConnection(asyncio.Protocol):
         self.app = app
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.reader = HandshakeReader()
-        self.engine = ClientEngine(app.frontend_limits, app.classify)
+        # Made at login: a connection that never logs in costs less without it.
+        self.engine: ClientEngine
         self.server: ServerConnection | None = None
         self.pool: ServerPool | None = None
         self.logged_in = False
-        self.pooling = self.engine.pooling
+        self.pooling = app.classify is not None
         # How to get a server (transaction pooling), and the checkout under way.
         self._params: ParamKey = ()
         self._opener: Opener | None = None
@@ -88,7 +92,8 @@ class ClientConnection(asyncio.Protocol):
         server = self.server
         if server is None:
             if self.logged_in:
-                self._carry_out(None, self.engine.feed(data))  # type: ignore[arg-type]
+                if not self.engine.ended:  # else what follows the end is dropped
+                    self._carry_out(None, self.engine.feed(data))  # type: ignore[arg-type]
             else:
                 self.reader.feed(data)
             return
@@ -99,20 +104,36 @@ class ClientConnection(asyncio.Protocol):
             self._carry_out(server, out)  # type: ignore[arg-type]
 
     def _carry_out(self, server: ServerConnection | None, out: list[bytes | Action]) -> None:
+        # Bytes go out in one write: a request cut into many segments can leave some
+        # unread by a server that fails on an earlier one, and a server that closes with
+        # unread bytes resets the connection, losing the answers it sent last.
+        pending: list[bytes] = []
         for item in out:
             if type(item) is bytes:
+                pending.append(item)
+                continue
+            if isinstance(item, HandOver):
                 assert server is not None
-                server.write(item)
-            elif isinstance(item, Close):
+                pending.append(item.to_server)
+                self._hand_over(server, pending)
+                pending = []
+                continue
+            if pending:
+                assert server is not None
+                server.writelines(pending)
+                pending = []
+            if isinstance(item, Close):
                 self._close(item.reply)
-            elif isinstance(item, HandOver):
-                assert server is not None
-                self._hand_over(server, item.to_server)
             elif isinstance(item, NeedServer):
                 self._need_server()
+        if pending:
+            assert server is not None
+            server.writelines(pending)
 
     def eof_received(self) -> bool:
         if not self.logged_in:
+            return False
+        if self.engine.ended and self.server is None and self._checkout is None:
             return False
         if self.engine.ended:
             # Handing over, or waiting for a server to hand over to: keep the write side
@@ -128,9 +149,11 @@ class ClientConnection(asyncio.Protocol):
         self.transport.close()
         self._release_server()
 
-    def _hand_over(self, server: ServerConnection, to_server: bytes) -> None:
+    def _hand_over(self, server: ServerConnection, to_server: list[bytes]) -> None:
+        # The client's later bytes are still read (and dropped, as PostgreSQL drops what
+        # follows a Terminate): unread bytes at close would make the kernel reset the
+        # connection, and the client could lose the answers still on their way.
         log.debug("client ended with answers owed; server finishes", extra=server.log_fields())
-        self.transport.pause_reading()
         server.hand_over(to_server)
 
     # --- transaction pooling ------------------------------------------------------------
@@ -146,9 +169,7 @@ class ClientConnection(asyncio.Protocol):
     async def _take_server(self) -> None:
         assert self.pool is not None and self._opener is not None
         try:
-            pooled = await self.pool.checkout(
-                self._params, self._opener, self.app.checkout_timeout
-            )
+            pooled = await self.pool.checkout(self._params, self._opener, self.app.checkout_timeout)
         except TimeoutError:
             self._checkout = None
             self._checkout_timed_out()
@@ -309,6 +330,7 @@ class ClientConnection(asyncio.Protocol):
             raise ClientAuthError(
                 "0A000", "replication connections are not supported through the pooler"
             )
+        self.engine = ClientEngine(app.frontend_limits, app.classify)
         creds = await app.authenticator.authenticate(self.reader, self.transport, self.user)
         self.transport.write(m.auth_request(m.AUTH_OK))
         params = tuple((k, v) for k, v in startup.params if k not in _IDENTITY)
@@ -388,9 +410,25 @@ class ClientConnection(asyncio.Protocol):
         server = self.server
         self.server = None
         self.engine.detach()
+        self.engine.ended = True
         if server is not None and self.pool is not None:
             self.pool.discard(server)
-        self.transport.close()
+        self._linger()
+
+    def _linger(self) -> None:
+        """Close after what was written reached the client: end our side, and read (and
+        drop) what the client still sends until it closes too. Closing with unread bytes
+        would make the kernel reset the connection, and the client lose the last answers
+        (PostgreSQL's FATAL, say) still on their way."""
+        transport = self.transport
+        if transport.is_closing():
+            return
+        if not transport.can_write_eof():
+            transport.close()
+            return
+        transport.resume_reading()
+        transport.write_eof()
+        asyncio.get_running_loop().call_later(_LINGER, transport.close)
 
     def _release_server(self) -> None:
         if self._checkout is not None:
@@ -399,9 +437,9 @@ class ClientConnection(asyncio.Protocol):
         server = self.server
         pool = self.pool
         self.server = None
-        self.engine.detach()
         if server is None or pool is None:
             return
+        self.engine.detach()
         server.detach()
         # Transaction pooling resets only what a pinned client may have left.
         reset = self.app.reset_query

@@ -179,20 +179,19 @@ class ServerConnection(asyncio.Protocol):
         self.client = client
         self.mode = Mode.ACTIVE
 
-    def write(self, data: bytes) -> None:
+    def writelines(self, data: list[bytes]) -> None:
         """Forward the client's bytes (not on the hot path, which writes directly)."""
         if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(data)
+            self.transport.writelines(data)
 
-    def hand_over(self, data: bytes) -> None:
+    def hand_over(self, data: list[bytes]) -> None:
         """Send the end of the client's stream and end the input: the server answers as
         PostgreSQL does and closes, which closes the client."""
         self.engine.handed_over = True
         transport = self.transport
         if transport is None or transport.is_closing():
             return
-        if data:
-            transport.write(data)
+        transport.writelines(data)
         if transport.can_write_eof():
             transport.write_eof()
         else:

@@ -116,13 +116,17 @@ whole run, see ``feed``): ``bytes`` runs to forward as they are,
     of the input for the next ``feed`` (call ``feed(b"")`` to go on): the caller can
     change what is observed from that message on.
 
+    A message both split and observed is handed over in both ways (to rewrite it in
+    ``out``, and to see it in order with the rest in ``observed``).
+
     A message of a ``stop`` type is split out too, and ends the stream: nothing after
     it is read (a Terminate, after which PostgreSQL reads nothing more).
 
     Cheaper ways to watch messages that stay inside the runs, for the data path:
     ``observe`` types are appended whole to ``observed``; ``track`` types have their
     type byte appended to ``tracked``; ``last_type`` is the type of the last message
-    passed on whole or in part (split messages and ``transparent`` types excepted);
+    passed on or split out, whole or in part (``stop`` and ``transparent`` types
+    excepted);
     and when ``ready`` is set,
     each ReadyForQuery adds one to ``ready_count`` and leaves its status byte in
     ``status``. The caller clears ``observed``, ``tracked`` and ``ready_count``.
@@ -270,6 +274,8 @@ whole run, see ``feed``): ``bytes`` runs to forward as they are,
                         if self._type in self._stop:
                             self._broken = True
                             return out
+                        if self._type in self._observe:
+                            self.observed.append(msg)
                     elif self._type == _READY_FOR_QUERY and self.ready:
                         self.ready_count += 1
                         self.status = msg.body[0] if msg.body else 0
@@ -312,13 +318,22 @@ whole run, see ``feed``): ``bytes`` runs to forward as they are,
             if t in self._split:
                 if run < pos:
                     out.append(data[run:pos])
-                if end <= n:
-                    out.append(Message(t, data[pos + 5 : end]))
-                    pos = run = end
-                    if t in self._stop:
+                if t in self._stop:
+                    if end <= n:
+                        out.append(Message(t, data[pos + 5 : end]))
                         self.last_type = last
                         self._broken = True
                         return out
+                else:
+                    last = t
+                    if t in self._track:
+                        self.tracked.append(t)
+                if end <= n:
+                    msg = Message(t, data[pos + 5 : end])
+                    out.append(msg)
+                    if t in self._observe:
+                        self.observed.append(msg)
+                    pos = run = end
                     continue
                 self._start_partial(data, pos, t, 1, end)
                 self.last_type = last

@@ -94,7 +94,7 @@ def test_ready_for_query_is_counted_and_unsynced_tracked_in_any_chunking() -> No
         assert scanner.ready_count + len(statuses) == 2
         if scanner.ready_count:
             assert scanner.status == ord("I") or statuses == [b"I"]
-    client = Scanner(limits=LIMITS, split=frozenset({ord("X")}))
+    client = Scanner(limits=LIMITS, stop=frozenset({ord("X")}))
     client.feed(frame(ord("P"), b"\0SELECT 1\0\0\0") + frame(ord("S"), b""))
     assert client.last_type == ord("S")
     client.feed(frame(ord("B"), b"\0\0\0\0\0\0\0\0") + frame(ord("X"), b""))

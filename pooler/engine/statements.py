@@ -1,0 +1,185 @@
+"""Protocol-level named prepared statements, carried across servers.
+
+In transaction pooling a client's next transaction may run on another server, where
+the statements it prepared do not exist. Each statement a client parses under a name
+gets a name of the pooler's, unique across all clients, and its Parse is kept; the
+client's Parse, Bind, Describe and Close name the pooler's statement; and before a
+client's transaction starts on a server, the statements of that client the server
+lacks are parsed there first, in a prelude whose answers the client never sees.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import OrderedDict
+
+from pooler.protocol import messages as m
+from pooler.protocol.codec import frame
+
+#: How many statements the pooler keeps prepared on one server before closing the
+#: least recently used.
+SERVER_CAPACITY = 1000
+
+_names = itertools.count(1)
+_SYNC = frame(m.SYNC, b"")
+
+
+#: What every statement name of the pooler's starts with.
+POOLER_NAME = b"_pooler_"
+
+
+def new_name() -> bytes:
+    """A statement name no client of this process has."""
+    return POOLER_NAME + b"%d" % next(_names)
+
+
+class ClientStatements:
+    """One client's named statements: its name -> (pooler name, the Parse body after
+    the name: query text and parameter types)."""
+
+    __slots__ = ("_by_name", "_closed", "_closing", "_fresh", "theirs")
+
+    def __init__(self) -> None:
+        self._by_name: dict[bytes, tuple[bytes, bytes]] = {}
+        #: The pooler's name -> the client's, to say the client's names in errors.
+        self.theirs: dict[bytes, bytes] = {}
+        # Closed, but an error about them may still be on its way.
+        self._closed: list[bytes] = []
+        # Closes sent, each with the server's error count then (None: not sent yet).
+        # PostgreSQL skips a Close that follows an error before the next Sync, so a
+        # statement is forgotten only once its Close is known to have run.
+        self._closing: list[tuple[bytes, int | None]] = []
+        # Parsed by the client while it had no server: its own Parse, held, will create
+        # them on the next server.
+        self._fresh: set[bytes] = set()
+
+    def __len__(self) -> int:
+        return len(self._by_name)
+
+    def parse(self, name: bytes, rest: bytes, held: bool) -> bytes:
+        """The client parses ``name`` (``held``: while it has no server): the pooler's
+        name for it.
+
+        A name the client has already is left as it is, so that PostgreSQL answers
+        42P05 as it would.
+        """
+        known = self._by_name.get(name)
+        if known is not None:
+            return known[0]
+        ours = new_name()
+        self._by_name[name] = (ours, rest)
+        self.theirs[ours] = name
+        if held:
+            self._fresh.add(ours)
+        return ours
+
+    def ours(self, name: bytes) -> bytes | None:
+        """The pooler's name for the client's ``name``, or None."""
+        known = self._by_name.get(name)
+        return known[0] if known is not None else None
+
+    def close(self, name: bytes, errors: int | None) -> bytes | None:
+        """The client closes ``name`` (``errors``: the server's error count, None while
+        it has no server): the pooler's name it had, or None."""
+        known = self._by_name.get(name)
+        if known is None:
+            return None
+        self._closing.append((name, errors))
+        return known[0]
+
+    def sent_to(self, errors: int) -> None:
+        """Held Closes went to a server whose error count is ``errors``."""
+        self._closing = [(name, errors if at is None else at) for name, at in self._closing]
+
+    def settled(self, errors: int) -> None:
+        """Nothing is in flight and the server's error count is ``errors``: a Close that
+        met no error ran; names forgotten before are not needed for errors any more."""
+        for ours in self._closed:
+            self.theirs.pop(ours, None)
+        self._closed.clear()
+        for name, at in self._closing:
+            if at == errors:
+                known = self._by_name.pop(name, None)
+                if known is not None:
+                    self._closed.append(known[0])
+        self._closing.clear()
+
+    def clear(self) -> None:
+        """DEALLOCATE ALL or DISCARD ALL: the client has no statements any more."""
+        self._closed.extend(ours for ours, _ in self._by_name.values())
+        self._by_name.clear()
+        self._fresh.clear()
+        self._closing.clear()
+
+    def prelude(self, prepared: OrderedDict[bytes, None]) -> tuple[bytes, list[bytes]]:
+        """What to send a server whose statements are ``prepared`` (updated here)
+        before this client's transaction, and the statements it parses, in order.
+
+        Each statement the server lacks gets a Parse and a Sync of its own, so that one
+        that fails (its table was dropped) spoils no other; the least recently used
+        statements over capacity are closed first. Nothing when nothing is lacking.
+        """
+        parses: list[bytes] = []
+        names: list[bytes] = []
+        fresh = self._fresh
+        for ours, rest in self._by_name.values():
+            if ours in prepared:
+                prepared.move_to_end(ours)
+            elif ours in fresh:
+                prepared[ours] = None
+            else:
+                parses.append(frame(m.PARSE, ours + b"\0" + rest) + _SYNC)
+                names.append(ours)
+                prepared[ours] = None
+        fresh.clear()
+        if not parses:
+            return b"", names
+        closes: list[bytes] = []
+        mine = {ours for ours, _ in self._by_name.values()}
+        while len(prepared) > SERVER_CAPACITY:
+            oldest = next(iter(prepared))
+            if oldest in mine:
+                break
+            del prepared[oldest]
+            closes.append(frame(m.CLOSE, b"S" + oldest + b"\0"))
+        return b"".join(closes) + b"".join(parses), names
+
+
+def rewrite_parse(
+    body: bytes, statements: ClientStatements, server: OrderedDict[bytes, None] | None
+) -> tuple[bytes, bytes]:
+    """A client's Parse: the message to forward (to a server whose statements are
+    ``server``, None while there is none), and the query text."""
+    nul = body.find(b"\0")
+    rest = body[nul + 1 :]
+    text = rest[: rest.find(b"\0")]
+    if nul <= 0:
+        return frame(m.PARSE, body), text
+    ours = statements.parse(body[:nul], rest, server is None)
+    if server is not None:
+        server[ours] = None
+    return frame(m.PARSE, ours + b"\0" + rest), text
+
+
+def rewrite_bind(body: bytes, statements: ClientStatements) -> bytes:
+    """A client's Bind, naming the pooler's statement."""
+    portal_end = body.find(b"\0")
+    name_end = body.find(b"\0", portal_end + 1)
+    ours = statements.ours(body[portal_end + 1 : name_end])
+    if ours is None:
+        return frame(m.BIND, body)
+    return frame(m.BIND, body[: portal_end + 1] + ours + body[name_end:])
+
+
+def rewrite_describe_or_close(
+    msg_type: int, body: bytes, statements: ClientStatements, errors: int | None
+) -> bytes:
+    """A client's Describe or Close of a statement, naming the pooler's statement (a
+    Close also forgets it; servers that still hold it close it when it is the least
+    recently used: pooler names are never reused)."""
+    if body[:1] == b"S":
+        name = body[1 : body.find(b"\0", 1)]
+        ours = statements.close(name, errors) if msg_type == m.CLOSE else statements.ours(name)
+        if ours is not None:
+            return frame(msg_type, b"S" + ours + b"\0")
+    return frame(msg_type, body)
