@@ -1,0 +1,220 @@
+"""Transaction pooling through the pooler's port: many clients on few servers, each
+seeing its own session.
+
+What pins a client (SET, LISTEN, ...) keeps its server until DISCARD ALL or the end;
+protocol-level prepared statements follow the client from server to server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import threading
+import time
+
+import asyncpg
+import psycopg
+import pytest
+from conftest import PoolerProcess, StartPooler
+from helpers_clients import count_rows, scratch_table, superuser_dsn
+
+from pooler.localcluster import LocalCluster
+
+
+@pytest.fixture
+def small_pool(start_pooler: StartPooler) -> PoolerProcess:
+    """Transaction pooling with two servers, and a short wait for one."""
+    return start_pooler(pool={"mode": "transaction", "size": 2, "checkout_timeout": 1})
+
+
+def _server_pids(cluster: LocalCluster) -> set[int]:
+    with psycopg.connect(superuser_dsn(cluster), autocommit=True) as admin:
+        rows = admin.execute(
+            "SELECT pid FROM pg_stat_activity WHERE usename = 'app' AND backend_type = "
+            "'client backend'"
+        ).fetchall()
+    return {row[0] for row in rows}
+
+
+def test_many_clients_share_two_servers(cluster: LocalCluster, small_pool: PoolerProcess) -> None:
+    with scratch_table(cluster, "id int PRIMARY KEY, who text") as table:
+        errors: list[BaseException] = []
+
+        def client(n: int) -> None:
+            try:
+                with psycopg.connect(small_pool.dsn()) as conn:
+                    for i in range(20):
+                        with conn.transaction():
+                            conn.execute(
+                                f"INSERT INTO {table} VALUES (%s, %s)", [n * 100 + i, f"c{n}"]
+                            )
+                            row = conn.execute(
+                                f"SELECT count(*) FROM {table} WHERE who = %s", [f"c{n}"]
+                            ).fetchone()
+                            assert row == (i + 1,)
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=client, args=(n,)) for n in range(10)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert not errors, errors[0]
+        assert count_rows(cluster, table) == 200
+    # Ten clients, never more than the pool's two server connections.
+    assert len(_server_pids(cluster)) <= 2
+
+
+def test_a_set_pins_its_client_until_discard_all(small_pool: PoolerProcess) -> None:
+    with (
+        psycopg.connect(small_pool.dsn(), autocommit=True) as setter,
+        psycopg.connect(small_pool.dsn(), autocommit=True) as other,
+        psycopg.connect(small_pool.dsn()) as holder,
+    ):
+        setter.execute("SET application_name = 'pinned'")
+        # Nobody else ever sees the setting, on any server.
+        for _ in range(5):
+            assert other.execute("SHOW application_name").fetchone() == ("",)
+        assert setter.execute("SHOW application_name").fetchone() == ("pinned",)
+        # One server is the setter's; the holder's open transaction takes the other.
+        holder.execute("SELECT 1")
+        with pytest.raises(psycopg.OperationalError) as info:
+            other.execute("SELECT 'waits'")
+        assert info.value.sqlstate == "53300"
+        setter.execute("DISCARD ALL")
+        assert setter.execute("SHOW application_name").fetchone() == ("",)
+        # The setter pools again: a third client gets a server while the holder holds.
+        with psycopg.connect(small_pool.dsn(), autocommit=True) as third:
+            assert third.execute("SELECT 3").fetchone() == (3,)
+        holder.rollback()
+
+
+def test_set_local_and_rolled_back_set_leave_nothing(small_pool: PoolerProcess) -> None:
+    with psycopg.connect(small_pool.dsn()) as conn:
+        with conn.transaction():
+            conn.execute("SET LOCAL application_name = 'local'")
+            assert conn.execute("SHOW application_name").fetchone() == ("local",)
+        assert conn.execute("SHOW application_name").fetchone() == ("",)
+        conn.commit()
+
+
+def test_protocol_prepared_statements_follow_the_client(
+    cluster: LocalCluster, start_pooler: StartPooler
+) -> None:
+    pooler = start_pooler(pool={"mode": "transaction", "size": 3})
+    errors: list[BaseException] = []
+
+    def client(n: int) -> None:
+        try:
+            with psycopg.connect(pooler.dsn(), autocommit=True, prepare_threshold=0) as conn:
+                for i in range(50):
+                    row = conn.execute("SELECT %s::int * 2, %s::text", [i, f"c{n}"]).fetchone()
+                    assert row == (i * 2, f"c{n}")
+                    if i % 7 == 0:
+                        with conn.transaction():
+                            conn.execute("SELECT %s::int + 1", [i])
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not errors, errors[0]
+
+
+def test_asyncpg_prepares_everything_and_pools(start_pooler: StartPooler) -> None:
+    pooler = start_pooler(pool={"mode": "transaction", "size": 3})
+
+    async def client(n: int) -> int:
+        conn = await asyncpg.connect(
+            host=pooler.host, port=pooler.port, user="app", password="app", database="app"
+        )
+        try:
+            total = 0
+            for i in range(100):
+                total += await conn.fetchval("SELECT $1::int + $2::int", i, n)
+            async with conn.transaction():
+                total += await conn.fetchval("SELECT count(*) FROM generate_series(1, $1)", 10)
+            return total
+        finally:
+            await conn.close()
+
+    async def main() -> list[int]:
+        return list(await asyncio.gather(*(client(n) for n in range(12))))
+
+    results = asyncio.run(main())
+    assert results == [sum(range(100)) + 100 * n + 10 for n in range(12)]
+
+
+def test_error_names_the_clients_statement(small_pool: PoolerProcess) -> None:
+    with psycopg.connect(small_pool.dsn(), autocommit=True) as conn:
+        conn.pgconn.prepare(b"mine", b"SELECT 1")
+        result = conn.pgconn.exec_prepared(b"mine", [b"1"])
+        message = (result.error_message or b"").decode()
+        assert 'prepared statement "mine" requires 0' in message, message
+
+
+def test_pgbench_prepared_through_five_servers(
+    cluster: LocalCluster, start_pooler: StartPooler
+) -> None:
+    pooler = start_pooler(pool={"mode": "transaction", "size": 5})
+    env = {**os.environ, "PGPASSWORD": "postgres"}
+    node = cluster.primary
+    subprocess.run(
+        [
+            "pgbench",
+            "-i",
+            "-q",
+            "-s",
+            "1",
+            "-h",
+            node.host,
+            "-p",
+            str(node.port),
+            "-U",
+            "postgres",
+            "postgres",
+        ],
+        check=True,
+        capture_output=True,
+        env=env,
+        timeout=120,
+    )
+    started = time.monotonic()
+    # pgbench 15 prepares synchronously, so one thread serving many clients would wait
+    # on a server held by a client it is not serving: one thread per client.
+    for mode in ("simple", "extended", "prepared"):
+        out = subprocess.run(
+            [
+                "pgbench",
+                "-n",
+                "-M",
+                mode,
+                "-c",
+                "20",
+                "-j",
+                "20",
+                "-t",
+                "30",
+                "-S",
+                "-h",
+                pooler.host,
+                "-p",
+                str(pooler.port),
+                "-U",
+                "postgres",
+                "postgres",
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+        )
+        assert out.returncode == 0, out.stderr
+        assert "number of failed transactions: 0" in out.stdout, out.stdout
+        assert "number of transactions actually processed: 600/600" in out.stdout
+    assert time.monotonic() - started < 100
