@@ -139,7 +139,7 @@ def test_asyncpg_prepares_everything_and_pools(start_pooler: StartPooler) -> Non
                 total += await conn.fetchval("SELECT $1::int + $2::int", i, n)
             async with conn.transaction():
                 total += await conn.fetchval("SELECT count(*) FROM generate_series(1, $1)", 10)
-            return total
+            return int(total)
         finally:
             await conn.close()
 
