@@ -60,11 +60,19 @@ class Classifier:
         catalog: Catalog | None = None,
         prepared: Names | None = None,
         cursors: Names | None = None,
+        *,
+        offsets: bool = True,
     ) -> Classification:
-        """Same arguments and answer as `parser_api.classify`, cached by text."""
+        """Same arguments and answer as `parser_api.classify`, cached by text.
+
+        ``offsets=False``: a caller that does not read ``statements[i].start``/``end``
+        lets a text that differs from a cached one only in constants be answered with
+        that one's classification as it is (its statement offsets are the other
+        text's), without moving them: about 5 us less per such text.
+        """
         entry = self._entries.get(sql)
         if entry is None:
-            entry = self._miss(sql)
+            entry = self._miss(sql, offsets)
         else:
             self._entries.move_to_end(sql)
         analysis = entry.analysis
@@ -75,7 +83,7 @@ class Classifier:
                 return entry.default
         return resolve(analysis, catalog, prepared, cursors)
 
-    def _miss(self, sql: str) -> _Entry:
+    def _miss(self, sql: str, offsets: bool = True) -> _Entry:
         try:
             key = pglast.parser.normalize(sql)
         except pglast.parser.ParseError as error:
@@ -83,7 +91,7 @@ class Classifier:
         keyed = self._entries.get((key,))
         if keyed is not None and not (keyed.default.cacheable and _mentions_time(sql)):
             self._entries.move_to_end((key,))
-            return _relocated(keyed, sql)
+            return _relocated(keyed, sql) if offsets else keyed
         analysis = analyze(sql, normalized=key)
         entry = _Entry(analysis, resolve(analysis, None, None, None))
         self._store(sql, entry)

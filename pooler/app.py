@@ -28,7 +28,7 @@ def _classifier() -> Classify:
 
     def classify(sql: str) -> Classification | None:
         try:
-            return classifier.classify(sql)
+            return classifier.classify(sql, offsets=False)
         except ParseError:
             return None
 

@@ -108,6 +108,14 @@ class ServerPool:
                 raise
         return await self._open(params, opener)
 
+    def take_idle(self, params: ParamKey) -> PooledServer | None:
+        """An idle server opened with ``params`` at once, or None (then ``checkout``)."""
+        idle = self.idle.get(params)
+        if idle and not self.waiters:
+            self.stats.reused += 1
+            return idle.pop()
+        return None
+
     def checkin(self, server: PooledServer) -> None:
         """Take back a server that is idle and reset (ReadyForQuery 'I' seen)."""
         while self.waiters:

@@ -92,6 +92,22 @@ class TestConstantFreeKey:
         # served by the key, and not cached under its own text
         assert len(classifier) == size
 
+    def test_without_offsets_reuse_gives_the_cached_answer_as_it_is(self) -> None:
+        classifier = Classifier()
+        first = classifier.classify("SELECT v FROM t WHERE id = 1")
+        second = classifier.classify("SELECT v FROM t WHERE id = 123456", offsets=False)
+        assert second is first
+        expected = classify("SELECT v FROM t WHERE id = 123456")
+        assert (second.route, second.reads_tables, second.session_effects) == (
+            expected.route,
+            expected.reads_tables,
+            expected.session_effects,
+        )
+        # set_config's is_local is a constant that matters: never reused by key.
+        local = classifier.classify("SELECT set_config('a.b', 'x', true)", offsets=False)
+        kept = classifier.classify("SELECT set_config('a.b', 'x', false)", offsets=False)
+        assert not local.session_effects and kept.session_effects
+
     def test_a_time_constant_is_not_given_a_cacheable_answer(self) -> None:
         """'now' as a date is time-dependent: never reuse a cacheable classification."""
         classifier = Classifier()

@@ -161,6 +161,13 @@ class ClientConnection(asyncio.Protocol):
     def _need_server(self) -> None:
         if self._checkout is not None:
             return
+        pool = self.pool
+        assert pool is not None
+        idle = pool.take_idle(self._params)
+        if idle is not None:
+            # The usual case, once a pool is warm: no task, no wait.
+            self._use_server(cast(ServerConnection, idle))
+            return
         # Nothing more is read until a server takes what is held: a waiting client
         # costs no CPU.
         self.transport.pause_reading()
@@ -184,10 +191,13 @@ class ClientConnection(asyncio.Protocol):
         if self.transport.is_closing():
             self.pool.checkin(server)
             return
-        self._attach(server)
-        self._carry_out(server, self.engine.attach(server.engine))
+        self._use_server(server)
         if not self.engine.ended:
             self.transport.resume_reading()
+
+    def _use_server(self, server: ServerConnection) -> None:
+        self._attach(server)
+        self._carry_out(server, self.engine.attach(server.engine))
 
     def _attach(self, server: ServerConnection) -> None:
         self.server = server
