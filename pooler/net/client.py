@@ -36,6 +36,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pooler.client")
 
+#: Server pids remembered with the client they last served (for notifications).
+_OWNERS_KEPT = 10_000
 #: Seconds a client may take to close its side after the pooler ended the session.
 _LINGER = 5.0
 
@@ -202,7 +204,13 @@ class ClientConnection(asyncio.Protocol):
     def _attach(self, server: ServerConnection) -> None:
         self.server = server
         server.attach(self)
-        self.app.server_owners[server.pid] = self.pid
+        owners = self.app.server_owners
+        # Newest last; the oldest go once the pids of closed servers pile up (their
+        # notifications have long been delivered).
+        owners.pop(server.pid, None)
+        owners[server.pid] = self.pid
+        if len(owners) > _OWNERS_KEPT:
+            del owners[next(iter(owners))]
 
     def server_answered(self) -> None:
         """Transaction pooling: the server sent something; give it back if the client
