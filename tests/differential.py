@@ -512,6 +512,27 @@ def run_on_postgres(address: Address, case: Case, token: str) -> Stream:
     return pg
 
 
+#: Signature prefix of the one difference that is PostgreSQL's and the kernel's, not the
+#: pooler's: a client writes one byte at a time, and PostgreSQL ends the connection with
+#: an ERROR and a FATAL while the pooler is still relaying the client's bytes to it.
+#: PostgreSQL closes its socket with those bytes unread, so the kernel resets the
+#: connection and drops what PostgreSQL had not yet sent: its ERROR and FATAL never
+#: reach the pooler. A client talking to PostgreSQL directly can lose them the same way.
+RESET_OVERTOOK = "reset overtook the FATAL"
+
+
+def _reset_overtook_the_fatal(case: Case, pg: Stream, ours: Stream) -> bool:
+    lost = pg.messages[len(ours.messages) :]
+    return (
+        case.chunking.mode == "bytes"
+        and pg.end == ours.end == "closed"
+        and ours.messages == pg.messages[: len(ours.messages)]
+        and bool(lost)
+        and all(item[0] == "E" for item in lost)
+        and ("S", "FATAL") in lost[-1]
+    )
+
+
 def run_case(
     postgres: Address,
     pooler: Address,
@@ -530,9 +551,10 @@ def run_case(
     if case.leave_after is None:
         ours = converse(pooler, case, token, None)
         if ours.key() != pg.key() or ours.end != pg.end:
-            differences.append(
-                Difference("stream", _signature(pg, ours, case, pg), _compare_detail(pg, ours))
-            )
+            signature = _signature(pg, ours, case, pg)
+            if _reset_overtook_the_fatal(case, pg, ours):
+                signature = f"{RESET_OVERTOOK}: {signature}"
+            differences.append(Difference("stream", signature, _compare_detail(pg, ours)))
     else:
         k = min(case.leave_after, pipeline_ready_bound(pg))
         ours = converse(pooler, case, token, k)
