@@ -513,19 +513,19 @@ def run_on_postgres(address: Address, case: Case, token: str) -> Stream:
 
 
 #: Signature prefix of the one difference that is PostgreSQL's and the kernel's, not the
-#: pooler's: a client writes one byte at a time, and PostgreSQL ends the connection with
-#: an ERROR and a FATAL while the pooler is still relaying the client's bytes to it.
-#: PostgreSQL closes its socket with those bytes unread, so the kernel resets the
-#: connection and drops what PostgreSQL had not yet sent: its ERROR and FATAL never
-#: reach the pooler. A client talking to PostgreSQL directly can lose them the same way.
+#: pooler's: PostgreSQL ends the connection with an ERROR and a FATAL while the pooler
+#: is still relaying client bytes to it (a client writing byte by byte, or the
+#: harness's next sentinel). PostgreSQL closes its socket with those bytes unread, so
+#: the kernel resets the connection and drops what PostgreSQL had not yet sent: its
+#: last ERROR and FATAL never reach the pooler. A client talking to PostgreSQL directly
+#: can lose them the same way; through the pooler the window is wider by one hop.
 RESET_OVERTOOK = "reset overtook the FATAL"
 
 
 def _reset_overtook_the_fatal(case: Case, pg: Stream, ours: Stream) -> bool:
     lost = pg.messages[len(ours.messages) :]
     return (
-        case.chunking.mode == "bytes"
-        and pg.end == ours.end == "closed"
+        pg.end == ours.end == "closed"
         and ours.messages == pg.messages[: len(ours.messages)]
         and bool(lost)
         and all(item[0] == "E" for item in lost)
