@@ -517,7 +517,8 @@ def run_on_postgres(address: Address, case: Case, token: str) -> Stream:
 #: is still relaying client bytes to it (a client writing byte by byte, or the
 #: harness's next sentinel). PostgreSQL closes its socket with those bytes unread, so
 #: the kernel resets the connection and drops what PostgreSQL had not yet sent: its
-#: last ERROR and FATAL never reach the pooler. A client talking to PostgreSQL directly
+#: last messages up to the FATAL never reach the pooler, which relays everything
+#: before them, in order, and closes. A client talking to PostgreSQL directly
 #: can lose them the same way; through the pooler the window is wider by one hop.
 RESET_OVERTOOK = "reset overtook the FATAL"
 
@@ -528,7 +529,7 @@ def _reset_overtook_the_fatal(case: Case, pg: Stream, ours: Stream) -> bool:
         pg.end == ours.end == "closed"
         and ours.messages == pg.messages[: len(ours.messages)]
         and bool(lost)
-        and all(item[0] == "E" for item in lost)
+        and lost[-1][0] == "E"
         and ("S", "FATAL") in lost[-1]
     )
 
