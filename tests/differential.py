@@ -523,7 +523,7 @@ def run_on_postgres(address: Address, case: Case, token: str) -> Stream:
 RESET_OVERTOOK = "reset overtook the FATAL"
 
 
-def _reset_overtook_the_fatal(case: Case, pg: Stream, ours: Stream) -> bool:
+def _reset_overtook_the_fatal(pg: Stream, ours: Stream) -> bool:
     lost = pg.messages[len(ours.messages) :]
     return (
         pg.end == ours.end == "closed"
@@ -553,7 +553,7 @@ def run_case(
         ours = converse(pooler, case, token, None)
         if ours.key() != pg.key() or ours.end != pg.end:
             signature = _signature(pg, ours, case, pg)
-            if _reset_overtook_the_fatal(case, pg, ours):
+            if _reset_overtook_the_fatal(pg, ours):
                 signature = f"{RESET_OVERTOOK}: {signature}"
             differences.append(Difference("stream", signature, _compare_detail(pg, ours)))
     else:

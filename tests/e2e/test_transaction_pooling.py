@@ -12,6 +12,7 @@ import os
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 
 import asyncpg
 import psycopg
@@ -37,31 +38,39 @@ def _server_pids(cluster: LocalCluster) -> set[int]:
     return {row[0] for row in rows}
 
 
+def _run_clients(client: Callable[[int], None], count: int) -> None:
+    """``client(n)`` for n in range(count), each in a thread of its own; re-raise the first
+    failure."""
+    errors: list[BaseException] = []
+
+    def guarded(n: int) -> None:
+        try:
+            client(n)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=guarded, args=(n,)) for n in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not errors, errors[0]
+
+
 def test_many_clients_share_two_servers(cluster: LocalCluster, small_pool: PoolerProcess) -> None:
     with scratch_table(cluster, "id int PRIMARY KEY, who text") as table:
-        errors: list[BaseException] = []
 
         def client(n: int) -> None:
-            try:
-                with psycopg.connect(small_pool.dsn()) as conn:
-                    for i in range(20):
-                        with conn.transaction():
-                            conn.execute(
-                                f"INSERT INTO {table} VALUES (%s, %s)", [n * 100 + i, f"c{n}"]
-                            )
-                            row = conn.execute(
-                                f"SELECT count(*) FROM {table} WHERE who = %s", [f"c{n}"]
-                            ).fetchone()
-                            assert row == (i + 1,)
-            except BaseException as exc:
-                errors.append(exc)
+            with psycopg.connect(small_pool.dsn()) as conn:
+                for i in range(20):
+                    with conn.transaction():
+                        conn.execute(f"INSERT INTO {table} VALUES (%s, %s)", [n * 100 + i, f"c{n}"])
+                        row = conn.execute(
+                            f"SELECT count(*) FROM {table} WHERE who = %s", [f"c{n}"]
+                        ).fetchone()
+                        assert row == (i + 1,)
 
-        threads = [threading.Thread(target=client, args=(n,)) for n in range(10)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(60)
-        assert not errors, errors[0]
+        _run_clients(client, 10)
         assert count_rows(cluster, table) == 200
     # Ten clients, never more than the pool's two server connections.
     assert len(_server_pids(cluster)) <= 2
@@ -104,26 +113,17 @@ def test_protocol_prepared_statements_follow_the_client(
     cluster: LocalCluster, start_pooler: StartPooler
 ) -> None:
     pooler = start_pooler(pool={"mode": "transaction", "size": 3})
-    errors: list[BaseException] = []
 
     def client(n: int) -> None:
-        try:
-            with psycopg.connect(pooler.dsn(), autocommit=True, prepare_threshold=0) as conn:
-                for i in range(50):
-                    row = conn.execute("SELECT %s::int * 2, %s::text", [i, f"c{n}"]).fetchone()
-                    assert row == (i * 2, f"c{n}")
-                    if i % 7 == 0:
-                        with conn.transaction():
-                            conn.execute("SELECT %s::int + 1", [i])
-        except BaseException as exc:
-            errors.append(exc)
+        with psycopg.connect(pooler.dsn(), autocommit=True, prepare_threshold=0) as conn:
+            for i in range(50):
+                row = conn.execute("SELECT %s::int * 2, %s::text", [i, f"c{n}"]).fetchone()
+                assert row == (i * 2, f"c{n}")
+                if i % 7 == 0:
+                    with conn.transaction():
+                        conn.execute("SELECT %s::int + 1", [i])
 
-    threads = [threading.Thread(target=client, args=(n,)) for n in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
-    assert not errors, errors[0]
+    _run_clients(client, 8)
 
 
 def test_asyncpg_prepares_everything_and_pools(start_pooler: StartPooler) -> None:
