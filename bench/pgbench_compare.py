@@ -258,7 +258,10 @@ def _server_account() -> pwd.struct_passwd | None:
 def _as_server(cmd: Sequence[str]) -> list[str]:
     if _server_account() is None:
         return list(cmd)
-    return ["runuser", "-u", SERVER_OS_USER, "--", *cmd]
+    # runuser's PAM session sets the soft open-files limit back to 1024: take the hard
+    # one again, or PgBouncer refuses clients past about a thousand.
+    raise_limit = 'ulimit -n "$(ulimit -Hn)" && exec "$@"'
+    return ["runuser", "-u", SERVER_OS_USER, "--", "sh", "-c", raise_limit, "sh", *cmd]
 
 
 def _server_dir(path: Path) -> Path:
@@ -326,7 +329,12 @@ def start_relay(
 
 
 def start_pgbouncer(
-    services: Services, cluster: LocalCluster, workdir: Path, port: int, pool_size: int
+    services: Services,
+    cluster: LocalCluster,
+    workdir: Path,
+    port: int,
+    pool_size: int,
+    max_clients: int | None = None,
 ) -> Target:
     """PgBouncer in transaction mode, SCRAM to clients and to the primary."""
     program = find_program("pgbouncer")
@@ -351,7 +359,7 @@ pool_mode = transaction
 default_pool_size = {pool_size}
 min_pool_size = 0
 reserve_pool_size = 0
-max_client_conn = {max(1000, pool_size * 2)}
+max_client_conn = {max_clients or max(1000, pool_size * 2)}
 max_db_connections = 0
 ignore_startup_parameters = extra_float_digits
 log_connections = 0
