@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import subprocess
 import threading
 import time
@@ -218,3 +219,45 @@ def test_pgbench_prepared_through_five_servers(
         assert "number of failed transactions: 0" in out.stdout, out.stdout
         assert "number of transactions actually processed: 600/600" in out.stdout
     assert time.monotonic() - started < 100
+
+
+def test_cancels_never_reach_another_clients_query(start_pooler: StartPooler) -> None:
+    # Ten clients share five servers; 1,000 cancels at random moments go to five of them.
+    # The other five must never see a query of theirs cancelled, though their queries
+    # run on the very servers the cancelled ones just left.
+    pooler = start_pooler(pool={"mode": "transaction", "size": 5})
+    victims = [psycopg.connect(pooler.dsn(), autocommit=True) for _ in range(5)]
+    bystanders = [psycopg.connect(pooler.dsn(), autocommit=True) for _ in range(5)]
+    stop = threading.Event()
+    bystander_errors: list[BaseException] = []
+    victim_cancelled = [0]
+
+    def work(conn: psycopg.Connection[tuple[object, ...]], is_victim: bool) -> None:
+        rng = random.Random(id(conn))
+        while not stop.is_set():
+            try:
+                conn.execute("SELECT pg_sleep(%s)", [rng.choice([0, 0.001, 0.005, 0.02])])
+            except psycopg.errors.QueryCanceled as exc:
+                if is_victim:
+                    victim_cancelled[0] += 1
+                else:
+                    bystander_errors.append(exc)
+
+    workers = [threading.Thread(target=work, args=(c, True)) for c in victims]
+    workers += [threading.Thread(target=work, args=(c, False)) for c in bystanders]
+    for worker in workers:
+        worker.start()
+    try:
+        rng = random.Random(7)
+        for _ in range(1000):
+            rng.choice(victims).cancel()
+            time.sleep(rng.random() * 0.01)
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.join(30)
+        for conn in victims + bystanders:
+            conn.close()
+    assert not bystander_errors, f"{len(bystander_errors)} queries of bystanders cancelled"
+    # The cancels did land on the clients they were meant for.
+    assert victim_cancelled[0] > 0
