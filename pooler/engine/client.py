@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
-from parser_api import Classification, EffectKind
+from parser_api import Classification
 from pooler.engine.actions import Action, Close, HandOver, NeedServer
 from pooler.engine.server import ServerEngine
 from pooler.engine.session_state import SessionState
@@ -96,6 +96,7 @@ class ClientEngine:
         server = self.server
         if server is None:
             return self._hold(events)
+        # _tell, written out: this runs once per read of every client.
         requests = server.requests
         if scanner.tracked:
             requests.sent(scanner.tracked)
@@ -113,6 +114,15 @@ class ClientEngine:
                 to_server, reply = _ending_of(event)  # type: ignore[arg-type]
                 out.append(self._end(server, to_server, reply))
         return out
+
+    def _tell(self, server: ServerEngine) -> None:
+        """Tell the server's queue what was scanned for it since the last time."""
+        scanner = self.scanner
+        requests = server.requests
+        if scanner.tracked:
+            requests.sent(scanner.tracked)
+            scanner.tracked.clear()
+        requests.unsynced = scanner.last_type in UNSYNCED
 
     def _pooled(self, msg: Message, server: ServerEngine | None) -> bytes:
         """A message transaction pooling looks inside: classify its text, rename its
@@ -139,17 +149,13 @@ class ClientEngine:
         classification = classify(text.decode("utf-8", "replace"))
         if classification is None:
             return
-        self.session.statement(classification, server.errors if server is not None else 0)
-        for effect in classification.session_effects:
-            if (effect.kind is EffectKind.DEALLOCATE and effect.name is None) or (
-                effect.kind is EffectKind.DISCARD and effect.name == "all"
-            ):
-                # Every prepared statement of the session goes, the pooler's too.
-                self.statements.clear()
-                if server is not None:
-                    server.prepared.clear()
-                else:
-                    self._forget_prepared = True
+        errors = server.errors if server is not None else 0
+        if self.session.statement(classification, errors):
+            self.statements.clear()
+            if server is not None:
+                server.prepared.clear()
+            else:
+                self._forget_prepared = True
 
     def _hold(self, events: bytes | list[Event]) -> list[bytes | Action]:
         if isinstance(events, bytes):
@@ -184,12 +190,7 @@ class ClientEngine:
             server.prepared.clear()
             self._forget_prepared = False
         self.statements.sent_to(server.errors)
-        scanner = self.scanner
-        requests = server.requests
-        if scanner.tracked:
-            requests.sent(scanner.tracked)
-            scanner.tracked.clear()
-        requests.unsynced = scanner.last_type in UNSYNCED
+        self._tell(server)
         out.extend(self._held)
         self._held.clear()
         if self._ending is not None:
@@ -197,13 +198,12 @@ class ClientEngine:
             out.append(self._end(server, to_server, reply))
         return out
 
-    def detach(self) -> ServerEngine | None:
-        """Give the server up (transaction pooling, at the end of a transaction)."""
+    def detach(self) -> None:
+        """Give the server up (at the end of a transaction, or of the session)."""
         server = self.server
         self.server = None
         if server is not None:
             server.names = None
-        return server
 
     def releasable(self) -> bool:
         """Transaction pooling: the server may go back to its pool now (idle outside a

@@ -31,9 +31,9 @@ class ServerEngine:
     """State of a server connection after login; sans-IO."""
 
     __slots__ = (
+        "_errors_at_reset",
         "_prelude",
         "_prelude_error",
-        "_reset_failed",
         "_skipping",
         "errors",
         "handed_over",
@@ -62,7 +62,7 @@ class ServerEngine:
         #: Pooler statement name -> the client's, for the client attached now.
         self.names: dict[bytes, bytes] | None = None
         self.scanner = Scanner(split=split, observe=_OBSERVE, ready=True, pause=_PAUSE)
-        self._reset_failed = False
+        self._errors_at_reset = 0
         #: ErrorResponses seen since login.
         self.errors = 0
         #: The pooler's prepared statements that exist on this server, oldest use first.
@@ -193,7 +193,6 @@ class ServerEngine:
                 name, value = m.parse_parameter_status(msg.body)
                 self.params[name] = value
             elif t == m.ERROR_RESPONSE:
-                self._reset_failed = True
                 self.errors += 1
                 if requests.copy_in:
                     requests.copy_failed()
@@ -223,7 +222,7 @@ class ServerEngine:
 
     def reset_sent(self) -> None:
         """The pooler sent its reset query (as a Query); its answers are not forwarded."""
-        self._reset_failed = False
+        self._errors_at_reset = self.errors
         self.requests.sent([m.QUERY])
 
     def reset_result(self) -> bool | None:
@@ -231,4 +230,4 @@ class ServerEngine:
         reusable (no error, idle)."""
         if not self.requests.idle():
             return None
-        return not self._reset_failed and self.idle()
+        return self.errors == self._errors_at_reset and self.idle()

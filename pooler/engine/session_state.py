@@ -41,27 +41,30 @@ class SessionState:
         # Server errors counted when a DISCARD ALL was sent, None when none is pending.
         self._discard_errors: int | None = None
 
-    def statement(self, classification: Classification, errors: int) -> list[str]:
-        """A statement text was sent (``errors``: the server's error count so far);
-        return the pin reasons it adds."""
+    def statement(self, classification: Classification, errors: int) -> bool:
+        """A statement text was sent (``errors``: the server's error count so far).
+
+        Returns whether it drops every prepared statement of the session (DEALLOCATE
+        ALL, DISCARD ALL), the pooler's own included.
+        """
         added: list[str] = []
+        drops_prepared = False
         for effect in classification.session_effects:
-            if effect.kind is EffectKind.DISCARD and effect.name == "all":
+            kind = effect.kind
+            if kind is EffectKind.DISCARD and effect.name == "all":
                 self._discard_errors = errors
-                continue
-            reason = _PIN_REASONS.get(effect.kind)
-            if reason is not None:
+                drops_prepared = True
+            elif kind is EffectKind.DEALLOCATE and effect.name is None:
+                drops_prepared = True
+            elif (reason := _PIN_REASONS.get(kind)) is not None:
                 added.append(reason)
         if any(s.kind == _DO for s in classification.statements):
             added.append("do block")
-        self._pin(added)
-        return added
-
-    def _pin(self, reasons: list[str]) -> None:
-        if reasons:
+        if added:
             # State made after a DISCARD ALL is not undone by it.
             self._discard_errors = None
-            self.pins.update(reasons)
+            self.pins.update(added)
+        return drops_prepared
 
     def settled(self, errors: int) -> None:
         """The server is idle outside a transaction: a DISCARD ALL sent since the last

@@ -1,0 +1,98 @@
+"""Transaction pooling's policy, sans-IO: what pins a client, and how its prepared
+statements follow it from server to server."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from parser_api import classify
+from pooler.engine.session_state import SessionState
+from pooler.engine.statements import ClientStatements, rewrite_bind, rewrite_parse
+from pooler.protocol.codec import frame
+
+
+def test_state_that_outlives_a_transaction_pins() -> None:
+    for sql, reason in [
+        ("SET search_path TO app", "set"),
+        ("SELECT set_config('work_mem', '64MB', false)", "set"),
+        ("LISTEN jobs", "listen"),
+        ("CREATE TEMP TABLE scratch (a int)", "temporary object"),
+        ("PREPARE q AS SELECT 1", "prepare"),
+        ("SELECT pg_advisory_lock(1)", "advisory lock"),
+        ("DO $$ BEGIN PERFORM 1; END $$", "do block"),
+    ]:
+        state = SessionState()
+        state.statement(classify(sql), errors=0)
+        assert reason in state.pins, sql
+    for sql in ("SELECT 1", "SET LOCAL work_mem = '1MB'", "BEGIN", "UNLISTEN *"):
+        state = SessionState()
+        state.statement(classify(sql), errors=0)
+        assert not state.pins, sql
+
+
+def test_discard_all_unpins_only_when_it_met_no_error_and_nothing_pinned_after() -> None:
+    state = SessionState()
+    state.statement(classify("SET a.b = 1"), errors=0)
+    assert state.statement(classify("DISCARD ALL"), errors=0)
+    state.settled(errors=1)  # it failed (inside a transaction block, say)
+    assert state.pins
+    state.statement(classify("DISCARD ALL"), errors=1)
+    state.statement(classify("LISTEN x"), errors=1)
+    state.settled(errors=1)
+    assert state.pins["listen"] == 1
+    state.statement(classify("DISCARD ALL"), errors=1)
+    state.settled(errors=1)
+    assert not state.pins
+
+
+def test_deallocate_all_drops_prepared_statements_without_pinning() -> None:
+    state = SessionState()
+    assert state.statement(classify("DEALLOCATE ALL"), errors=0)
+    assert not state.statement(classify("DEALLOCATE q"), errors=0)
+    assert not state.pins
+
+
+def _parse(name: bytes, sql: bytes) -> bytes:
+    return name + b"\0" + sql + b"\0\0\0"
+
+
+def test_a_server_lacking_the_clients_statements_gets_them_in_a_prelude() -> None:
+    statements = ClientStatements()
+    first: OrderedDict[bytes, None] = OrderedDict()
+    raw, text = rewrite_parse(_parse(b"s1", b"SELECT 1"), statements, first)
+    ours = statements.ours(b"s1")
+    assert ours is not None and ours in first and ours in raw and text == b"SELECT 1"
+    # Another server: one Parse and one Sync for it, then nothing more.
+    other: OrderedDict[bytes, None] = OrderedDict()
+    prelude, parsed = statements.prelude(other)
+    assert parsed == [ours]
+    assert prelude == frame(ord("P"), _parse(ours, b"SELECT 1")) + frame(ord("S"), b"")
+    assert statements.prelude(other) == (b"", [])
+    # Bind names the pooler's statement; unnamed statements are left alone.
+    bind = rewrite_bind(b"\0s1\0\0\0\0\0\0\0", statements)
+    assert bind == frame(ord("B"), b"\0" + ours + b"\0\0\0\0\0\0\0")
+    assert rewrite_parse(_parse(b"", b"SELECT 2"), statements, other)[0] == frame(
+        ord("P"), _parse(b"", b"SELECT 2")
+    )
+
+
+def test_a_statement_parsed_while_waiting_is_not_parsed_twice() -> None:
+    statements = ClientStatements()
+    rewrite_parse(_parse(b"s1", b"SELECT 1"), statements, None)  # held: no server yet
+    server: OrderedDict[bytes, None] = OrderedDict()
+    # The held Parse creates it: the prelude must not (PostgreSQL would answer 42P05).
+    assert statements.prelude(server) == (b"", [])
+    assert statements.ours(b"s1") in server
+
+
+def test_a_close_is_forgotten_only_once_it_ran() -> None:
+    statements = ClientStatements()
+    rewrite_parse(_parse(b"s1", b"SELECT 1"), statements, OrderedDict())
+    ours = statements.close(b"s1", errors=3)
+    statements.settled(errors=4)  # an error: the Close may have been skipped
+    assert statements.ours(b"s1") == ours
+    statements.close(b"s1", errors=4)
+    statements.settled(errors=4)
+    assert statements.ours(b"s1") is None
+    # Errors about it that were on their way still name it as the client did.
+    assert ours is not None and statements.theirs[ours] == b"s1"
