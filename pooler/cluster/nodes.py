@@ -1,0 +1,151 @@
+"""Node states: what the cluster monitor publishes and routing reads (sans-IO).
+
+A ``ClusterView`` is immutable; the monitor replaces the whole view at once
+(``Cluster.publish``), so a reader never sees half of an update. Until a monitor runs,
+node 0 is the primary and every other node a healthy standby with no lag.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from enum import StrEnum
+
+
+class NodeStatus(StrEnum):
+    """Whether a node takes traffic."""
+
+    UP = "up"
+    DOWN = "down"
+    #: Taken out of rotation by an operator (or fenced); it gets nothing until attached.
+    DETACHED = "detached"
+
+
+class NodeRole(StrEnum):
+    """What a node is, as discovered (never configured)."""
+
+    PRIMARY = "primary"
+    STANDBY = "standby"
+    #: Claims to be a primary while another node is the primary: gets no traffic.
+    FALSE_PRIMARY = "false_primary"
+    #: Never reached yet.
+    UNKNOWN = "unknown"
+
+
+def parse_lsn(text: str) -> int:
+    """A WAL position as PostgreSQL prints it (``16/B374D848``) as an integer."""
+    high, _, low = text.partition("/")
+    return (int(high, 16) << 32) | int(low, 16)
+
+
+def format_lsn(lsn: int) -> str:
+    """An integer WAL position as PostgreSQL prints it."""
+    return f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
+
+
+@dataclass(frozen=True, slots=True)
+class NodeState:
+    """One node at one moment."""
+
+    node: int
+    status: NodeStatus = NodeStatus.UP
+    role: NodeRole = NodeRole.UNKNOWN
+    #: Bytes of WAL the primary has that this standby has not replayed (0 on a primary).
+    lag_bytes: int = 0
+    #: Seconds since the last transaction this standby replayed was committed on the
+    #: primary, while it is behind; 0 when it has replayed everything it received.
+    lag_seconds: float = 0.0
+    #: Standby: the last WAL position replayed. Primary: its current WAL position.
+    replay_lsn: int | None = None
+    #: Standby: the last WAL position received and flushed to disk.
+    flush_lsn: int | None = None
+    timeline: int | None = None
+    #: Wall-clock time (time.time()) of the last change of status or role.
+    changed_at: float = 0.0
+    #: Why the node is down or detached, for logs and admin views.
+    reason: str = ""
+
+    @property
+    def up(self) -> bool:
+        """Takes traffic."""
+        return self.status is NodeStatus.UP
+
+    @property
+    def is_primary(self) -> bool:
+        """Up and the primary."""
+        return self.status is NodeStatus.UP and self.role is NodeRole.PRIMARY
+
+    @property
+    def is_standby(self) -> bool:
+        """Up and a standby."""
+        return self.status is NodeStatus.UP and self.role is NodeRole.STANDBY
+
+    def with_(self, **changes: object) -> NodeState:
+        """A copy with ``changes``."""
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterView:
+    """Every node at one moment, indexed by node id."""
+
+    nodes: tuple[NodeState, ...]
+
+    @property
+    def primary(self) -> int | None:
+        """The node that takes writes, or None while there is none."""
+        for state in self.nodes:
+            if state.is_primary:
+                return state.node
+        return None
+
+    def standbys(self) -> list[int]:
+        """Nodes up as standbys."""
+        return [state.node for state in self.nodes if state.is_standby]
+
+
+def initial_view(count: int) -> ClusterView:
+    """Before any check: node 0 the primary, the others healthy standbys with no lag."""
+    return ClusterView(
+        tuple(
+            NodeState(node, NodeStatus.UP, NodeRole.PRIMARY if node == 0 else NodeRole.STANDBY)
+            for node in range(count)
+        )
+    )
+
+
+Listener = Callable[[ClusterView, ClusterView], None]
+
+
+class Cluster:
+    """The current view, and who is told when it changes.
+
+    The monitor publishes; the router reads ``view`` (one attribute read per decision);
+    the data path reports what it sees through ``suspect``.
+    """
+
+    __slots__ = ("_listeners", "_suspects", "view")
+
+    def __init__(self, view: ClusterView) -> None:
+        self.view = view
+        self._listeners: list[Listener] = []
+        self._suspects: list[Callable[[int, str], None]] = []
+
+    def publish(self, view: ClusterView) -> None:
+        """Replace the view and tell every listener (old view, new view)."""
+        old, self.view = self.view, view
+        for listener in self._listeners:
+            listener(old, view)
+
+    def on_change(self, listener: Listener) -> None:
+        """Call ``listener(old, new)`` after each ``publish``."""
+        self._listeners.append(listener)
+
+    def on_suspect(self, callback: Callable[[int, str], None]) -> None:
+        """Call ``callback(node, reason)`` when the data path suspects a node is down."""
+        self._suspects.append(callback)
+
+    def suspect(self, node: int, reason: str) -> None:
+        """The data path saw a node fail (refused or reset connection): check it now."""
+        for callback in self._suspects:
+            callback(node, reason)
