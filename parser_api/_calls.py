@@ -83,6 +83,8 @@ def _builtin_verdict(
     if name == "setseed":
         effect = SessionEffect(EffectKind.RANDOM_SEED)
         return Verdict(Route.SESSION, f"volatile function {display}", (effect,)), None
+    if name in builtins.NODE_IDENTITY_FUNCTIONS:
+        return Verdict(Route.WRITE, f"function {display} answers for the node that runs it"), None
     if name in builtins.PRIMARY_ONLY:
         effects: tuple[SessionEffect, ...] = ()
         if name in builtins.SESSION_ADVISORY_LOCKS:

@@ -28,6 +28,7 @@ from parser_api._calls import (
 )
 from parser_api._plpgsql import do_block_statements
 from parser_api._text import byte_to_char, strip_span
+from parser_api.builtin_functions import NODE_IDENTITY_VIEWS
 from parser_api.errors import ParseError, from_pglast
 from parser_api.model import (
     Dependency,
@@ -44,7 +45,6 @@ _NOT_PLAIN = "not a plain read"
 _NO_QUERY_CACHE = "NO QUERY CACHE"
 _NO_LOAD_BALANCE = "NO LOAD BALANCE"
 _CURSOR_OPT_HOLD = 0x20  # parsenodes.h; pglast.enums.CURSOR_OPT_HOLD
-_ROW_EXCLUSIVE_LOCK = 3  # the strongest LOCK TABLE mode a hot standby grants
 _TIME_WORDS = frozenset({"now", "today", "tomorrow", "yesterday"})
 _DATETIME_TYPES = frozenset({"date", "time", "timetz", "timestamp", "timestamptz"})
 _SYSTEM_SCHEMAS = frozenset({"pg_catalog", "information_schema", "pg_toast"})
@@ -83,6 +83,11 @@ class Relation(NamedTuple):
         if self.schema is None:
             return self.name.startswith("pg_")
         return self.schema in _SYSTEM_SCHEMAS
+
+    @property
+    def answers_for_node(self) -> bool:
+        """A system view of NODE_IDENTITY_VIEWS (pg_stat_activity, pg_stat_replication...)."""
+        return self.schema in (None, "pg_catalog") and self.name in NODE_IDENTITY_VIEWS
 
 
 # The internal records are NamedTuples, not frozen dataclasses: an uncached
@@ -388,6 +393,9 @@ class _Walker:
         """The statement's facts from what the walk found, ``route`` as the floor."""
         if self.modifies or self.locks_rows:
             route = Route.WRITE
+        elif any(relation.answers_for_node for relation in self.reads):
+            # A standby would describe itself where the caller meant the primary.
+            route = Route.WRITE
         fields.setdefault("uncacheable", self._reason(kind))
         return ctx.facts(
             kind,
@@ -507,9 +515,15 @@ def _explain(node_name: str, fields: Node, ctx: _Context) -> StatementFacts:
 
 
 def _copy(node_name: str, fields: Node, ctx: _Context) -> StatementFacts:
+    # COPY TO a server file or program writes on the node that runs it: the caller
+    # means the primary's file system, never a standby's.
+    route = Route.WRITE if "filename" in fields or fields.get("is_program") else Route.READ
     query = fields.get("query")
     if query is not None:
-        return _statement(query, ctx)._replace(kind="copy", uncacheable=_NOT_PLAIN)
+        inner = _statement(query, ctx)
+        return inner._replace(
+            kind="copy", route=inner.route.stricter(route), uncacheable=_NOT_PLAIN
+        )
     walker = _Walker()
     relation = _relation(fields["relation"])
     walker.walk(fields.get("whereClause"))
@@ -517,7 +531,7 @@ def _copy(node_name: str, fields: Node, ctx: _Context) -> StatementFacts:
         walker.writes.append(relation)
         return walker.facts("copy", ctx, Route.WRITE)
     walker.reads.append(relation)
-    return walker.facts("copy", ctx, Route.READ)
+    return walker.facts("copy", ctx, route)
 
 
 def _create_table_as(node_name: str, fields: Node, ctx: _Context) -> StatementFacts:
@@ -730,9 +744,9 @@ def _session_characteristics(kind: str, args: list[Node], ctx: _Context) -> Stat
 def _lock(node_name: str, fields: Node, ctx: _Context) -> StatementFacts:
     walker = _Walker()
     walker.walk(fields.get("relations"))
-    # A hot standby grants ACCESS SHARE, ROW SHARE and ROW EXCLUSIVE only.
-    weak = fields.get("mode", 0) <= _ROW_EXCLUSIVE_LOCK
-    return walker.facts(_kind(node_name), ctx, Route.READ if weak else Route.WRITE)
+    # Every mode: a standby grants the weak ones (ACCESS SHARE to ROW EXCLUSIVE), but a
+    # lock taken there blocks no writer on the primary, which is what a lock is for.
+    return walker.facts(_kind(node_name), ctx, Route.WRITE)
 
 
 def _fixed(route: Route) -> Callable[..., StatementFacts]:

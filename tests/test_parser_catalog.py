@@ -62,6 +62,9 @@ class TestBuiltinTable:
         missing = (builtins.PRIMARY_ONLY | builtins.SESSION_ADVISORY_LOCKS) - table.keys()
         assert not missing
         assert not builtins.SIDE_EFFECT_FREE_VOLATILE & builtins.PRIMARY_ONLY
+        assert not builtins.NODE_IDENTITY_FUNCTIONS - table.keys()
+        reviewed = builtins.SIDE_EFFECT_FREE_VOLATILE | builtins.PRIMARY_ONLY
+        assert not builtins.NODE_IDENTITY_FUNCTIONS & reviewed
 
     def test_source_is_postgresql_15(self) -> None:
         data = json.loads((ROOT / "parser_api/data/pg_proc.json").read_text())

@@ -9,13 +9,17 @@ from __future__ import annotations
 import pytest
 
 from parser_api import (
+    NODE_IDENTITY_FUNCTIONS,
+    NODE_IDENTITY_VIEWS,
     Classification,
     Dependency,
     EffectKind,
     ParseError,
     Route,
     SessionEffect,
+    StaticCatalog,
     TransactionControl,
+    Volatility,
     classify,
 )
 
@@ -40,7 +44,9 @@ ROUTES = [
     ("SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY n), mode() WITHIN GROUP (ORDER BY v)"
      " FROM t", READ),
     ("SELECT concat_ws(',', VARIADIC ARRAY['a', 'b']), jsonb_set('{}', '{a}', '1')", READ),
-    ("SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn(), txid_current_if_assigned()", READ),
+    ("SELECT inet_server_addr(), inet_server_port()", READ),
+    ("SELECT pg_wal_lsn_diff('0/3000000', '0/2000000')", READ),
+    ("SELECT * FROM pg_stat_user_tables", READ),
     ("SHOW search_path", READ),
     ("SHOW ALL", READ),
     # data-modifying CTEs, SELECT INTO, CREATE TABLE AS
@@ -65,6 +71,20 @@ ROUTES = [
     ("SELECT txid_current()", WRITE),
     ("SELECT pg_current_xact_id()", WRITE),
     ("SELECT pg_current_wal_lsn()", WRITE),
+    # functions and views that answer for the node that runs them
+    ("SELECT pg_is_in_recovery()", WRITE),
+    ("SELECT pg_catalog.pg_is_in_recovery()", WRITE),
+    ("SELECT pg_last_wal_replay_lsn(), pg_last_wal_receive_lsn()", WRITE),
+    ("SELECT txid_current_if_assigned()", WRITE),
+    ("SELECT pg_backend_pid(), inet_server_port()", WRITE),
+    ("SELECT pg_postmaster_start_time()", WRITE),
+    ("SELECT * FROM pg_stat_replication", WRITE),
+    ("SELECT * FROM pg_catalog.pg_stat_wal_receiver", WRITE),
+    ("SELECT slot_name FROM pg_replication_slots WHERE active", WRITE),
+    ("SELECT count(*) FROM pg_stat_activity", WRITE),
+    ("SELECT * FROM t WHERE id IN (SELECT pid FROM pg_locks)", WRITE),
+    ("EXPLAIN SELECT * FROM pg_stat_replication", READ),
+    ("DO $$ BEGIN PERFORM pg_is_in_recovery(); END $$", WRITE),
     ("SELECT lo_create(0)", WRITE),
     ("SELECT pg_promote()", WRITE),
     ("SELECT pg_wal_replay_pause()", WRITE),
@@ -92,6 +112,12 @@ ROUTES = [
     ("COPY (SELECT * FROM t) TO STDOUT WITH (FORMAT csv)", READ),
     ("COPY (INSERT INTO t VALUES (1) RETURNING *) TO STDOUT", WRITE),
     ("COPY t FROM STDIN", WRITE),
+    # COPY TO a server file or program: the primary's file system is meant
+    ("COPY t TO '/tmp/t.csv'", WRITE),
+    ("COPY (SELECT * FROM t) TO '/tmp/t.csv' WITH (FORMAT csv)", WRITE),
+    ("COPY t TO PROGRAM 'gzip > /tmp/t.gz'", WRITE),
+    ("COPY (SELECT 1) TO PROGRAM 'cat > /dev/null'", WRITE),
+    ("COPY (VALUES (1)) TO STDOUT", READ),
     # DO and CALL
     ("DO $$ BEGIN PERFORM 1; END $$", READ),
     ("DO $$ DECLARE n int; BEGIN SELECT count(*) INTO n FROM t; n := n + 1; END $$", READ),
@@ -104,10 +130,12 @@ ROUTES = [
     ("DO LANGUAGE plpython3u 'pass'", WRITE),
     ("DO $$ BEGIN SELEC 1; END $$", WRITE),
     ("CALL my_procedure(1)", WRITE),
-    # LOCK TABLE: a standby grants ACCESS SHARE, ROW SHARE and ROW EXCLUSIVE only
-    ("LOCK TABLE t IN ACCESS SHARE MODE", READ),
-    ("LOCK TABLE t IN ROW SHARE MODE", READ),
-    ("LOCK TABLE t IN ROW EXCLUSIVE MODE", READ),
+    # LOCK TABLE: a standby grants the weak modes, but its lock blocks no writer on the
+    # primary: every mode is the primary's
+    ("LOCK TABLE t IN ACCESS SHARE MODE", WRITE),
+    ("LOCK t IN ACCESS SHARE MODE NOWAIT", WRITE),
+    ("LOCK TABLE t IN ROW SHARE MODE", WRITE),
+    ("LOCK TABLE t IN ROW EXCLUSIVE MODE", WRITE),
     ("LOCK TABLE t IN SHARE UPDATE EXCLUSIVE MODE", WRITE),
     ("LOCK TABLE t IN SHARE MODE", WRITE),
     ("LOCK TABLE t IN SHARE ROW EXCLUSIVE MODE", WRITE),
@@ -573,7 +601,8 @@ class TestPreparedAndCursors:
         ("SELECT CURRENT_DATE", "time-dependent function current_date"),
         ("SELECT * FROM t WHERE d > 'today'", "time-dependent value 'today'"),
         ("SELECT current_setting('work_mem')", "function current_setting reads server state"),
-        ("SELECT pg_backend_pid()", "function pg_backend_pid reads server state"),
+        ("SELECT inet_server_port()", "function inet_server_port reads server state"),
+        ("SELECT pg_backend_pid()", "function pg_backend_pid answers for the node that runs it"),
         ("SELECT * FROM t TABLESAMPLE SYSTEM (5)", "TABLESAMPLE without REPEATABLE"),
         ("SELECT * FROM t FOR UPDATE", "row locks"),
         ("SELECT * FROM pg_class", "system catalog pg_class"),
@@ -725,3 +754,37 @@ def test_parse_errors_raise() -> None:
 def test_returns_a_classification() -> None:
     """The public type."""
     assert isinstance(classify("SELECT 1"), Classification)
+
+
+class TestNodeIdentity:
+    """What answers for the node that runs it goes to the primary, whatever the catalog."""
+
+    @pytest.mark.parametrize("name", sorted(NODE_IDENTITY_FUNCTIONS))
+    def test_every_listed_function_writes(self, name: str) -> None:
+        nargs = {"pg_walfile_name": 1, "pg_walfile_name_offset": 1, "pg_stat_get_activity": 1,
+                 "pg_blocking_pids": 1, "pg_safe_snapshot_blocking_pids": 1,
+                 "pg_stat_get_progress_info": 1, "pg_stat_get_replication_slot": 1,
+                 "pg_stat_get_subscription": 1}.get(name, 0)
+        sql = f"SELECT {name}({', '.join(['NULL'] * nargs)})"
+        catalog = StaticCatalog(
+            functions={name: Volatility.IMMUTABLE}, read_only_functions=frozenset({name})
+        )
+        for result in (classify(sql), classify(sql, catalog=catalog)):
+            assert result.route is WRITE, sql
+            assert result.uncacheable_reason == f"function {name} answers for the node that runs it"
+
+    @pytest.mark.parametrize("name", sorted(NODE_IDENTITY_VIEWS))
+    def test_every_listed_view_writes(self, name: str) -> None:
+        assert classify(f"SELECT * FROM {name}").route is WRITE
+        assert classify(f"SELECT * FROM pg_catalog.{name}").route is WRITE
+
+    def test_a_view_of_the_same_name_in_another_schema_is_not_it(self) -> None:
+        assert classify("SELECT * FROM app.pg_stat_activity").route is READ
+
+    @pytest.mark.parametrize(
+        "sql", ["SELECT inet_server_addr()", "SELECT inet_server_port()",
+                "SELECT pg_wal_lsn_diff('0/2', '0/1')", "SELECT pg_control_init()"],
+    )
+    def test_what_stays_a_read(self, sql: str) -> None:
+        """inet_server_*: clients check the spread over nodes with them."""
+        assert classify(sql).route is READ
