@@ -1,4 +1,5 @@
-"""What the grammar alone cannot know: function volatility, temporary and unlogged tables.
+"""What the grammar alone cannot know: function volatility, temporary and unlogged tables,
+what a view runs.
 
 The caller implements `Catalog` for its session (search_path decides which function a
 name calls, and a session's temporary ``t`` hides the permanent ``t``). Without one,
@@ -15,7 +16,9 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import cache
 from importlib import resources
-from typing import Protocol, runtime_checkable
+from typing import Protocol, TypeVar, runtime_checkable
+
+_T = TypeVar("_T")
 
 
 class Volatility(StrEnum):
@@ -55,6 +58,15 @@ class Catalog(Protocol):
         """Whether the relation is permanent, unlogged or temporary, if known."""
         ...
 
+    def view_definition(self, schema: str | None, name: str) -> str | None:
+        """The SELECT a view runs (``pg_get_viewdef``) when the relation is a view.
+
+        None for anything else, materialized views included (they are read from their
+        own storage), or when unknown. A catalog written before this method existed
+        (without it) is taken to know no views.
+        """
+        ...
+
 
 @dataclass(frozen=True)
 class StaticCatalog:
@@ -62,12 +74,14 @@ class StaticCatalog:
 
     Keys are names as the text writes them: ``"f"`` or ``"app.f"`` (a qualified lookup
     falls back to the bare name). ``functions`` maps a name to its volatility for any
-    argument count, or ``(name, nargs)`` to it for one count.
+    argument count, or ``(name, nargs)`` to it for one count; ``views`` maps a view's
+    name to its SELECT text.
     """
 
     functions: Mapping[str | tuple[str, int], Volatility] = field(default_factory=dict)
     read_only_functions: frozenset[str] = frozenset()
     relations: Mapping[str, Persistence] = field(default_factory=dict)
+    views: Mapping[str, str] = field(default_factory=dict)
 
     def function_volatility(self, schema: str | None, name: str, nargs: int) -> Volatility | None:
         """Look the function up by (name, nargs), then by name alone."""
@@ -83,11 +97,19 @@ class StaticCatalog:
 
     def relation_persistence(self, schema: str | None, name: str) -> Persistence | None:
         """Look the relation up by its qualified name, then by its bare name."""
-        for key in _names(schema, name):
-            persistence = self.relations.get(key)
-            if persistence is not None:
-                return persistence
-        return None
+        return _lookup(self.relations, schema, name)
+
+    def view_definition(self, schema: str | None, name: str) -> str | None:
+        """Look the view up by its qualified name, then by its bare name."""
+        return _lookup(self.views, schema, name)
+
+
+def _lookup(mapping: Mapping[str, _T], schema: str | None, name: str) -> _T | None:
+    for key in _names(schema, name):
+        found = mapping.get(key)
+        if found is not None:
+            return found
+    return None
 
 
 def _names(schema: str | None, name: str) -> tuple[str, ...]:

@@ -8,10 +8,12 @@ here is cached: the same text may mean different things in different sessions.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import lru_cache
 
 from parser_api._calls import Call, Verdict
 from parser_api.analysis import Analysis, Relation, StatementFacts, analyze
 from parser_api.catalog import Catalog, Persistence, Volatility
+from parser_api.errors import ParseError
 from parser_api.model import (
     Classification,
     Dependency,
@@ -23,6 +25,10 @@ from parser_api.model import (
 
 Names = Mapping[str, Classification]
 
+# PostgreSQL sets no limit on how deeply views nest; past this many the safe side
+# answers. A cycle, which only a wrong catalog can describe, ends there too.
+MAX_VIEW_DEPTH = 32
+
 
 def classify(
     sql: str,
@@ -33,7 +39,7 @@ def classify(
     """Say what the SQL text ``sql`` (one statement or several) does.
 
     ``catalog`` answers what the grammar cannot (function volatility, temporary and
-    unlogged tables); without it unknown functions are writes. ``prepared`` and
+    unlogged tables, what a view runs); without it unknown functions are writes. ``prepared`` and
     ``cursors`` map the names a session has prepared or declared to their
     classification (that of the PREPARE or DECLARE, or of the query itself), for
     EXECUTE, FETCH, MOVE and CLOSE; a name they do not hold routes as a write.
@@ -48,9 +54,13 @@ def resolve(
     catalog: Catalog | None,
     prepared: Names | None,
     cursors: Names | None,
+    views: tuple[Relation, ...] = (),
 ) -> Classification:
-    """Turn the grammar's analysis into a Classification for one session."""
-    builder = _Builder(catalog, prepared, cursors, analysis.primary_hint)
+    """Turn the grammar's analysis into a Classification for one session.
+
+    ``views``: the views whose definitions are being resolved, outermost first.
+    """
+    builder = _Builder(catalog, prepared, cursors, analysis.primary_hint, views)
     for facts in analysis.statements:
         builder.add(facts)
     return builder.result(analysis)
@@ -64,6 +74,9 @@ def catalog_changes(analysis: Analysis, catalog: Catalog) -> bool:
                 return True
         for relation in (*facts.reads, *facts.writes):
             if _persistence(relation, catalog) is not None:
+                return True
+        for relation in facts.reads:
+            if _view(relation, catalog, (), facts.executes) is not None:
                 return True
         if facts.body is not None and catalog_changes(facts.body, catalog):
             return True
@@ -102,6 +115,54 @@ def _persistence(relation: Relation, catalog: Catalog | None) -> Persistence | N
     return None if persistence == Persistence.PERMANENT else persistence
 
 
+def _view(
+    relation: Relation, catalog: Catalog | None, outer: tuple[Relation, ...], executes: bool
+) -> Verdict | None:
+    """What reading ``relation`` adds when the catalog says it is a view: None for no
+    view, and for a view that only reads what another identical read may reuse."""
+    if catalog is None:
+        return None
+    # A catalog written before views were looked through has no such method: it
+    # knows no views.
+    lookup = getattr(catalog, "view_definition", None)
+    definition = None if lookup is None else lookup(relation.schema, relation.name)
+    if definition is None:
+        return None
+    if relation in outer:
+        # PostgreSQL reports infinite recursion on every node: the primary answers.
+        return Verdict(Route.WRITE, f"view {relation.display} refers to itself")
+    if len(outer) >= MAX_VIEW_DEPTH:
+        return Verdict(Route.WRITE, f"view {relation.display} nests too deeply")
+    analysis = _view_analysis(definition, executes)
+    if analysis is None:
+        return Verdict(Route.WRITE, f"view {relation.display} does not parse")
+    result = resolve(analysis, catalog, None, None, (*outer, relation))
+    if result.route is Route.READ and result.cacheable and not result.session_effects:
+        return None
+    reason = f"view {relation.display}: {result.uncacheable_reason}"
+    return Verdict(result.route, reason, result.session_effects)
+
+
+@lru_cache(maxsize=1024)
+def _view_analysis(definition: str, executes: bool) -> Analysis | None:
+    """The grammar's analysis of a view's SELECT: the same for every session, so
+    cached by its text (the catalog is asked again on every resolution)."""
+    try:
+        analysis = analyze(definition)
+    except ParseError:
+        return None
+    if executes:
+        return analysis
+    # Planned, not run (EXPLAIN): its calls do nothing, but a standby still refuses to
+    # plan a query on an unlogged or temporary table inside it.
+    return analysis._replace(
+        statements=tuple(
+            facts._replace(executes=False, route=Route.READ, locks_rows=False, effects=())
+            for facts in analysis.statements
+        )
+    )
+
+
 def _target(
     dependency: Dependency, prepared: Names | None, cursors: Names | None
 ) -> tuple[Classification, Route] | None:
@@ -135,6 +196,7 @@ class _Builder:
         "route",
         "statements",
         "transaction",
+        "views",
         "writes",
     )
 
@@ -144,8 +206,10 @@ class _Builder:
         prepared: Names | None,
         cursors: Names | None,
         primary_hint: bool,
+        views: tuple[Relation, ...],
     ) -> None:
         self.catalog = catalog
+        self.views = views
         # /*NO LOAD BALANCE*/ sends every statement of the text to the primary.
         self.floor = Route.WRITE if primary_hint else Route.READ
         self.prepared = prepared
@@ -190,6 +254,16 @@ class _Builder:
                 route = Route.WRITE
                 adjective = "temporary" if persistence == Persistence.TEMPORARY else "unlogged"
                 reason = reason or f"{adjective} table {relation.display}"
+        for relation in facts.reads:
+            # A view runs its SELECT: a standby refuses it where that writes or reads
+            # an unlogged or temporary table, and answers for itself where it asks
+            # what only the primary can say.
+            view = _view(relation, self.catalog, self.views, facts.executes)
+            if view is not None:
+                route = route.stricter(view.route)
+                if view.effects:
+                    self.effects.update(dict.fromkeys(view.effects))
+                reason = reason or view.uncacheable
         if facts.depends_on is not None:
             route = route.stricter(self._dependency(facts))
         if facts.transaction is not None:
