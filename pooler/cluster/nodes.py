@@ -44,6 +44,22 @@ def format_lsn(lsn: int) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class Replica:
+    """One row of a primary's ``pg_stat_replication``: a standby streaming from it."""
+
+    #: The standby's ``application_name`` (its ``cluster_name`` unless set otherwise).
+    name: str
+    #: The standby's IP address; None over a Unix socket.
+    address: str | None
+    #: ``startup``, ``catchup``, ``streaming``, ``backup`` or ``stopping``.
+    state: str
+    #: ``async``, ``potential``, ``sync`` or ``quorum``.
+    sync_state: str
+    #: The last WAL position the standby reported replayed.
+    replay_lsn: int | None
+
+
+@dataclass(frozen=True, slots=True)
 class NodeState:
     """One node at one moment."""
 
@@ -64,6 +80,13 @@ class NodeState:
     changed_at: float = 0.0
     #: Why the node is down or detached, for logs and admin views.
     reason: str = ""
+    #: Standby: the last WAL position received (written, maybe not yet flushed).
+    receive_lsn: int | None = None
+    #: Standby: when the last transaction it replayed was committed on the primary
+    #: (time.time() scale, from ``pg_last_xact_replay_timestamp()``).
+    replay_time: float | None = None
+    #: Primary: its ``pg_stat_replication``, by standby name.
+    replicas: tuple[Replica, ...] = ()
 
     @property
     def up(self) -> bool:
