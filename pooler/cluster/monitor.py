@@ -1,0 +1,232 @@
+"""The cluster monitor: checks every node over its own connections and publishes views.
+
+One task per node checks it every ``health_check.period`` with a new asyncpg
+connection (``timeout`` covers connect, login and queries, so a node that hangs counts
+as down as surely as one that refuses), retries a failed check ``max_retries`` times
+``retry_delay`` apart, and hands the outcome to the ``Assessor``, whose views it
+publishes on the ``Cluster``. ``Cluster.suspect`` from the data path checks a node at
+once instead of at its next period.
+
+Wiring::
+
+    monitor = Monitor(config.backends, config.health_check, cluster)
+    await monitor.start()     # returns once the first view is published
+    ...
+    await monitor.stop()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+
+import asyncpg
+
+from pooler.cluster.assess import Assessor
+from pooler.cluster.checks import REPLICATION_SQL, STATE_SQL, Probe, probe_from_rows
+from pooler.cluster.nodes import Cluster, ClusterView, NodeState, NodeStatus
+from pooler.config import Backend, HealthCheck
+
+__all__ = ["APPLICATION_NAME", "Monitor"]
+
+log = logging.getLogger("pooler.cluster")
+
+#: What the monitor's connections show in ``pg_stat_activity``.
+APPLICATION_NAME = "pooler monitor"
+
+
+class Monitor:
+    """Watches ``backends`` (node id = position) and publishes their states on ``cluster``.
+
+    Roles are discovered: whichever node is out of recovery is the primary (see
+    ``pooler.cluster.assess`` for two of them). Nodes that recover come back UP by
+    themselves; only ``detach`` makes a node DETACHED, and only ``attach`` undoes it.
+    """
+
+    def __init__(self, backends: Sequence[Backend], health: HealthCheck, cluster: Cluster) -> None:
+        if len(backends) != len(cluster.view.nodes):
+            raise ValueError(
+                f"{len(backends)} backends for a cluster view of {len(cluster.view.nodes)} nodes"
+            )
+        self._backends = tuple(backends)
+        self._health = health
+        self._cluster = cluster
+        self._assessor = Assessor(health, len(backends))
+        self._tasks: list[asyncio.Task[None]] = []
+        self._first_view = asyncio.Event()
+        # Set by suspect, check_now, detach and attach: the node's task stops waiting.
+        self._wake = [asyncio.Event() for _ in backends]
+        # check_now callers waiting for a check that starts after they asked...
+        self._waiting: list[list[asyncio.Future[NodeState]]] = [[] for _ in backends]
+        # ...and those whose check has started, told when it has an outcome.
+        self._told_at_outcome: list[list[asyncio.Future[NodeState]]] = [[] for _ in backends]
+        self._last_check_end = [0.0 for _ in backends]
+        cluster.on_suspect(self._suspect)
+
+    async def start(self) -> None:
+        """Start checking; return once every node had its first check (and its retries,
+        if it failed) and the first view is published."""
+        if self._tasks:
+            return
+        self._tasks = [
+            asyncio.create_task(self._watch(node), name=f"pooler monitor: node {node}")
+            for node in range(len(self._backends))
+        ]
+        first_view = asyncio.create_task(self._first_view.wait())
+        done, _ = await asyncio.wait(
+            [first_view, *self._tasks], return_when=asyncio.FIRST_COMPLETED
+        )
+        if first_view not in done:
+            # A watcher died of a bug: show it rather than wait forever.
+            first_view.cancel()
+            failed = next(iter(done))
+            await self.stop()
+            failed.result()
+
+    async def stop(self) -> None:
+        """Stop checking; the last published view stays."""
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for waiters in (*self._waiting, *self._told_at_outcome):
+            for waiter in waiters:
+                waiter.cancel()
+            waiters.clear()
+
+    def detach(self, node: int) -> None:
+        """Take ``node`` out of rotation: DETACHED, no longer checked, until ``attach``."""
+        self._publish(self._assessor.detach(node, time.time()))
+        self._wake[node].set()
+
+    def attach(self, node: int) -> None:
+        """Give a detached ``node`` back: it is checked at once and comes back UP (or
+        DOWN) with the outcome. A false primary attached gets a fresh judgement."""
+        self._publish(self._assessor.attach(node, time.time()))
+        self._wake[node].set()
+
+    async def check_now(self, node: int) -> NodeState:
+        """Check ``node`` now (with its retries, if the check fails); its state after.
+
+        "Now" is no sooner than ``retry_delay`` after its previous check. A detached node,
+        or one asked about while the monitor is stopped, is not checked. Raises
+        CancelledError when the monitor stops first.
+        """
+        if not self._tasks or not self._assessor.checked(node):
+            return self._assessor.view.nodes[node]
+        waiter: asyncio.Future[NodeState] = asyncio.get_running_loop().create_future()
+        self._waiting[node].append(waiter)
+        self._wake[node].set()
+        return await waiter
+
+    def _suspect(self, node: int, reason: str) -> None:
+        """The data path saw ``node`` fail: check it now rather than at its next period."""
+        if not self._tasks or not 0 <= node < len(self._backends):
+            return
+        # A node already down or detached gains nothing from more checks.
+        if self._assessor.view.nodes[node].status is not NodeStatus.UP:
+            return
+        if not self._wake[node].is_set():
+            log.debug("node suspected", extra={"node": node, "why": reason})
+            self._wake[node].set()
+
+    async def _watch(self, node: int) -> None:
+        """Check ``node`` for as long as the monitor runs."""
+        while True:
+            # Whoever woke the node before now is answered by this round; whoever wakes
+            # it from here on may have seen something a check now starts too early to see.
+            self._wake[node].clear()
+            if self._assessor.checked(node):
+                await self._check(node)
+            else:
+                self._tell(node, self._waiting[node])
+            await self._pause(node)
+
+    async def _check(self, node: int) -> None:
+        """One check of ``node``, its outcome to the assessor, the view published."""
+        self._told_at_outcome[node] += self._waiting[node]
+        self._waiting[node] = []
+        try:
+            probe = await self._probe(node)
+        # Whatever went wrong (refused, reset, timed out, login refused, a reply we
+        # cannot read), the node did not pass its check; the reason says why.
+        except Exception as exc:
+            reason = _describe(exc)
+            log.debug("check failed", extra={"node": node, "why": reason})
+            self._publish(self._assessor.failed(node, reason, time.time()))
+        else:
+            self._publish(self._assessor.succeeded(node, probe, time.time()))
+        self._last_check_end[node] = time.monotonic()
+        if not self._assessor.retrying(node):
+            self._tell(node, self._told_at_outcome[node])
+
+    async def _pause(self, node: int) -> None:
+        """Wait until the next check of ``node`` is due.
+
+        The delay between retries is kept whatever happens; a period (or a detached
+        node's idleness) ends early when the node is woken. A woken node is not checked
+        sooner than ``retry_delay`` after its last check, so that a storm of suspicions
+        from the data path costs one check per ``retry_delay``, not one per failure.
+        """
+        if self._assessor.retrying(node):
+            await asyncio.sleep(self._health.retry_delay)
+            return
+        timeout = self._health.period if self._assessor.checked(node) else None
+        try:
+            await asyncio.wait_for(self._wake[node].wait(), timeout)
+        except TimeoutError:
+            return
+        spacing = self._last_check_end[node] + self._health.retry_delay - time.monotonic()
+        if spacing > 0:
+            await asyncio.sleep(spacing)
+
+    async def _probe(self, node: int) -> Probe:
+        """One check: a new connection, the queries, a clean close; all within timeout."""
+        backend = self._backends[node]
+        health = self._health
+        async with asyncio.timeout(health.timeout):
+            conn = await asyncpg.connect(
+                # asyncpg takes a directory for host as the Unix socket's directory.
+                host=backend.unix_socket_dir or backend.host,
+                port=backend.port,
+                user=health.user,
+                password=health.password,
+                database=health.database,
+                timeout=health.timeout,
+                server_settings={"application_name": APPLICATION_NAME},
+            )
+            try:
+                state = await conn.fetchrow(STATE_SQL)
+                replication = [] if state["in_recovery"] else await conn.fetch(REPLICATION_SQL)
+                await conn.close()
+            finally:
+                if not conn.is_closed():
+                    conn.terminate()
+        return probe_from_rows(state, replication)
+
+    def _publish(self, view: ClusterView | None) -> None:
+        if view is not None:
+            try:
+                self._cluster.publish(view)
+            # A listener's bug must not end the checks of a node; the view is in place.
+            except Exception:
+                log.exception("a cluster view listener failed")
+        if self._assessor.ready:
+            self._first_view.set()
+
+    def _tell(self, node: int, waiters: list[asyncio.Future[NodeState]]) -> None:
+        """Resolve ``check_now`` callers with the node's state now."""
+        state = self._assessor.view.nodes[node]
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(state)
+        waiters.clear()
+
+
+def _describe(exc: Exception) -> str:
+    """Why a check failed, for the node's ``reason`` and the logs."""
+    if isinstance(exc, TimeoutError):
+        return "no answer within the health check timeout"
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
