@@ -102,6 +102,10 @@ MUST_BE_RIGHT: Mapping[str, str] = {
     "checkpoint": "CHECKPOINT",
     "temp_table": "temp tables",
     "comments_hints": "comments and hints",
+    # item 2 of the issue "Read/write routing": what a standby runs for the wrong node
+    "node_identity": "functions and views that answer for the node that runs them",
+    "copy_to_file": "COPY TO a server file or PROGRAM",
+    "view_lookthrough": "views over writing functions, unlogged tables, nested views",
 }
 MIN_COVERAGE = 3
 #: Tags beyond the must-be-right list, for the rest of the corpus's breadth. Any other
@@ -487,11 +491,17 @@ _CATALOG_QUERIES = {
         WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast')
           AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')
         ORDER BY 1, 2""",
+    "views": """
+        SELECT n.nspname, c.relname, pg_get_viewdef(c.oid)
+        FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND c.relkind = 'v'
+        ORDER BY 1, 2""",
 }
 
 
 def read_catalog(conn: psycopg.Connection[Any]) -> dict[str, list[list[Any]]]:
-    """The fixture schema's user functions and relations, from pg_proc and pg_class."""
+    """The fixture schema's user functions, relations and view definitions, from
+    pg_proc and pg_class."""
     return {
         name: [list(row) for row in conn.execute(query.encode()).fetchall()]
         for name, query in _CATALOG_QUERIES.items()

@@ -113,6 +113,23 @@ BEGIN
     SELECT balance INTO total FROM accounts WHERE id = acc;
 END $$;
 
+-- Views whose SELECT the text does not show (label.py reads their definitions into
+-- labels.json's catalog, as a pooler's catalog would give them): over a writing
+-- function, over an unlogged table, over nextval and over pg_is_in_recovery(), views
+-- over those, and a plain view over a plain view. Nothing a case drops depends on
+-- them (hence an unlogged table of their own).
+CREATE UNLOGGED TABLE scratch_log (id int, line text);
+INSERT INTO scratch_log VALUES (1, 'one'), (2, 'two');
+CREATE VIEW noted_accounts AS
+    SELECT id, log_note('viewed ' || id) AS note_id FROM accounts WHERE id < 3;
+CREATE VIEW noted_accounts_again AS SELECT id, note_id FROM noted_accounts;
+CREATE VIEW scratch_rows AS SELECT id, line FROM scratch_log;
+CREATE VIEW scratch_ids AS SELECT id FROM scratch_rows;
+CREATE VIEW next_tickets AS SELECT nextval('ticket_seq') AS ticket;
+CREATE VIEW node_state AS SELECT pg_is_in_recovery() AS in_recovery;
+CREATE VIEW paid_orders AS SELECT id, account_id, amount FROM orders WHERE status = 'paid';
+CREATE VIEW big_paid_orders AS SELECT id, amount FROM paid_orders WHERE amount > 100;
+
 -- A trigger, so that a plain INSERT into orders also writes audit_log.
 CREATE FUNCTION orders_audit() RETURNS trigger
     LANGUAGE plpgsql AS $$
