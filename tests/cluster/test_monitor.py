@@ -163,6 +163,8 @@ def test_failed_standby_is_down_within_the_bound_and_comes_back(
 
     async def main() -> None:
         async with monitoring(local) as (_, cluster):
+            # start() returns just after the node's first check: it fails at the worst
+            # moment, a whole period before its next check.
             started = time.monotonic()
             async with broken:
                 await until(cluster, status_is(1, NodeStatus.DOWN), down_bound(FAST) + SLACK)
