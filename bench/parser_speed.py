@@ -3,7 +3,9 @@
 Each row times one operation in batches and prints the median and the best batch, in
 microseconds per call, and the median CPU time of the benchmark's thread (the number to
 trust when other processes share the cores). Targets on the 2-core reference box:
-cached classify under 2 us, uncached classify of a short statement under 60 us (median).
+cached classify under 2 us, uncached classify of a short statement under 60 us (median),
+and a text never seen whose shape was seen (pgbench -S: a new ``aid`` each time) at most
+1.5 times pglast's ``normalize`` of the same text: the last line prints that ratio.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from itertools import count
 
 import pglast.parser
@@ -85,14 +87,33 @@ def measure(
     return statistics.median(wall), min(wall), statistics.median(cpu)
 
 
-def _fresh_constants() -> Callable[[], object]:
-    """pgbench -S: a new aid every call, so never a hit by text, only by key."""
-    classifier = Classifier()
+#: The two rows whose CPU times make the ratio the last line prints.
+NEW_SHAPE_ROW = "Classifier new constants, offsets=False (pgbench -S)"
+NORMALIZE_ROW = "reference: pglast normalize, new constants"
+RATIO_BAR = 1.5
+
+
+def _fresh_texts(total: int) -> Iterator[str]:
+    """pgbench -S texts, each with its own aid, made before timing starts."""
     numbers = count(1)
+    return iter([f"SELECT abalance FROM pgbench_accounts WHERE aid = {next(numbers)};"
+                 for _ in range(total)])
+
+
+def _fresh_constants(total: int, offsets: bool) -> Callable[[], object]:
+    """pgbench -S: a new aid every call, so never a hit by text, only by key (the
+    Classifier saw the shape once, with another aid)."""
+    classifier = Classifier()
     classifier.classify(SHORT)
-    return lambda: classifier.classify(
-        f"SELECT abalance FROM pgbench_accounts WHERE aid = {next(numbers)};"
-    )
+    texts = _fresh_texts(total)
+    if offsets:
+        return lambda: classifier.classify(next(texts))
+    return lambda: classifier.classify(next(texts), offsets=False)
+
+
+def _normalize_fresh(total: int) -> Callable[[], object]:
+    texts = _fresh_texts(total)
+    return lambda: pglast.parser.normalize(next(texts))
 
 
 def _cached(sql: str, **options: object) -> Callable[[], object]:
@@ -101,8 +122,10 @@ def _cached(sql: str, **options: object) -> Callable[[], object]:
     return lambda: classifier.classify(sql, **options)  # type: ignore[arg-type]
 
 
-def rows() -> list[tuple[str, Callable[[], object], int]]:
-    """(what, operation, batch size) for every row of the table."""
+def rows(repeats: int) -> list[tuple[str, Callable[[], object], int]]:
+    """(what, operation, batch size) for every row of the table, each timed ``repeats``
+    batches after one warm-up call."""
+    fresh = 2000 * repeats + 1
     return [
         ("classify uncached, short point query", lambda: classify(SHORT), 200),
         ("classify uncached, 10-line join", lambda: classify(JOIN_10), 100),
@@ -110,7 +133,10 @@ def rows() -> list[tuple[str, Callable[[], object], int]]:
         ("Classifier cached, short", _cached(SHORT), 5000),
         ("Classifier cached, 100-line", _cached(HUNDRED), 5000),
         ("Classifier cached, short, with a catalog", _cached(SHORT, catalog=CATALOG), 2000),
-        ("Classifier new constants (constant_free_key)", _fresh_constants(), 500),
+        ("Classifier new constants (constant_free_key)",
+         _fresh_constants(500 * repeats + 1, offsets=True), 500),
+        (NEW_SHAPE_ROW, _fresh_constants(fresh, offsets=False), 2000),
+        (NORMALIZE_ROW, _normalize_fresh(fresh), 2000),
         ("tokens, short", lambda: tokens(SHORT), 500),
         ("tokens, 10-line join", lambda: tokens(JOIN_10), 200),
         ("fingerprint (pglast), short", lambda: pglast.parser.fingerprint(SHORT), 1000),
@@ -126,10 +152,17 @@ def main() -> None:
     options = parser.parse_args()
     print("| operation | median us | best us | median CPU us |")
     print("| --- | ---: | ---: | ---: |")
-    for what, operation, batch in rows():
+    cpu_of: dict[str, float] = {}
+    for what, operation, batch in rows(options.repeats):
         operation()  # warm: caches, lazy tables
         median, best, cpu = measure(operation, batch, options.repeats)
+        cpu_of[what] = cpu
         print(f"| {what} | {median:.2f} | {best:.2f} | {cpu:.2f} |")
+    ratio = cpu_of[NEW_SHAPE_ROW] / cpu_of[NORMALIZE_ROW]
+    print(
+        f"\nnew constants of a seen shape, offsets=False, over normalize (median CPU):"
+        f" {ratio:.2f}x (bar: {RATIO_BAR}x)"
+    )
 
 
 if __name__ == "__main__":

@@ -116,6 +116,32 @@ class TestConstantFreeKey:
         assert not result.cacheable
         assert result == classify("SELECT * FROM t WHERE d > 'now'")
 
+    @pytest.mark.parametrize(
+        "spelled",
+        ["E'\\x6eow'", "U&'no\\0077'", "U&'!006eow' UESCAPE '!'", "$$now$$", "$q$ Today $q$",
+         "' yesterday'"],
+    )
+    def test_a_time_constant_spelled_otherwise_is_not_either(self, spelled: str) -> None:
+        """Escapes and quoting the parser decodes: the answer is this text's own."""
+        classifier = Classifier()
+        first = classifier.classify("SELECT * FROM t WHERE d > '2020-01-01'", offsets=False)
+        assert first.cacheable
+        sql = f"SELECT * FROM t WHERE d > {spelled}"
+        expected = classify(sql)
+        assert not expected.cacheable
+        assert classifier.classify(sql, offsets=False) == expected
+        assert classifier.classify(sql) == expected
+
+    @pytest.mark.parametrize(
+        "sql",
+        ["SELECT * FROM t WHERE d > '2021-02-03'", "SELECT * FROM t WHERE d > $1",
+         "SELECT * FROM t WHERE d > E'2021-02-03'", "SELECT * FROM t WHERE d > U&'2021'"],
+    )
+    def test_what_the_key_serves_is_the_texts_own_answer(self, sql: str) -> None:
+        classifier = Classifier()
+        classifier.classify("SELECT * FROM t WHERE d > '2020-01-01'")
+        assert classifier.classify(sql) == classify(sql)
+
     def test_a_time_word_in_a_name_still_reuses(self) -> None:
         """known_users holds "now", but in a name: the key still serves."""
         classifier = Classifier()
