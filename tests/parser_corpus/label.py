@@ -477,8 +477,9 @@ def _run_pass(session: NodeSession, cases: Iterable[Case]) -> dict[str, Outcome]
     return {case.key: session.run(case) for case in cases if case.by_reasoning is None}
 
 
-#: The fixture schema's functions and relations, as a pooler's catalog would report
-#: them: the test hands parser_api this, so that it is judged on what it can know.
+#: The fixture schema's functions, relations and view definitions, as a pooler's catalog
+#: would report them: the test hands parser_api this, so that it is judged on what it
+#: can know.
 _CATALOG_QUERIES = {
     "functions": """
         SELECT n.nspname, p.proname, p.pronargs, p.provolatile, p.prokind
