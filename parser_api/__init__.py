@@ -11,7 +11,11 @@ Built for a query-routing pooler's hot path and usable on its own::
 See docs/parser_api.md. Nothing here imports the pooler.
 """
 
-from parser_api.builtin_functions import NODE_IDENTITY_FUNCTIONS, NODE_IDENTITY_VIEWS
+from parser_api.builtin_functions import (
+    NODE_IDENTITY_FUNCTIONS,
+    NODE_IDENTITY_SETTINGS,
+    NODE_IDENTITY_VIEWS,
+)
 from parser_api.catalog import Catalog, Persistence, StaticCatalog, Volatility
 from parser_api.classifier import Classifier
 from parser_api.classify import classify
@@ -29,6 +33,7 @@ from parser_api.tokens import Span, Token, TokenKind, split, tokens
 
 __all__ = [
     "NODE_IDENTITY_FUNCTIONS",
+    "NODE_IDENTITY_SETTINGS",
     "NODE_IDENTITY_VIEWS",
     "Catalog",
     "Classification",

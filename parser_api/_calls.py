@@ -80,11 +80,15 @@ def _builtin_verdict(
         return _set_config(display, args), None
     if name == "lo_open":
         return _lo_open(display, args), None
+    if name == "current_setting" and args:
+        setting = constant_text(args[0])
+        if setting is not None and setting.lower() in builtins.NODE_IDENTITY_SETTINGS:
+            return _answers_for_node(display), None
     if name == "setseed":
         effect = SessionEffect(EffectKind.RANDOM_SEED)
         return Verdict(Route.SESSION, f"volatile function {display}", (effect,)), None
     if name in builtins.NODE_IDENTITY_FUNCTIONS:
-        return Verdict(Route.WRITE, f"function {display} answers for the node that runs it"), None
+        return _answers_for_node(display), None
     if name in builtins.PRIMARY_ONLY:
         effects: tuple[SessionEffect, ...] = ()
         if name in builtins.SESSION_ADVISORY_LOCKS:
@@ -107,6 +111,11 @@ def _builtin_verdict(
         ):
             return Verdict(Route.READ, f"function {display} reads server state"), None
     return READS, None
+
+
+def _answers_for_node(display: str) -> Verdict:
+    # A standby would answer for itself where the caller meant the primary.
+    return Verdict(Route.WRITE, f"function {display} answers for the node that runs it")
 
 
 def _set_config(display: str, args: list[Node]) -> Verdict:

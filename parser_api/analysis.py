@@ -28,7 +28,7 @@ from parser_api._calls import (
 )
 from parser_api._plpgsql import do_block_statements
 from parser_api._text import byte_to_char, strip_span
-from parser_api.builtin_functions import NODE_IDENTITY_VIEWS
+from parser_api.builtin_functions import NODE_IDENTITY_SETTINGS, NODE_IDENTITY_VIEWS
 from parser_api.errors import ParseError, from_pglast
 from parser_api.model import (
     Dependency,
@@ -62,7 +62,7 @@ _KINDS = {
 # and names of utility statements into $n (SET ROLE $1, DO $1).
 _KEYED_KINDS = frozenset({"select", "insert", "update", "delete", "merge"})
 # Functions whose constant arguments the classification reads.
-_CONSTANT_SENSITIVE = frozenset({"set_config", "lo_open"})
+_CONSTANT_SENSITIVE = frozenset({"set_config", "lo_open", "current_setting"})
 
 
 class Relation(NamedTuple):
@@ -749,6 +749,12 @@ def _lock(node_name: str, fields: Node, ctx: _Context) -> StatementFacts:
     return walker.facts(_kind(node_name), ctx, Route.WRITE)
 
 
+def _show(node_name: str, fields: Node, ctx: _Context) -> StatementFacts:
+    # SHOW transaction_read_only is how drivers find the primary: a standby says on.
+    route = Route.WRITE if fields["name"] in NODE_IDENTITY_SETTINGS else Route.READ
+    return ctx.facts(_kind(node_name), route, uncacheable=_NOT_PLAIN)
+
+
 def _fixed(route: Route) -> Callable[..., StatementFacts]:
     """A statement whose route its type alone decides, with no state left behind."""
 
@@ -851,7 +857,7 @@ _STATEMENTS: dict[str, Callable[[str, Node, _Context], StatementFacts]] = {
     "LoadStmt": _session(EffectKind.LOAD, "filename"),
     "TransactionStmt": _transaction,
     "VariableSetStmt": _set,
-    "VariableShowStmt": _fixed(Route.READ),
+    "VariableShowStmt": _show,
     "ConstraintsSetStmt": _fixed(Route.SESSION),
     "LockStmt": _lock,
     "CallStmt": _call_statement,

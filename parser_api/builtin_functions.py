@@ -96,6 +96,13 @@ NODE_IDENTITY_FUNCTIONS: frozenset[str] = frozenset({
     "pg_show_replication_origin_status", "pg_stat_get_wal", "pg_stat_get_archiver",
 })
 
+# Run-time parameters whose value says which node answers: a standby reports
+# in_hot_standby on and forces transaction_read_only on. pgJDBC (targetServerType) and
+# libpq (target_session_attrs) ask SHOW transaction_read_only to find the primary. For
+# SHOW and current_setting() of a constant name; SHOW ALL, pg_settings and a computed
+# name stay reads.
+NODE_IDENTITY_SETTINGS: frozenset[str] = frozenset({"in_hot_standby", "transaction_read_only"})
+
 # System views (pg_catalog) whose rows say which node answers, for the same reasons;
 # each is built on functions of NODE_IDENTITY_FUNCTIONS.
 NODE_IDENTITY_VIEWS: frozenset[str] = frozenset({

@@ -158,6 +158,9 @@ class TestConstantFreeKey:
         classifier.classify("SELECT set_config('search_path', 'a', false)")
         result = classifier.classify("SELECT set_config('transaction_read_only', 'off', false)")
         assert result.route is Route.WRITE
+        classifier.classify("SELECT current_setting('work_mem')")
+        result = classifier.classify("SELECT current_setting('in_hot_standby')")
+        assert result.route is Route.WRITE
 
     @settings(max_examples=60, deadline=None)
     @given(

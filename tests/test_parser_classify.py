@@ -10,6 +10,7 @@ import pytest
 
 from parser_api import (
     NODE_IDENTITY_FUNCTIONS,
+    NODE_IDENTITY_SETTINGS,
     NODE_IDENTITY_VIEWS,
     Classification,
     Dependency,
@@ -85,6 +86,12 @@ ROUTES = [
     ("SELECT * FROM t WHERE id IN (SELECT pid FROM pg_locks)", WRITE),
     ("EXPLAIN SELECT * FROM pg_stat_replication", READ),
     ("DO $$ BEGIN PERFORM pg_is_in_recovery(); END $$", WRITE),
+    ("SHOW transaction_read_only", WRITE),
+    ("SHOW in_hot_standby", WRITE),
+    ("SELECT current_setting('in_hot_standby')", WRITE),
+    ("SELECT current_setting('Transaction_Read_Only', true)", WRITE),
+    ("SELECT current_setting('work_mem')", READ),
+    ("SHOW default_transaction_read_only", READ),
     ("SELECT lo_create(0)", WRITE),
     ("SELECT pg_promote()", WRITE),
     ("SELECT pg_wal_replay_pause()", WRITE),
@@ -720,6 +727,7 @@ class TestConstantFreeKey:
             "SELECT set_config('search_path', 'a', false)",
             "SELECT pg_catalog.set_config('transaction_read_only', 'off', false)",
             "SELECT lo_open(42, 262144)",
+            "SELECT current_setting('work_mem')",
             "SELECT '2024-01-01'::date",
             "SELECT * FROM t WHERE d > timestamp 'now'",
             "SELECT * FROM t WHERE d > 'yesterday'",
@@ -777,6 +785,11 @@ class TestNodeIdentity:
     def test_every_listed_view_writes(self, name: str) -> None:
         assert classify(f"SELECT * FROM {name}").route is WRITE
         assert classify(f"SELECT * FROM pg_catalog.{name}").route is WRITE
+
+    @pytest.mark.parametrize("name", sorted(NODE_IDENTITY_SETTINGS))
+    def test_every_listed_setting_writes(self, name: str) -> None:
+        assert classify(f"SHOW {name}").route is WRITE
+        assert classify(f"SELECT current_setting('{name}')").route is WRITE
 
     def test_a_view_of_the_same_name_in_another_schema_is_not_it(self) -> None:
         assert classify("SELECT * FROM app.pg_stat_activity").route is READ

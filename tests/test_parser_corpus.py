@@ -8,7 +8,8 @@ a real primary and hot standby and wrote what both said to labels.json. Here:
 2. every statement ran without error on the primary (one that failed is a broken case,
    not a label);
 3. parser_api routes by those labels: nothing the standby refuses is ``read`` or
-   ``session``, at least 80% of what it accepts is, and every accepted statement routed
+   ``session``, at least 90% of what it accepts is (leaving out what the issue sends to
+   the primary on purpose, though a standby runs it), and every accepted statement routed
    ``write`` carries a ``write_reason`` in the corpus;
 4. the committed labels still match a fresh labelling on a throwaway cluster (slow).
 
@@ -55,14 +56,13 @@ label = _load_label_module()
 
 MIN_STATEMENTS = 300
 MAX_PLAIN_SELECT_SHARE = 1 / 3
-#: The corpus leans on edge cases: it holds, on purpose, dozens of statements a standby
-#: accepts that must still go to the primary (what answers for the node that runs it,
-#: LOCK TABLE, advisory locks, node administration, COPY to a server file), each with a
-#: write_reason. The bar catches a classifier that sends ordinary reads to the primary;
-#: it was 90% before the issue "Read/write routing" sent node-identity functions and
-#: views, every LOCK TABLE and COPY TO a file there (the share fell to 84.5%, and to
-#: 81.4% with the cases added for them).
-MIN_ACCEPTED_READ_SHARE = 0.80
+MIN_ACCEPTED_READ_SHARE = 0.90
+#: Must-be-right items that a standby runs and that go to the primary all the same, by
+#: decision of the issue "Read/write routing" (item 2): what answers for the node that
+#: runs it, LOCK TABLE in any mode, COPY TO a server file. Their cases are left out of
+#: the share above, which catches a classifier that sends ordinary reads to the
+#: primary; they still need their write_reason. Tag only statements that are such.
+PRIMARY_BY_DESIGN = frozenset({"node_identity", "lock_table", "copy_to_file"})
 #: The fresh relabelling must stay well inside the suite's budget on 2 cores.
 RELABEL_BUDGET_SECONDS = 60.0
 
@@ -282,8 +282,13 @@ def test_nothing_the_standby_refuses_is_read_or_session(verdicts: dict[str, Verd
 
 
 def test_most_accepted_statements_are_read_or_session(verdicts: dict[str, Verdict]) -> None:
-    """At least 80% of what the standby accepts may run there (read or session)."""
-    accepted = [case for case in corpus() if accepted_by_standby(case)]
+    """At least 90% of what the standby accepts may run there (read or session), out of
+    the statements that are not primary-bound by design (PRIMARY_BY_DESIGN)."""
+    accepted = [
+        case
+        for case in corpus()
+        if accepted_by_standby(case) and not case.covers & PRIMARY_BY_DESIGN
+    ]
     spread = [case for case in accepted if verdicts[case.key].route in ("read", "session")]
     share = len(spread) / len(accepted)
     assert share >= MIN_ACCEPTED_READ_SHARE, (
