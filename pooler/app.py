@@ -9,6 +9,7 @@ from typing import Any
 
 from parser_api import Classification, Classifier, ParseError
 from pooler.clients import ClientRegistry
+from pooler.cluster.nodes import Cluster, initial_view
 from pooler.config import Config, auth_secret_key
 from pooler.engine.client import Classify
 from pooler.net.client import ClientConnection
@@ -19,6 +20,8 @@ from pooler.net.server_login import Credentials, LoginError, NodeAddress
 from pooler.pool import Opener, ParamKey, PooledServer, PoolKey, PoolManager
 from pooler.protocol import messages as m
 from pooler.protocol.codec import frontend_limits
+from pooler.routing.balancer import Balancer, Limits
+from pooler.routing.targets import Target
 
 log = logging.getLogger("pooler")
 
@@ -52,6 +55,14 @@ class Pooler:
         self.checkout_timeout = config.pool.checkout_timeout or None
         self.connect_timeout = config.pool.connect_timeout
         self.clients = ClientRegistry(config.pool.max_clients)
+        self.cluster = Cluster(initial_view(len(config.backends)))
+        lb = config.load_balance
+        self.balancer = Balancer(
+            [backend.weight for backend in config.backends],
+            Limits(lb.max_lag_bytes, lb.max_lag_seconds, lb.fallback_to_primary),
+        )
+        #: Reads leave the primary (transaction pooling only, for now).
+        self.routing = lb.enabled and config.pool.mode == "transaction"
         #: Transaction pooling classifies statements (for what pins a client); session
         #: mode needs no classification at all.
         self.classify: Classify | None = None
@@ -65,8 +76,26 @@ class Pooler:
         self._janitor_task: asyncio.Task[None] | None = None
 
     def primary_node(self) -> int:
-        """The node that takes writes (node 0 until the cluster monitor exists)."""
-        return 0
+        """The node that takes writes (while there is none, node 0, whose refusal
+        the client then sees)."""
+        primary = self.cluster.view.primary
+        return 0 if primary is None else primary
+
+    def pick_node(self, target: int) -> int | None:
+        """The node for a transaction that ``target`` allows, or None when none can
+        run it."""
+        if not self.routing:
+            return self.cluster.view.primary
+        return self.balancer.pick(self.cluster.view, Target(target))
+
+    def node_failed(self, node: int, target: int, reason: str) -> int | None:
+        """A server connection to ``node`` could not be opened: the node to try
+        instead, or None to give the client the error."""
+        self.cluster.suspect(node, reason)
+        primary = self.cluster.view.primary
+        if target == Target.PRIMARY or node == primary:
+            return None
+        return primary
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run ``coro`` in the background, keeping a reference until it ends."""
@@ -74,9 +103,9 @@ class Pooler:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def server_opener(self, user: str, database: str, creds: Credentials) -> Opener:
-        """How to open a server connection for this client when its pool needs one."""
-        node = self.primary_node()
+    def server_opener(self, user: str, database: str, creds: Credentials, node: int) -> Opener:
+        """How to open a server connection to ``node`` for this client when its pool
+        needs one."""
         address = self.addresses[node]
         pool_key = PoolKey(node, database, user)
         timeout = self.connect_timeout

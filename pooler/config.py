@@ -87,7 +87,8 @@ class Backend:
 
     host: str
     port: int = 5432
-    #: Share of reads among the standbys; 0 sends this node no load-balanced reads.
+    #: This node's share of load-balanced reads (pgpool-II's backend_weight; the
+    #: primary's too); 0 sends it reads only when no other node can take them.
     weight: float = 1.0
     #: Connect through the Unix socket in this directory instead of TCP to ``host``.
     unix_socket_dir: str | None = None
@@ -172,9 +173,18 @@ class Failover:
 
 @dataclass(frozen=True, slots=True)
 class LoadBalance:
-    """Whether reads go to standbys (not yet in effect)."""
+    """How reads are spread over the nodes (transaction pooling)."""
 
     enabled: bool = True
+    #: A standby further behind the primary than this many bytes of WAL gets no reads;
+    #: 0 sets no limit (pgpool-II's delay_threshold).
+    max_lag_bytes: int = 0
+    #: A standby further behind than this many seconds gets no reads; 0: no limit.
+    max_lag_seconds: float = 0.0
+    #: With no node fit for a read, the primary serves it (else the client gets an error).
+    fallback_to_primary: bool = True
+    #: After a client's write, its reads go only to nodes that have replayed it.
+    read_your_writes: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -496,6 +506,7 @@ _COUNT = _Kind("a non-negative integer", _integer(0))
 _WEIGHT = _Kind("a non-negative number", _weight)
 _DURATION = _Kind(f"a duration of 0 or more ({_SECONDS})", _duration(positive=False))
 _POSITIVE_DURATION = _Kind(f"a duration above 0 ({_SECONDS})", _duration(positive=True))
+_LAG_SIZE = _Kind(f"a size of 0 or more ({_BYTES})", _size(0, 2**63 - 1))
 _CACHE_SIZE = _Kind(f"a size above 0 ({_BYTES})", _size(1, 2**63 - 1))
 _MESSAGE_SIZE = _Kind(f"a size from 8kB to 1GB ({_BYTES})", _message_size)
 _BOOLEAN = _Kind("true or false", _boolean)
@@ -706,7 +717,14 @@ def parse_config(
         failover=top.section("failover").read(
             Failover, auto_promote=_BOOLEAN, follow_primary=_BOOLEAN, command=_optional(_TEXT)
         ),
-        load_balance=top.section("load_balance").read(LoadBalance, enabled=_BOOLEAN),
+        load_balance=top.section("load_balance").read(
+            LoadBalance,
+            enabled=_BOOLEAN,
+            max_lag_bytes=_LAG_SIZE,
+            max_lag_seconds=_DURATION,
+            fallback_to_primary=_BOOLEAN,
+            read_your_writes=_BOOLEAN,
+        ),
         query_cache=_query_cache(top),
         tls=_tls(top, base),
         log=top.section("log").read(Log, level=_choice(_LOG_LEVELS), format=_choice(_LOG_FORMATS)),

@@ -2,7 +2,8 @@
 pooler (pool.size 1, and another pooler at pool.size 5), every difference saved as a
 replayable JSON case.
 
-Starts its own cluster (a primary, no standbys) and its own poolers. At the end it
+Starts its own cluster (a primary and `--standbys` streaming standbys, 2 by default,
+for the reads routing sends there) and its own poolers. At the end it
 reports the cases run, the differences grouped by a short signature, tracebacks in the
 poolers' logs, server connections the pool left busy, and the poolers' resident memory
 at the start, the middle and the end.
@@ -260,15 +261,20 @@ def busy_servers(cluster: LocalCluster, wait: float) -> list[tuple[int, str]]:
     )
     deadline = time.monotonic() + wait
     while True:
-        rows = [r.split("|", 1) for r in cluster.primary.psql(sql).splitlines() if r.strip()]
+        rows = [
+            r.split("|", 1)
+            for node in cluster.nodes
+            for r in node.psql(sql).splitlines()
+            if r.strip()
+        ]
         if not rows or time.monotonic() > deadline:
             return [(int(port or 0), what) for port, what in rows]
         time.sleep(0.2)
 
 
 def app_backends(cluster: LocalCluster) -> int:
-    out = cluster.primary.psql("SELECT count(*) FROM pg_stat_activity WHERE usename = 'app'")
-    return int(out.strip() or 0)
+    sql = "SELECT count(*) FROM pg_stat_activity WHERE usename = 'app'"
+    return sum(int(node.psql(sql).strip() or 0) for node in cluster.nodes)
 
 
 def note_rss(tally: Tally, poolers: list[Pooler], when: str) -> None:
@@ -398,9 +404,9 @@ def minimize(postgres: Address, pooler: Pooler, name: str, tries: int) -> Path |
 
 @contextlib.contextmanager
 def environment(
-    out: Path, sizes: list[int], modes: list[str]
+    out: Path, sizes: list[int], modes: list[str], standbys: int
 ) -> Iterator[tuple[LocalCluster, list[Pooler]]]:
-    cluster = LocalCluster(server_tempdir("pooler-fuzz-"), standbys=0)
+    cluster = LocalCluster(server_tempdir("pooler-fuzz-"), standbys=standbys)
     poolers: list[Pooler] = []
     try:
         cluster.start()
@@ -467,6 +473,9 @@ def main(argv: list[str] | None = None) -> int:
         "--modes", default="transaction,session", help="pool modes (default both)"
     )
     parser.add_argument("--max-blocks", type=int, default=5, help="blocks per pipeline")
+    parser.add_argument(
+        "--standbys", type=int, default=2, help="streaming standbys reads may go to (default 2)"
+    )
     parser.add_argument("--replay", nargs="+", metavar="FILE", help="replay saved cases")
     parser.add_argument(
         "--minimize",
@@ -491,7 +500,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     say(f"starting a cluster and poolers (pool sizes {sizes}); output in {out}")
-    with environment(out, sizes, modes) as (cluster, poolers):
+    with environment(out, sizes, modes, args.standbys) as (cluster, poolers):
         postgres = address_of(cluster.primary)
         if args.replay:
             files = [str(base / name) for name in args.replay]

@@ -207,7 +207,11 @@ def test_checkout_timeout_is_a_clear_error_and_frees_nothing_else(start_pooler: 
 
 def test_checkout_timeout_in_transaction_pooling(start_pooler: Any) -> None:
     # The server is taken by a transaction; the other client waits at its first query.
-    pooler = start_pooler(pool={"size": 1, "checkout_timeout": 0.5, "mode": "transaction"})
+    # Every query on the primary: its one server is all there is.
+    pooler = start_pooler(
+        pool={"size": 1, "checkout_timeout": 0.5, "mode": "transaction"},
+        load_balance={"enabled": False},
+    )
     with psycopg.connect(pooler.dsn()) as holder:
         assert holder.execute("SELECT 1").fetchone() == (1,)  # BEGIN is now open
         with psycopg.connect(pooler.dsn(), autocommit=True, connect_timeout=5) as waiter:

@@ -31,8 +31,15 @@ class HandOver:
 
 @dataclass(frozen=True, slots=True)
 class NeedServer:
-    """The client sent something and holds no server (transaction pooling): get one,
-    and meanwhile read nothing more from the client. The bytes wait in the engine."""
+    """The client sent something and holds no server it can go to (transaction
+    pooling): get one that ``target`` allows (a ``pooler.routing.targets.Target``),
+    and meanwhile read nothing more from the client. The bytes wait in the engine.
+
+    Sent also while the client still holds a server that takes no writes (a standby
+    running its reads): then the next server is needed once that one is released.
+    """
+
+    target: int
 
 
 Action = Close | HandOver | NeedServer

@@ -12,7 +12,11 @@ answers are relayed until it closes.
 In transaction pooling the client has a server only from the first message of a
 transaction to the ReadyForQuery that ends it with nothing owed; bytes that arrive in
 between are held until the next server is assigned. Query and Parse texts are
-classified to see the session state that pins a client to its server.
+classified to see the session state that pins a client to its server, and where the
+held requests may run: a unit that only reads (complete up to its Sync or Query, so that
+nothing still to come can write in it) may go to a standby. A server that takes no
+writes is given nothing more once its unit is sent: the client's next requests wait
+until it is done, and go wherever they may run.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from pooler.engine.server import ServerEngine
 from pooler.engine.session_state import SessionState
 from pooler.engine.statements import (
     ClientStatements,
+    bind_statement,
     rewrite_bind,
     rewrite_describe_or_close,
     rewrite_parse,
@@ -32,6 +37,7 @@ from pooler.engine.statements import (
 from pooler.protocol import messages as m
 from pooler.protocol.codec import Event, FramingError, Message, Scanner, frame
 from pooler.protocol.outstanding import NEUTRAL, TRACKED, UNSYNCED
+from pooler.routing.targets import Target, target_of
 
 _STOP = frozenset({m.TERMINATE})
 _TERMINATE = b"X\x00\x00\x00\x04"
@@ -42,7 +48,12 @@ _POOLED = frozenset({m.QUERY, m.PARSE, m.BIND, m.DESCRIBE, m.CLOSE})
 #: Classifies a statement text; None when it does not parse (PostgreSQL will say why).
 Classify = Callable[[str], Classification | None]
 
-_NEED_SERVER = NeedServer()
+_NEED = {target: NeedServer(target) for target in Target}
+# A unit may leave the primary only if it ends here (nothing more of it to come) ...
+_UNIT_ENDS = frozenset({m.QUERY, m.SYNC})
+# Extended-protocol messages that leave a batch open until its Sync.
+_BATCH = frozenset(b"PBDCE")
+_FLUSH = ord("H")
 
 
 class ClientEngine:
@@ -53,11 +64,15 @@ class ClientEngine:
         "_ending",
         "_forget_prepared",
         "_held",
+        "_target",
+        "_targets",
+        "_unnamed",
         "ended",
         "scanner",
         "server",
         "session",
         "statements",
+        "writable",
     )
 
     def __init__(self, limits: Mapping[int, int], classify: Classify | None = None) -> None:
@@ -79,6 +94,13 @@ class ClientEngine:
         self._ending: tuple[bytes, bytes] | None = None
         # A DEALLOCATE ALL or DISCARD ALL is held: the next server drops its statements.
         self._forget_prepared = False
+        #: The server it has takes writes (False: a standby serving a read-only unit).
+        self.writable = True
+        # Where the held requests may run: the strictest target among them.
+        self._target = Target.ANY
+        # Where each named statement, and the unnamed one, may run.
+        self._targets: dict[bytes, Target] = {}
+        self._unnamed = Target.PRIMARY
 
     @property
     def pooling(self) -> bool:
@@ -95,6 +117,9 @@ class ClientEngine:
         events = scanner.feed(data)
         server = self.server
         if server is None:
+            return self._hold(events)
+        if not self.writable and (self._held or not _ends_at_once(events)):
+            # Its next requests wait for this standby to finish.
             return self._hold(events)
         # _tell, written out: this runs once per read of every client.
         requests = server.requests
@@ -130,25 +155,45 @@ class ClientEngine:
         t = msg.type
         body = msg.body
         if t == m.QUERY:
-            self._classified(body[:-1], server)
+            target = self._classified(body[:-1], server)
+            if server is None and target > self._target:
+                self._target = target
             return frame(t, body)
         if t == m.PARSE:
+            name = body[: body.find(b"\0")]
+            known = self.statements.ours(name) is not None
             raw, text = rewrite_parse(
                 body, self.statements, server.prepared if server is not None else None
             )
-            self._classified(text, server)
+            target = self._classified(text, server)
+            if not name:
+                self._unnamed = target
+            elif known:
+                # A Parse of a name in use fails (42P05): it may keep the old text.
+                self._targets[name] = max(target, self._targets.get(name, Target.PRIMARY))
+            else:
+                self._targets[name] = target
+            if server is None and target > self._target:
+                self._target = target
             return raw
         if t == m.BIND:
+            if server is None:
+                name = bind_statement(body)
+                target = self._targets.get(name, Target.PRIMARY) if name else self._unnamed
+                if target > self._target:
+                    self._target = target
             return rewrite_bind(body, self.statements)
         errors = server.errors if server is not None else None
         return rewrite_describe_or_close(t, body, self.statements, errors)
 
-    def _classified(self, text: bytes, server: ServerEngine | None) -> None:
+    def _classified(self, text: bytes, server: ServerEngine | None) -> Target:
+        """Note the session state a statement text leaves; where it may run."""
         classify = self._classify
         assert classify is not None
-        classification = classify(text.decode("utf-8", "replace"))
+        sql = text.decode("utf-8", "replace")
+        classification = classify(sql)
         if classification is None:
-            return
+            return Target.PRIMARY
         errors = server.errors if server is not None else 0
         if self.session.statement(classification, errors):
             self.statements.clear()
@@ -156,6 +201,7 @@ class ClientEngine:
                 server.prepared.clear()
             else:
                 self._forget_prepared = True
+        return target_of(classification, sql)
 
     def _hold(self, events: bytes | list[Event]) -> list[bytes | Action]:
         if isinstance(events, bytes):
@@ -170,15 +216,36 @@ class ClientEngine:
                     self._ending = _ending_of(event)  # type: ignore[arg-type]
                     self.ended = True
         if self._held:
-            return [_NEED_SERVER]
+            return [self.need()]
         if self._ending is not None:
             return [Close(self._ending[1])]
         return []
 
-    def attach(self, server: ServerEngine) -> list[bytes | Action]:
-        """A server was assigned: what to send it now (the held bytes), and the held
-        ending if the stream ended meanwhile."""
+    def need(self) -> NeedServer:
+        """What the held requests need: a server where all of them may run."""
+        target = self._target
+        scanner = self.scanner
+        if target is not Target.PRIMARY and (
+            scanner.last_type not in _UNIT_ENDS
+            # A message begun is counted for the server that gets it: it must take
+            # the rest too.
+            or scanner.mid_message()
+            or not _whole_units(self._held)
+        ):
+            # Part of the unit is still to come, and it may write.
+            target = Target.PRIMARY
+        return _NEED[target]
+
+    def waiting(self) -> bool:
+        """Requests are held for the next server."""
+        return bool(self._held) or self._ending is not None
+
+    def attach(self, server: ServerEngine, writable: bool = True) -> list[bytes | Action]:
+        """A server was assigned (``writable``: it takes writes): what to send it now
+        (the held bytes), and the held ending if the stream ended meanwhile."""
         self.server = server
+        self.writable = writable
+        self._target = Target.ANY
         server.names = self.statements.theirs
         out: list[bytes | Action] = []
         # The statements this client has and the server lacks come first.
@@ -195,6 +262,7 @@ class ClientEngine:
         self._held.clear()
         if self._ending is not None:
             to_server, reply = self._ending
+            self._ending = None
             out.append(self._end(server, to_server, reply))
         return out
 
@@ -209,7 +277,9 @@ class ClientEngine:
         """Transaction pooling: the server may go back to its pool now (idle outside a
         transaction, owing nothing, no message half forwarded, nothing pinned)."""
         server = self.server
-        if server is None or self.ended or not server.idle():
+        if server is None or not server.idle():
+            return False
+        if self.ended and not self.waiting():
             return False
         self.statements.settled(server.errors)
         session = self.session
@@ -217,7 +287,9 @@ class ClientEngine:
             session.settled(server.errors)
             if session.pins:
                 return False
-        return not self.scanner.passed_partial()
+        # A message cut short went to the server, unless held (then all that came
+        # after the hold began is held too).
+        return not self.scanner.passed_partial() or bool(self._held)
 
     def eof(self) -> Action:
         """The client closed its side: PostgreSQL still answers what it had read."""
@@ -226,8 +298,12 @@ class ClientEngine:
         if server is None:
             if self._held:
                 self._ending = (b"", b"")
-                return _NEED_SERVER
+                return self.need()
             return Close(b"")
+        if self._held:
+            # Held behind a standby's answers: they go, with the ending, to the next.
+            self._ending = (b"", b"")
+            return self.need()
         return self._end(server, b"", b"")
 
     def _end(self, server: ServerEngine, to_server: bytes, reply: bytes) -> Action:
@@ -239,6 +315,43 @@ class ClientEngine:
     def partial(self) -> bool:
         """Part of a message was forwarded and the rest never came."""
         return self.scanner.passed_partial()
+
+
+def _whole_units(held: list[bytes]) -> bool:
+    """The held messages are simple queries and extended batches each closed by its
+    Sync before the next query, and nothing else (no function call, no COPY data).
+
+    Only such units are sure to end in as many ReadyForQuery messages as they are
+    counted to owe: after an error in a batch PostgreSQL skips to the Sync, so a Query
+    inside an unsynced batch may never be answered. A server that owes more than it
+    will answer stays busy, and a client waiting for a standby to finish would wait
+    forever.
+    """
+    data = held[0] if len(held) == 1 else b"".join(held)
+    pos = 0
+    in_batch = False
+    end = len(data)
+    while pos < end:
+        t = data[pos]
+        if t == m.QUERY:
+            if in_batch:
+                return False
+        elif t == m.SYNC:
+            in_batch = False
+        elif t in _BATCH:
+            in_batch = True
+        elif t != _FLUSH:
+            return False
+        pos += 1 + int.from_bytes(data[pos + 1 : pos + 5], "big")
+    return True
+
+
+def _ends_at_once(events: bytes | list[Event]) -> bool:
+    """The bytes are the end of the stream and nothing else: it may end at once."""
+    if isinstance(events, bytes) or not events:
+        return False
+    first = events[0]
+    return type(first) is FramingError or (type(first) is Message and first.type == m.TERMINATE)
 
 
 def _ending_of(event: Message | FramingError) -> tuple[bytes, bytes]:

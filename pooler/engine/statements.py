@@ -161,6 +161,12 @@ def rewrite_parse(
     return frame(m.PARSE, ours + b"\0" + rest), text
 
 
+def bind_statement(body: bytes) -> bytes:
+    """The statement name of a Bind (empty: the unnamed statement)."""
+    portal_end = body.find(b"\0")
+    return body[portal_end + 1 : body.find(b"\0", portal_end + 1)]
+
+
 def rewrite_bind(body: bytes, statements: ClientStatements) -> bytes:
     """A client's Bind, naming the pooler's statement."""
     portal_end = body.find(b"\0")

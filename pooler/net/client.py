@@ -16,7 +16,7 @@ from pooler.engine.client import ClientEngine
 from pooler.net.client_auth import AuthClosed
 from pooler.net.handshake import ConnectionClosed, HandshakeReader
 from pooler.net.server import ServerConnection
-from pooler.net.server_login import LoginError
+from pooler.net.server_login import Credentials, LoginError
 from pooler.pool import Opener, ParamKey, PoolKey, ServerPool
 from pooler.protocol import messages as m
 from pooler.protocol.auth_errors import ClientAuthError
@@ -30,6 +30,7 @@ from pooler.protocol.codec import (
     parse_startup_packet,
     startup_packet_length,
 )
+from pooler.routing.targets import Target
 
 if TYPE_CHECKING:
     from pooler.app import Pooler
@@ -55,13 +56,19 @@ class ClientConnection(asyncio.Protocol):
         # Made at login: a connection that never logs in costs less without it.
         self.engine: ClientEngine
         self.server: ServerConnection | None = None
+        #: The pool of the server it holds (or of its last one).
         self.pool: ServerPool | None = None
+        #: The node of the server it holds, counted in the balancer while it does.
+        self.node = -1
         self.logged_in = False
         self.pooling = app.classify is not None
         # How to get a server (transaction pooling), and the checkout under way.
         self._params: ParamKey = ()
-        self._opener: Opener | None = None
+        self._openers: dict[int, Opener] = {}
+        self._creds: Credentials | None = None
         self._checkout: asyncio.Task[None] | None = None
+        # Reading stopped until a server takes the held requests.
+        self._paused = False
         self.pid = 0
         self.key = 0
         self.user = ""
@@ -127,7 +134,7 @@ class ClientConnection(asyncio.Protocol):
             if isinstance(item, Close):
                 self._close(item.reply)
             elif isinstance(item, NeedServer):
-                self._need_server()
+                self._need_server(item)
         if pending:
             assert server is not None
             server.writelines(pending)
@@ -160,46 +167,93 @@ class ClientConnection(asyncio.Protocol):
 
     # --- transaction pooling ------------------------------------------------------------
 
-    def _need_server(self) -> None:
+    def _pool_of(self, node: int) -> ServerPool:
+        return self.app.pools.get(PoolKey(node, self.database, self.user))
+
+    def _opener_of(self, node: int) -> Opener:
+        opener = self._openers.get(node)
+        if opener is None:
+            assert self._creds is not None
+            opener = self.app.server_opener(self.user, self.database, self._creds, node)
+            self._openers[node] = opener
+        return opener
+
+    def _need_server(self, need: NeedServer) -> None:
         if self._checkout is not None:
             return
-        pool = self.pool
-        assert pool is not None
+        if self.server is not None:
+            # Behind a standby's answers: nothing more is read until they are done.
+            self._pause()
+            self.server_answered()
+            return
+        node = self.app.pick_node(need.target)
+        if node is None:
+            self._no_node(need.target)
+            return
+        pool = self._pool_of(node)
         idle = pool.take_idle(self._params)
         if idle is not None:
             # The usual case, once a pool is warm: no task, no wait.
-            self._use_server(cast(ServerConnection, idle))
+            self._use_server(cast(ServerConnection, idle), pool, node)
             return
         # Nothing more is read until a server takes what is held: a waiting client
         # costs no CPU.
-        self.transport.pause_reading()
-        self._checkout = asyncio.get_running_loop().create_task(self._take_server())
+        self._pause()
+        self._checkout = asyncio.get_running_loop().create_task(
+            self._take_server(node, need.target)
+        )
 
-    async def _take_server(self) -> None:
-        assert self.pool is not None and self._opener is not None
-        try:
-            pooled = await self.pool.checkout(self._params, self._opener, self.app.checkout_timeout)
-        except TimeoutError:
-            self._checkout = None
-            self._checkout_timed_out()
-            return
-        except LoginError as exc:
-            self._checkout = None
-            self.transport.write(exc.response)
-            self.transport.close()
-            return
+    async def _take_server(self, node: int, target: int) -> None:
+        while True:
+            pool = self._pool_of(node)
+            try:
+                pooled = await pool.checkout(
+                    self._params, self._opener_of(node), self.app.checkout_timeout
+                )
+            except TimeoutError:
+                self._checkout = None
+                self._checkout_timed_out()
+                return
+            except LoginError as exc:
+                # A read may go elsewhere when its node cannot be reached.
+                retry = self.app.node_failed(node, target, str(exc))
+                if retry is None:
+                    self._checkout = None
+                    self.transport.write(exc.response)
+                    self.transport.close()
+                    return
+                node = retry
+                continue
+            break
         self._checkout = None
         server = cast(ServerConnection, pooled)
         if self.transport.is_closing():
-            self.pool.checkin(server)
+            pool.checkin(server)
             return
-        self._use_server(server)
-        if not self.engine.ended:
+        self._use_server(server, pool, node)
+
+    def _use_server(self, server: ServerConnection, pool: ServerPool, node: int) -> None:
+        self.pool = pool
+        self.node = node
+        self.app.balancer.inflight[node] += 1
+        self._attach(server)
+        writable = node == self.app.cluster.view.primary
+        self._carry_out(server, self.engine.attach(server.engine, writable))
+        if self._paused and not self.engine.ended:
+            self._paused = False
             self.transport.resume_reading()
 
-    def _use_server(self, server: ServerConnection) -> None:
-        self._attach(server)
-        self._carry_out(server, self.engine.attach(server.engine))
+    def _pause(self) -> None:
+        self._paused = True
+        self.transport.pause_reading()
+
+    def _no_node(self, target: int) -> None:
+        """No node can run the held requests: end the session as a server that cannot
+        be reached would."""
+        what = "primary" if target == Target.PRIMARY else "node for reads"
+        reason = f"no {what} is available"
+        log.warning("no node available", extra={"user": self.user, "target": what})
+        self._fatal("08006", reason)
 
     def _attach(self, server: ServerConnection) -> None:
         self.server = server
@@ -220,8 +274,16 @@ class ClientConnection(asyncio.Protocol):
             pool = self.pool
             assert server is not None and pool is not None
             self.server = None
+            self._left_node()
             self.engine.detach()
             server.back_to_pool(pool)
+            if self.engine.waiting():
+                self._need_server(self.engine.need())
+
+    def _left_node(self) -> None:
+        if self.node >= 0:
+            self.app.balancer.inflight[self.node] -= 1
+            self.node = -1
 
     def pause_writing(self) -> None:
         # The client reads slower than its server answers: stop reading the server.
@@ -352,10 +414,12 @@ class ClientConnection(asyncio.Protocol):
         creds = await app.authenticator.authenticate(self.reader, self.transport, self.user)
         self.transport.write(m.auth_request(m.AUTH_OK))
         params = tuple((k, v) for k, v in startup.params if k not in _IDENTITY)
-        pool = app.pools.get(PoolKey(app.primary_node(), self.database, self.user))
+        primary = app.primary_node()
+        pool = self._pool_of(primary)
         self.pool = pool
         self._params = params
-        self._opener = app.server_opener(self.user, self.database, creds)
+        self._creds = creds
+        opener = self._opener_of(primary)
         self.transport.pause_reading()
         self._cancel_auth_timer()
         reported = pool.reported.get(params)
@@ -364,7 +428,7 @@ class ClientConnection(asyncio.Protocol):
             # A server tells what the client's session looks like (its ParameterStatus
             # values); in transaction pooling only the first of its kind is needed.
             server = cast(
-                ServerConnection, await pool.checkout(params, self._opener, app.checkout_timeout)
+                ServerConnection, await pool.checkout(params, opener, app.checkout_timeout)
             )
             reported = tuple(server.engine.params.items())
         if self.engine.pooling:
@@ -388,6 +452,8 @@ class ClientConnection(asyncio.Protocol):
             else:
                 self._attach(server)
                 self.engine.attach(server.engine)
+                self.node = primary
+                app.balancer.inflight[primary] += 1
         self.logged_in = True
         self._handshake_task = None
         rest = self.reader.take_rest()
@@ -429,6 +495,7 @@ class ClientConnection(asyncio.Protocol):
         self.server = None
         self.engine.detach()
         self.engine.ended = True
+        self._left_node()
         if server is not None and self.pool is not None:
             self.pool.discard(server)
         self._linger()
@@ -457,6 +524,7 @@ class ClientConnection(asyncio.Protocol):
         self.server = None
         if server is None or pool is None:
             return
+        self._left_node()
         self.engine.detach()
         server.detach()
         # Transaction pooling resets only what a pinned client may have left.

@@ -214,6 +214,11 @@ whole run, see ``feed``): ``bytes`` runs to forward as they are,
         """True when no message is partly received."""
         return self._rem == 0 and not self._hdr
 
+    def mid_message(self) -> bool:
+        """True when a message whose type was read is not complete yet (counted in
+        ``tracked`` and ``last_type`` already, whether passed on in runs or buffered)."""
+        return self._rem != 0
+
     def passed_partial(self) -> bool:
         """True when part of a message, but not all of it, has been passed on in runs."""
         return self._rem != 0 and self._mode != 1

@@ -327,6 +327,8 @@ def setup(
     standbys = [{"name": n.name, "host": n.host, "port": n.port} for n in cluster.nodes[1:]]
     pooler = start_pooler(
         backends=[{"name": "node0", "host": proxy.host, "port": proxy.port}, *standbys],
+        # The faults are injected in front of the primary: every query goes there.
+        load_balance={"enabled": False},
         pool={
             "size": POOL_SIZE,
             "checkout_timeout": 5,

@@ -26,8 +26,12 @@ from pooler.localcluster import LocalCluster
 
 @pytest.fixture
 def small_pool(start_pooler: StartPooler) -> PoolerProcess:
-    """Transaction pooling with two servers, and a short wait for one."""
-    return start_pooler(pool={"mode": "transaction", "size": 2, "checkout_timeout": 1})
+    """Transaction pooling with two servers, and a short wait for one; every query on
+    the primary, so that the two are all there is."""
+    return start_pooler(
+        pool={"mode": "transaction", "size": 2, "checkout_timeout": 1},
+        load_balance={"enabled": False},
+    )
 
 
 def _server_pids(cluster: LocalCluster) -> set[int]:

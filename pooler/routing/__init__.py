@@ -1,0 +1,1 @@
+"""Where each request runs: the primary or a standby (plain code, no sockets)."""

@@ -1,0 +1,86 @@
+"""Which node serves a request: the primary for writes; for reads, the less busy of two
+weighted random picks among the nodes fit to serve them.
+
+Weights are pgpool-II's ``backend_weight``: each node's share of load-balanced reads,
+the primary's included; a node of weight 0 gets reads only when no other node can
+serve them. A standby serves reads only while up and within the lag limits, and, for a
+client that must see its own writes, once it has replayed past them.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from pooler.cluster.nodes import ClusterView, NodeState
+from pooler.routing.targets import Target
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """When a standby is too far behind to serve reads (0: no limit)."""
+
+    max_lag_bytes: int = 0
+    max_lag_seconds: float = 0.0
+    #: With no node fit for a read, the primary serves it; else the read fails.
+    fallback_to_primary: bool = True
+
+
+class Balancer:
+    """Picks nodes; counts the requests each node has in flight."""
+
+    __slots__ = ("_random", "inflight", "limits", "weights")
+
+    def __init__(
+        self, weights: Sequence[float], limits: Limits, rng: random.Random | None = None
+    ) -> None:
+        self.weights = tuple(weights)
+        self.limits = limits
+        #: Requests (server checkouts) running on each node now.
+        self.inflight = [0] * len(self.weights)
+        self._random = rng if rng is not None else random.Random()
+
+    def pick(self, view: ClusterView, target: Target, min_lsn: int | None = None) -> int | None:
+        """The node to run a request of ``target`` on, or None when no node can.
+
+        ``min_lsn``: the request must see writes up to this WAL position; a standby
+        that has not replayed that far (or whose position is unknown) cannot serve it.
+        """
+        primary = view.primary
+        if target is Target.PRIMARY:
+            return primary
+        fit = [state for state in view.nodes if self._serves_reads(state, min_lsn)]
+        if target is Target.STANDBY:
+            standbys = [state for state in fit if not state.is_primary]
+            fit = standbys or fit
+        weighted = [state.node for state in fit if self.weights[state.node] > 0]
+        candidates = weighted or [state.node for state in fit]
+        if not candidates:
+            return primary if self.limits.fallback_to_primary else None
+        if len(candidates) == 1:
+            return candidates[0]
+        first, second = self._two_picks(candidates)
+        # The less busy of the two; on a tie, the first: the weights decide.
+        return second if self.inflight[second] < self.inflight[first] else first
+
+    def _serves_reads(self, state: NodeState, min_lsn: int | None) -> bool:
+        if state.is_primary:
+            return True
+        if not state.is_standby:
+            return False
+        limits = self.limits
+        if limits.max_lag_bytes and state.lag_bytes > limits.max_lag_bytes:
+            return False
+        if limits.max_lag_seconds and state.lag_seconds > limits.max_lag_seconds:
+            return False
+        if min_lsn is not None:
+            return state.replay_lsn is not None and state.replay_lsn >= min_lsn
+        return True
+
+    def _two_picks(self, candidates: list[int]) -> tuple[int, int]:
+        weights = [self.weights[node] for node in candidates]
+        if not any(weights):
+            weights = [1.0] * len(candidates)
+        first, second = self._random.choices(candidates, weights, k=2)
+        return first, second
