@@ -1,11 +1,13 @@
-"""pgbench -S through direct PostgreSQL, the pooler, a blind relay, PgBouncer and pgpool-II.
+"""pgbench through direct PostgreSQL, the pooler, a blind relay, PgBouncer and pgpool-II.
 
-Usage: ``bench/pgbench_compare [--repeats 3] [--duration 10] [--clients 1,16,64]
-[--modes simple,extended] [--targets direct,pooler,relay,pgbouncer,pgpool] [--scale 10]``
-(see ``bench/README.md``). One fresh LocalCluster (primary + 2 standbys) in a temporary
-directory, ``pgbench -i`` once, every target started once with its own config files in
-that directory, then the runs interleaved: for each repeat, for each mode, for each client
-count, every target one after the other, so that machine drift hits all of them alike.
+Usage: ``bench/pgbench_compare [--routing] [--repeats 3] [--duration 10]
+[--clients 1,16,64] [--modes simple,extended] [--scripts select-only,tpcb-like]
+[--targets direct,pooler,relay,pgbouncer,pgpool] [--scale 10]`` (see ``bench/README.md``).
+One fresh LocalCluster (primary + 2 standbys) in a temporary directory, ``pgbench -i``
+once, every target started once with its own config files in that directory, then the
+runs interleaved: for each repeat, for each script, mode and client count, every target
+one after the other, so that machine drift hits all of them alike. Without ``--routing``
+the pooler sends everything to the primary; with it, reads go to the standbys too.
 
 Progress goes to stderr, one line per run; a Markdown table goes to stdout: median TPS over
 the repeats, the ratio to direct PostgreSQL and to PgBouncer, and each proxy's own CPU
@@ -29,7 +31,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -53,6 +55,8 @@ ALL_TARGETS = ("direct", "pooler", "relay", "pooler-unix", "relay-unix", "pgboun
 #: Proxies that reach the primary through its Unix socket instead of TCP.
 UNIX_TARGETS = frozenset({"pooler-unix", "relay-unix"})
 MODES = ("simple", "extended", "prepared")
+#: pgbench's builtin scripts: -S, and the default TPC-B-like transaction.
+SCRIPTS = ("select-only", "tpcb-like")
 USER = "postgres"
 PASSWORD = "postgres"
 DATABASE = "bench"
@@ -65,6 +69,9 @@ READY_QUERY = "SELECT count(*) FROM pgbench_branches"
 #: The bar from DESIGN.md "Budgets": throughput at least this share of the relay's.
 RELAY_BAR = 0.9
 SUMMARY_CLIENTS = 16
+#: The routing bars of the issue, at -S and SUMMARY_CLIENTS: the pooler's TPS over
+#: pgpool-II's (load balancing on), per mode.
+PGPOOL_BARS = {"simple": 1.4, "extended": 2.0}
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -110,21 +117,29 @@ def _proc_stats() -> dict[int, tuple[int, int, int]]:
     return stats
 
 
-def tree_cpu_seconds(root: int) -> tuple[float, float]:
-    """(user, system) CPU seconds used so far by ``root`` and every process below it."""
+def trees_cpu_seconds(roots: Sequence[int]) -> list[tuple[float, float]]:
+    """(user, system) CPU seconds used so far by each root and every process below it."""
     stats = _proc_stats()
     children: dict[int, list[int]] = {}
     for pid, (ppid, _, _) in stats.items():
         children.setdefault(ppid, []).append(pid)
-    user = system = 0
-    todo = [root]
-    while todo:
-        pid = todo.pop()
-        if pid in stats:
-            user += stats[pid][1]
-            system += stats[pid][2]
-            todo.extend(children.get(pid, ()))
-    return user / CLK_TCK, system / CLK_TCK
+    sums = []
+    for root in roots:
+        user = system = 0
+        todo = [root]
+        while todo:
+            pid = todo.pop()
+            if pid in stats:
+                user += stats[pid][1]
+                system += stats[pid][2]
+                todo.extend(children.get(pid, ()))
+        sums.append((user / CLK_TCK, system / CLK_TCK))
+    return sums
+
+
+def tree_cpu_seconds(root: int) -> tuple[float, float]:
+    """(user, system) CPU seconds used so far by ``root`` and every process below it."""
+    return trees_cpu_seconds([root])[0]
 
 
 # --- packages and programs ------------------------------------------------------------
@@ -289,19 +304,25 @@ def start_pooler(
     pool_size: int,
     overrides: Sequence[tuple[str, object]],
     name: str = "pooler",
+    routing: bool | None = None,
 ) -> Target:
+    """The pooler over every node of ``cluster``; ``routing`` sets load_balance.enabled.
+
+    With routing on it pools transactions and sends reads to the standbys as well; off,
+    everything goes to the primary; None leaves the pooler's defaults.
+    """
     config = cluster.pooler_config(port)
     if name in UNIX_TARGETS:
         config["backends"] = [
             {"name": n.name, "host": n.host, "port": n.port, "unix_socket_dir": str(n.socket_dir)}
             for n in cluster.nodes
         ]
-    config.update(
-        users={USER: PASSWORD},
-        admin_users=[USER],
-        pool={"size": pool_size, "max_clients": max(1000, pool_size)},
-        log={"level": "warning"},
-    )
+    pool: dict[str, object] = {"size": pool_size, "max_clients": max(1000, pool_size)}
+    if routing:
+        pool["mode"] = "transaction"
+    config.update(users={USER: PASSWORD}, admin_users=[USER], pool=pool, log={"level": "warning"})
+    if routing is not None:
+        config["load_balance"] = {"enabled": routing}
     for dotted, value in overrides:
         section: dict[str, object] = config
         *parents, key = dotted.split(".")
@@ -525,6 +546,10 @@ class Run:
     #: The user-mode part of cpu_seconds (the rest is the kernel: syscalls, TCP).
     cpu_user_seconds: float | None = None
     error: str | None = None
+    #: pgbench's builtin script (SCRIPTS).
+    script: str = "select-only"
+    #: CPU seconds of each PostgreSQL node's process tree during the run, primary first.
+    node_cpu_seconds: list[float] | None = None
 
     @property
     def cpu_us_per_txn(self) -> float | None:
@@ -566,13 +591,31 @@ def parse_pgbench(out: str, run: Run) -> None:
     run.failed = int(m.group(1)) if (m := _FAILED.search(out)) else 0
 
 
+def unsupported(target: str, mode: str) -> str | None:
+    """Why ``target`` cannot run pgbench in ``mode``, or None when it can."""
+    if target == "pgbouncer" and mode == "prepared":
+        # Protocol-level prepared statements in transaction mode came with PgBouncer 1.21
+        # (max_prepared_statements); Debian 12 has 1.18.
+        return "PgBouncer in transaction mode cannot run -M prepared"
+    return None
+
+
 def pgbench(
-    target: Target, mode: str, clients: int, duration: int, run: Run, timeout: float
+    target: Target,
+    mode: str,
+    clients: int,
+    duration: int,
+    run: Run,
+    timeout: float,
+    nodes: Sequence[int] = (),
 ) -> None:
+    """pgbench ``run.script`` through ``target``; ``nodes``: postmaster pids to measure."""
     jobs = min(clients, 2)
-    cmd = ["pgbench", "-n", "-S", "-M", mode, "-c", str(clients), "-j", str(jobs)]
+    script = ["-S"] if run.script == "select-only" else []
+    cmd = ["pgbench", "-n", *script, "-M", mode, "-c", str(clients), "-j", str(jobs)]
     cmd += ["-T", str(duration), *connect_args("127.0.0.1", target.port)]
-    before = tree_cpu_seconds(target.pid) if target.pid is not None else None
+    roots = [*nodes, *([target.pid] if target.pid is not None else [])]
+    before = trees_cpu_seconds(roots)
     try:
         out = subprocess.run(
             cmd, capture_output=True, text=True, env=pgbench_env(), timeout=timeout
@@ -580,10 +623,14 @@ def pgbench(
     except subprocess.TimeoutExpired:
         run.error = f"pgbench did not finish within {timeout:.0f} s"
         return
-    if before is not None and target.pid is not None:
-        user, system = tree_cpu_seconds(target.pid)
-        run.cpu_user_seconds = user - before[0]
-        run.cpu_seconds = run.cpu_user_seconds + system - before[1]
+    used = [
+        (user - user0, user + system - user0 - system0)
+        for (user, system), (user0, system0) in zip(trees_cpu_seconds(roots), before, strict=True)
+    ]
+    if nodes:
+        run.node_cpu_seconds = [total for _, total in used[: len(nodes)]]
+    if target.pid is not None:
+        run.cpu_user_seconds, run.cpu_seconds = used[-1]
     judge(run, out.returncode, out.stdout, out.stderr, duration)
 
 
@@ -641,9 +688,38 @@ def _ratio(value: float | None, base: float | None) -> str:
     return f"{value / base:.2f}x"
 
 
+def _versus(
+    cells: Mapping[tuple[str, int, str], Cell],
+    mode: str,
+    count: int,
+    ours: str,
+    theirs: str,
+    bar: float | None,
+) -> str:
+    """``ours`` against ``theirs``: TPS ratio, CPU per transaction, and the bar if any."""
+    mine, other = cells.get((mode, count, ours)), cells.get((mode, count, theirs))
+    what = f"{ours} vs {theirs}, {mode}, c={count}"
+    if not mine or not other or not mine.tps or not other.tps:
+        return f"{what}: no result"
+    ratio = mine.tps / other.tps
+    cpu = ""
+    if mine.cpu_us is not None and other.cpu_us is not None:
+        cpu = f"; CPU {mine.cpu_us:.1f} vs {other.cpu_us:.1f} us/txn"
+    line = f"{what}: {ratio:.2f}x TPS ({mine.tps:.0f} vs {other.tps:.0f}{cpu})"
+    if bar is not None:
+        line += f"; {'meets' if ratio >= bar else 'misses'} the {bar}x bar"
+    return line
+
+
 def render_table(
-    runs: Sequence[Run], modes: Sequence[str], clients: Sequence[int], targets: Sequence[str]
+    runs: Sequence[Run],
+    modes: Sequence[str],
+    clients: Sequence[int],
+    targets: Sequence[str],
+    pgpool_bars: Mapping[str, float] | None = None,
 ) -> list[str]:
+    """The Markdown table of ``runs`` (one script), then the pooler against the relay
+    (RELAY_BAR) and against pgpool-II (``pgpool_bars``, per mode, when given)."""
     cells: dict[tuple[str, int, str], Cell] = {}
     for mode in modes:
         for count in clients:
@@ -652,16 +728,20 @@ def render_table(
                 if picked:
                     cells[mode, count, target] = summarise(picked)
     lines = [
-        "| mode | clients | target | TPS | spread | x direct | x PgBouncer | CPU us/txn |",
-        "|---|---:|---|---:|---:|---:|---:|---:|",
+        "| mode | clients | target | TPS | spread | x direct | x PgBouncer | x pgpool-II"
+        " | CPU us/txn |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
+    not_run: set[str] = set()
     for mode in modes:
         for count in clients:
-            direct = cells.get((mode, count, "direct"))
-            bouncer = cells.get((mode, count, "pgbouncer"))
+            bases = [cells.get((mode, count, t)) for t in ("direct", "pgbouncer", "pgpool")]
             for target in targets:
                 cell = cells.get((mode, count, target))
                 if cell is None:
+                    if why := unsupported(target, mode):
+                        not_run.add(why)
+                        lines.append(f"| {mode} | {count} | {target} | n/a |{' — |' * 5}")
                     continue
                 tps = "error" if cell.tps is None else f"{cell.tps:.0f}"
                 if cell.failed:
@@ -670,33 +750,21 @@ def render_table(
                     tps += f" ({cell.errors} runs errored)"
                 spread = "—" if cell.spread is None else f"{cell.spread * 100:.0f}%"
                 cpu = "—" if cell.cpu_us is None else f"{cell.cpu_us:.1f}"
-                x_direct = _ratio(cell.tps, direct.tps if direct else None)
-                x_bouncer = _ratio(cell.tps, bouncer.tps if bouncer else None)
+                ratios = " | ".join(_ratio(cell.tps, b.tps if b else None) for b in bases)
                 lines.append(
-                    f"| {mode} | {count} | {target} | {tps} | {spread} | {x_direct}"
-                    f" | {x_bouncer} | {cpu} |"
+                    f"| {mode} | {count} | {target} | {tps} | {spread} | {ratios} | {cpu} |"
                 )
+    lines.extend(f"n/a: {why}" for why in sorted(not_run))
     lines.append("")
-    for pooler_name, relay_name in (("pooler", "relay"), ("pooler-unix", "relay-unix")):
-        for mode in modes:
-            if pooler_name not in targets or relay_name not in targets or not clients:
-                break
-            count = SUMMARY_CLIENTS if SUMMARY_CLIENTS in clients else max(clients)
-            pooler = cells.get((mode, count, pooler_name))
-            relay = cells.get((mode, count, relay_name))
-            what = f"{pooler_name} vs {relay_name}, {mode}, c={count}"
-            if not pooler or not relay or not pooler.tps or not relay.tps:
-                lines.append(f"{what}: no result")
-                continue
-            ratio = pooler.tps / relay.tps
-            verdict = "meets" if ratio >= RELAY_BAR else "misses"
-            cpu = ""
-            if pooler.cpu_us is not None and relay.cpu_us is not None:
-                cpu = f"; CPU {pooler.cpu_us:.1f} vs {relay.cpu_us:.1f} us/txn"
-            lines.append(
-                f"{what}: {ratio:.2f}x TPS"
-                f" ({pooler.tps:.0f} vs {relay.tps:.0f}{cpu}); {verdict} the {RELAY_BAR}x bar"
-            )
+    count = SUMMARY_CLIENTS if SUMMARY_CLIENTS in clients else max(clients, default=0)
+    pairs = [("pooler", "relay"), ("pooler-unix", "relay-unix")]
+    if pgpool_bars is not None:
+        pairs.append(("pooler", "pgpool"))
+    for ours, theirs in pairs:
+        if ours in targets and theirs in targets and clients:
+            for mode in modes:
+                bar = RELAY_BAR if theirs.startswith("relay") else (pgpool_bars or {}).get(mode)
+                lines.append(_versus(cells, mode, count, ours, theirs, bar))
     errors = [r for r in runs if r.error or r.failed]
     if errors:
         lines.append("")
@@ -705,6 +773,23 @@ def render_table(
             what = r.error or f"{r.failed} failed transactions"
             lines.append(f"- repeat {r.repeat} {r.mode} c={r.clients} {r.target}: {what}")
     return lines
+
+
+def render_node_cpu(runs: Sequence[Run], targets: Sequence[str], clients: int) -> str | None:
+    """Where each target's load ran: the nodes' shares of PostgreSQL's CPU in its runs at
+    ``clients`` clients (all modes), primary first."""
+    parts = []
+    for target in targets:
+        used = [r.node_cpu_seconds for r in runs if r.target == target and r.clients == clients]
+        totals = [sum(col) for col in zip(*(u for u in used if u), strict=True)]
+        if sum(totals) > 0:
+            parts.append(f"{target} {'/'.join(f'{t * 100 / sum(totals):.0f}' for t in totals)}%")
+    if not parts:
+        return None
+    return (
+        f"PostgreSQL CPU by node (primary/standby1/standby2...) in the runs at c={clients}: "
+        + ", ".join(parts)
+    )
 
 
 # --- the whole run ----------------------------------------------------------------------
@@ -747,8 +832,15 @@ def _pooler_setting(text: str) -> tuple[str, object]:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="bench/pgbench_compare",
-        description="pgbench -S through direct PostgreSQL, the pooler, a blind relay,"
+        description="pgbench through direct PostgreSQL, the pooler, a blind relay,"
         " PgBouncer and pgpool-II, interleaved; prints a Markdown table.",
+    )
+    parser.add_argument(
+        "--routing",
+        action="store_true",
+        help="the pooler pools transactions and sends reads to both standbys too"
+        " (load_balance on), as pgpool-II does; without it, it sends everything to the"
+        " primary. Direct, the relay and PgBouncer use the primary either way",
     )
     parser.add_argument("--repeats", type=_positive, default=3, help="default 3")
     parser.add_argument(
@@ -762,6 +854,22 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         type=_csv(str, MODES),
         default=["simple", "extended"],
         help="pgbench -M: simple, extended, prepared; default simple,extended",
+    )
+    parser.add_argument(
+        "--scripts",
+        type=_csv(str, SCRIPTS),
+        default=["select-only"],
+        help="pgbench builtin scripts: select-only (-S), tpcb-like; default select-only",
+    )
+    parser.add_argument(
+        "--tpcb-clients",
+        type=_csv(_positive),
+        help="client counts for tpcb-like; default those of --clients",
+    )
+    parser.add_argument(
+        "--tpcb-modes",
+        type=_csv(str, MODES),
+        help="modes for tpcb-like; default those of --modes",
     )
     parser.add_argument(
         "--targets",
@@ -869,6 +977,7 @@ def start_targets(
     pool_size: int,
     pooler_set: Sequence[tuple[str, object]],
     versions: list[str],
+    routing: bool = False,
 ) -> dict[str, Target]:
     """Start every proxy in ``targets``, each in a directory of its own, and wait for all."""
     ports = iter(find_free_ports(len(ALL_TARGETS) + 1))
@@ -880,7 +989,7 @@ def start_targets(
         sub = _server_dir(workdir / name)
         if name in ("pooler", "pooler-unix"):
             target = start_pooler(
-                services, cluster, sub, next(ports), pool_size, pooler_set, name
+                services, cluster, sub, next(ports), pool_size, pooler_set, name, routing
             )
         elif name in ("relay", "relay-unix"):
             target = start_relay(services, cluster, sub, next(ports), name)
@@ -901,37 +1010,62 @@ def start_targets(
     return started
 
 
+def plan(args: argparse.Namespace) -> list[tuple[str, str, int]]:
+    """Every (script, mode, clients) to run, in the order of the runs."""
+    cells: list[tuple[str, str, int]] = []
+    for script in args.scripts:
+        tpcb = script == "tpcb-like"
+        modes = (args.tpcb_modes if tpcb else None) or args.modes
+        clients = (args.tpcb_clients if tpcb else None) or args.clients
+        cells.extend((script, mode, count) for mode in modes for count in clients)
+    return cells
+
+
+def planned_runs(args: argparse.Namespace, targets: Sequence[str]) -> int:
+    """How many measured runs ``args`` asks for (unsupported ones left out)."""
+    supported = (unsupported(name, mode) is None for _, mode, _ in plan(args) for name in targets)
+    repeats: int = args.repeats
+    return repeats * sum(supported)
+
+
 def run_matrix(
     args: argparse.Namespace,
     targets: Sequence[str],
     started: dict[str, Target],
     services: Services,
     runs: list[Run],
+    nodes: Sequence[int] = (),
 ) -> None:
-    """Warm up, then every (repeat, mode, clients, target), appending to ``runs``."""
-    modes: list[str] = args.modes
-    clients: list[int] = args.clients
+    """Warm up, then every (repeat, script, mode, clients, target), appending to ``runs``;
+    ``nodes``: the postmasters whose CPU each run records."""
+    cells = plan(args)
     timeout = args.duration + 120.0
     if args.warmup > 0:
+        most = max(count for _, _, count in cells)
         for name in targets:
-            warm = Run(0, modes[0], max(clients), name)
-            pgbench(started[name], modes[0], max(clients), args.warmup, warm, timeout)
+            mode = next((m for m in args.modes if unsupported(name, m) is None), "simple")
+            warm = Run(0, mode, most, name)
+            pgbench(started[name], mode, most, args.warmup, warm, timeout)
             result = warm.error or f"{warm.tps or 0:.0f} tps"
-            say(f"warm-up {name} c={max(clients)}: {result}")
-    total = args.repeats * len(modes) * len(clients) * len(targets)
+            say(f"warm-up {name} c={most}: {result}")
+    total = planned_runs(args, targets)
     for repeat in range(1, args.repeats + 1):
         # Rotate the order each repeat, so that no target always runs first after a
         # change of mode or client count.
         shift = (repeat - 1) % len(targets)
         order = [*targets[shift:], *targets[:shift]]
-        for mode in modes:
-            for count in clients:
-                for name in order:
-                    run = Run(repeat, mode, count, name)
-                    pgbench(started[name], mode, count, args.duration, run, timeout)
-                    runs.append(run)
-                    say(f"[{len(runs)}/{total}] repeat {repeat} {mode} c={count} {describe(run)}")
-                    services.check_alive(started[name])
+        for script, mode, count in cells:
+            for name in order:
+                if unsupported(name, mode):
+                    continue
+                run = Run(repeat, mode, count, name, script=script)
+                pgbench(started[name], mode, count, args.duration, run, timeout, nodes)
+                runs.append(run)
+                say(
+                    f"[{len(runs)}/{total}] repeat {repeat} {script} {mode} c={count}"
+                    f" {describe(run)}"
+                )
+                services.check_alive(started[name])
 
 
 def pgpool_reads(target: Target) -> str | None:
@@ -959,7 +1093,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     for note in notes:
         say(note)
-    pool_size = max(64, *args.clients)
+    pool_size = max(64, *(count for _, _, count in plan(args)))
     runs: list[Run] = []
     services = Services()
     workdir = server_tempdir("pooler-bench-")
@@ -981,9 +1115,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             versions.append(program_version([str(find_bindir() / "postgres"), "--version"]))
             setup_cluster(cluster, args.scale)
             started = start_targets(
-                targets, services, cluster, workdir, pool_size, args.pooler_set, versions
+                targets,
+                services,
+                cluster,
+                workdir,
+                pool_size,
+                args.pooler_set,
+                versions,
+                args.routing,
             )
-            run_matrix(args, targets, started, services, runs)
+            nodes = [pid for n in cluster.nodes if (pid := n.postmaster_pid()) is not None]
+            run_matrix(args, targets, started, services, runs, nodes)
             if "pgpool" in started and (reads := pgpool_reads(started["pgpool"])):
                 notes.append(f"pgpool-II SELECTs per node (SHOW POOL_NODES): {reads}")
         except KeyboardInterrupt:
@@ -1018,15 +1160,29 @@ def print_report(
     versions: Sequence[str],
     interrupted: bool,
 ) -> None:
-    print(
-        f"pgbench -S, scale {args.scale}, -T {args.duration}, {args.repeats} repeats"
-        f" (median TPS; spread = (max - min) / median); {'; '.join(versions)}"
+    routing = (
+        "routing on: the pooler (transaction pooling) and pgpool-II spread reads over the"
+        " primary and 2 standbys; direct, relay and PgBouncer use the primary"
+        if args.routing
+        else "routing off: the pooler sends everything to the primary"
     )
-    print()
-    total = args.repeats * len(args.modes) * len(args.clients) * len(targets)
+    print(
+        f"pgbench, scale {args.scale}, -T {args.duration}, {args.repeats} repeats"
+        f" (median TPS; spread = (max - min) / median); {routing}; {'; '.join(versions)}"
+    )
+    cells = plan(args)
+    total = planned_runs(args, targets)
     if interrupted:
-        print(f"INTERRUPTED after {len(runs)} of {total} runs\n")
-    print("\n".join(render_table(runs, args.modes, args.clients, targets)).rstrip())
+        print(f"\nINTERRUPTED after {len(runs)} of {total} runs")
+    for script in args.scripts:
+        mine = [r for r in runs if r.script == script]
+        modes = list(dict.fromkeys(m for s, m, _ in cells if s == script))
+        clients = list(dict.fromkeys(c for s, _, c in cells if s == script))
+        bars = PGPOOL_BARS if args.routing and script == "select-only" else None
+        print(f"\n### {script} (pgbench{' -S' if script == 'select-only' else ''})\n")
+        print("\n".join(render_table(mine, modes, clients, targets, bars)).rstrip())
+        if line := render_node_cpu(mine, targets, max(clients)):
+            print(f"\n{line}")
     for note in notes:
         print()
         print(note)

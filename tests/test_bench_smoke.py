@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -91,14 +92,57 @@ def test_table_medians_ratios_and_failures() -> None:
     runs.append(pgbc.Run(1, "simple", 16, "pgpool", error="pgbench exit status 2: boom"))
     targets = ["direct", "pooler", "relay", "pgbouncer", "pgpool"]
     text = "\n".join(pgbc.render_table(runs, ["simple"], [16], targets))
-    assert "| simple | 16 | direct | 1000 | 20% | 1.00x | 1.18x | — |" in text
+    assert "| simple | 16 | direct | 1000 | 20% | 1.00x | 1.18x | — | — |" in text
     # Medians: pooler 800, relay 900, PgBouncer 850; CPU 1e-4 s / 10 txns = 10 us.
-    assert "| simple | 16 | pooler | 800 | 15% | 0.80x | 0.94x | 10.0 |" in text
+    assert "| simple | 16 | pooler | 800 | 15% | 0.80x | 0.94x | — | 10.0 |" in text
     assert "| simple | 16 | pgbouncer | 850 (7 FAILED txns) |" in text
     assert "| simple | 16 | pgpool | error |" in text
     assert "pooler vs relay, simple, c=16: 0.89x TPS (800 vs 900; CPU 10.0 vs 10.0 us/txn)" in text
     assert "misses the 0.9x bar" in text
     assert "- repeat 1 simple c=16 pgpool: pgbench exit status 2: boom" in text
+
+
+def test_routing_bars_against_pgpool_and_prepared_without_pgbouncer() -> None:
+    runs = [
+        pgbc.Run(1, mode, 16, target, tps, tps * 10, 0, None if target == "direct" else 1.0)
+        for mode in ("simple", "extended", "prepared")
+        for target, tps in [
+            ("direct", 1000),
+            ("pooler", 1500),
+            ("pgbouncer", 900),
+            ("pgpool", 1000),
+        ]
+        if not pgbc.unsupported(target, mode)
+    ]
+    targets = ["direct", "pooler", "pgbouncer", "pgpool"]
+    modes = ["simple", "extended", "prepared"]
+    text = "\n".join(pgbc.render_table(runs, modes, [16], targets, pgbc.PGPOOL_BARS))
+    assert "| simple | 16 | pooler | 1500 | — | 1.50x | 1.67x | 1.50x | 66.7 |" in text
+    assert "| prepared | 16 | pgbouncer | n/a | — | — | — | — | — |" in text
+    assert "n/a: PgBouncer in transaction mode cannot run -M prepared" in text
+    assert "pooler vs pgpool, simple, c=16: 1.50x TPS (1500 vs 1000; CPU" in text
+    assert "meets the 1.4x bar" in text and "misses the 2.0x bar" in text
+    assert re.search(r"pooler vs pgpool, prepared, c=16: 1.50x TPS \([^)]*\)$", text, re.M)
+
+
+def test_plan_runs_tpcb_at_its_own_clients_and_modes() -> None:
+    args = pgbc.parse_args(
+        shlex.split(
+            "--routing --clients 16,64 --modes simple,prepared --scripts select-only,tpcb-like"
+            " --tpcb-clients 16 --tpcb-modes simple"
+        )
+    )
+    assert args.routing
+    assert pgbc.plan(args) == [
+        ("select-only", "simple", 16),
+        ("select-only", "simple", 64),
+        ("select-only", "prepared", 16),
+        ("select-only", "prepared", 64),
+        ("tpcb-like", "simple", 16),
+    ]
+    run = pgbc.Run(1, "simple", 16, "direct", node_cpu_seconds=[3.0, 1.0, 0.0])
+    line = pgbc.render_node_cpu([run], ["direct"], 16)
+    assert line and line.endswith("c=16: direct 75/25/0%")
 
 
 def test_missing_package_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
