@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
-from parser_api import Classification, Classifier, ParseError
+from parser_api import Classification, Classifier, ParseError, Route
 from pooler.clients import ClientRegistry
-from pooler.cluster.nodes import Cluster, initial_view
+from pooler.cluster.catalog import Catalogs, DatabaseCatalog
+from pooler.cluster.monitor import Monitor
+from pooler.cluster.nodes import Cluster, ClusterView, initial_view
+from pooler.cluster.wal import WalPositions
 from pooler.config import Config, auth_secret_key
-from pooler.engine.client import Classify
+from pooler.engine.client import Classify, ClientEngine, TargetOf
 from pooler.net.client import ClientConnection
 from pooler.net.client_auth import Authenticator
 from pooler.net.listener import listen, ssl_context
@@ -21,7 +24,7 @@ from pooler.pool import Opener, ParamKey, PooledServer, PoolKey, PoolManager
 from pooler.protocol import messages as m
 from pooler.protocol.codec import frontend_limits
 from pooler.routing.balancer import Balancer, Limits
-from pooler.routing.targets import Target
+from pooler.routing.targets import Target, target_of
 
 log = logging.getLogger("pooler")
 
@@ -36,6 +39,34 @@ def _classifier() -> Classify:
             return None
 
     return classify
+
+
+def _routed_classifier(
+    classifier: Classifier,
+    catalog: Callable[[], DatabaseCatalog | None],
+    changed: Callable[[], None],
+) -> tuple[Classify, TargetOf]:
+    """Classification with one database's catalog, and targets that keep everything on
+    the primary while that catalog is not read."""
+
+    def classify(sql: str) -> Classification | None:
+        try:
+            classification = classifier.classify(sql, catalog(), offsets=False)
+        except ParseError:
+            return None
+        if classification.route is Route.WRITE and any(
+            statement.kind.startswith("utility:") for statement in classification.statements
+        ):
+            # DDL (or something like it): what the catalog says may change.
+            changed()
+        return classification
+
+    def target(classification: Classification | None, sql: str) -> Target:
+        if catalog() is None:
+            return Target.PRIMARY
+        return target_of(classification, sql)
+
+    return classify, target
 
 
 class Pooler:
@@ -62,17 +93,36 @@ class Pooler:
             Limits(lb.max_lag_bytes, lb.max_lag_seconds, lb.fallback_to_primary),
         )
         #: Reads leave the primary (transaction pooling only, for now).
-        self.routing = lb.enabled and config.pool.mode == "transaction"
+        self.routing = lb.enabled and config.pool.mode == "transaction" and len(config.backends) > 1
+        self.catalogs: Catalogs | None = None
+        if self.routing:
+            self.catalogs = Catalogs(
+                config.backends,
+                config.health_check,
+                self.cluster,
+                lb.catalog_refresh,
+                lb.write_functions,
+                lb.read_only_functions,
+            )
         #: Transaction pooling classifies statements (for what pins a client); session
         #: mode needs no classification at all.
         self.classify: Classify | None = None
         if config.pool.mode == "transaction":
             self.classify = _classifier()
+        self._classifier = Classifier()
         #: Real pid of each server -> the pid of the last client it served, so that a
         #: notification names the client that sent it, also after it left.
         self.server_owners: dict[int, int] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._server: asyncio.Server | None = None
+        self.cluster.on_change(self._nodes_changed)
+        self.monitor: Monitor | None = None
+        #: The primary's WAL position after writes, when reads must see them.
+        self.wal: WalPositions | None = None
+        if config.health_check.period:
+            self.monitor = Monitor(config.backends, config.health_check, self.cluster)
+            if self.routing and lb.read_your_writes and len(config.backends) > 1:
+                self.wal = WalPositions(config.backends, config.health_check, self.cluster)
         self._janitor_task: asyncio.Task[None] | None = None
 
     def primary_node(self) -> int:
@@ -81,12 +131,22 @@ class Pooler:
         primary = self.cluster.view.primary
         return 0 if primary is None else primary
 
-    def pick_node(self, target: int) -> int | None:
+    def client_engine(self, database: str) -> ClientEngine:
+        """The engine for a new client of ``database``."""
+        if self.catalogs is None:
+            return ClientEngine(self.frontend_limits, self.classify)
+        catalogs = self.catalogs
+        classify, target = _routed_classifier(
+            self._classifier, catalogs.reader(database), lambda: catalogs.changed(database)
+        )
+        return ClientEngine(self.frontend_limits, classify, target)
+
+    def pick_node(self, target: int, floor: int = 0) -> int | None:
         """The node for a transaction that ``target`` allows, or None when none can
-        run it."""
+        run it; a read goes only to a node that has replayed WAL up to ``floor``."""
         if not self.routing:
             return self.cluster.view.primary
-        return self.balancer.pick(self.cluster.view, Target(target))
+        return self.balancer.pick(self.cluster.view, Target(target), floor or None)
 
     def node_failed(self, node: int, target: int, reason: str) -> int | None:
         """A server connection to ``node`` could not be opened: the node to try
@@ -96,6 +156,12 @@ class Pooler:
         if target == Target.PRIMARY or node == primary:
             return None
         return primary
+
+    def _nodes_changed(self, old: ClusterView, new: ClusterView) -> None:
+        for before, now in zip(old.nodes, new.nodes, strict=True):
+            if before.up and (not now.up or now.role is not before.role):
+                # Its idle connections are dead, or of a role it no longer has.
+                self.pools.close_idle_of(now.node)
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run ``coro`` in the background, keeping a reference until it ends."""
@@ -131,8 +197,14 @@ class Pooler:
     # --- lifecycle --------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Bind the listening socket; raises OSError if it cannot."""
+        """Look at every node once, then bind the listening socket; raises OSError if
+        it cannot."""
         cfg = self.config
+        if self.monitor is not None:
+            # Roles are known before the first client: writes go to the real primary.
+            await self.monitor.start()
+        if self.catalogs is not None:
+            self.catalogs.start()
         factory = lambda: ClientConnection(self)  # noqa: E731
         self._server = await listen(cfg.listen.host, cfg.listen.port, factory)
         if cfg.pool.idle_timeout:
@@ -169,6 +241,12 @@ class Pooler:
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=1)
         self.pools.close_idle()
+        if self.monitor is not None:
+            await self.monitor.stop()
+        if self.wal is not None:
+            await self.wal.stop()
+        if self.catalogs is not None:
+            await self.catalogs.stop()
         log.info("shut down")
 
     def _client_connections(self) -> list[ClientConnection]:

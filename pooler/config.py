@@ -151,7 +151,8 @@ class HealthCheck:
     #: user's plain password in ``users`` is taken.
     password: str | None = None
     database: str = "postgres"
-    #: Seconds between checks of one node.
+    #: Seconds between checks of one node; 0 checks nothing (pgpool-II's
+    #: health_check_period 0): node 0 is then taken for the primary and every node for up.
     period: float = 1.0
     #: Seconds one check may take.
     timeout: float = 2.0
@@ -185,6 +186,13 @@ class LoadBalance:
     fallback_to_primary: bool = True
     #: After a client's write, its reads go only to nodes that have replayed it.
     read_your_writes: bool = True
+    #: Seconds between two reads of each database's catalog from the primary (function
+    #: volatility, unlogged tables, views); 0 reads it only at first use and after DDL.
+    catalog_refresh: float = 60.0
+    #: Functions that write whatever the catalog says (pgpool-II's write_function_list).
+    write_functions: frozenset[str] = frozenset()
+    #: Volatile functions that do not write (pgpool-II's read_only_function_list).
+    read_only_functions: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -474,6 +482,12 @@ def _string(*, empty: bool) -> Callable[[object], str]:
     return parse
 
 
+def _names(value: object) -> frozenset[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ValueError
+    return frozenset(value)
+
+
 def _choice(options: tuple[T, ...]) -> _Kind[T]:
     def parse(value: object) -> T:
         for option in options:
@@ -506,6 +520,7 @@ _COUNT = _Kind("a non-negative integer", _integer(0))
 _WEIGHT = _Kind("a non-negative number", _weight)
 _DURATION = _Kind(f"a duration of 0 or more ({_SECONDS})", _duration(positive=False))
 _POSITIVE_DURATION = _Kind(f"a duration above 0 ({_SECONDS})", _duration(positive=True))
+_NAMES = _Kind("a list of function names (name or schema.name)", _names)
 _LAG_SIZE = _Kind(f"a size of 0 or more ({_BYTES})", _size(0, 2**63 - 1))
 _CACHE_SIZE = _Kind(f"a size above 0 ({_BYTES})", _size(1, 2**63 - 1))
 _MESSAGE_SIZE = _Kind(f"a size from 8kB to 1GB ({_BYTES})", _message_size)
@@ -608,7 +623,7 @@ def _health_check(top: _Reader, users: Mapping[str, str]) -> HealthCheck:
         user=_TEXT,
         password=_optional(_SECRET),
         database=_TEXT,
-        period=_POSITIVE_DURATION,
+        period=_DURATION,
         timeout=_POSITIVE_DURATION,
         max_retries=_COUNT,
         retry_delay=_DURATION,
@@ -724,6 +739,9 @@ def parse_config(
             max_lag_seconds=_DURATION,
             fallback_to_primary=_BOOLEAN,
             read_your_writes=_BOOLEAN,
+            catalog_refresh=_DURATION,
+            write_functions=_NAMES,
+            read_only_functions=_NAMES,
         ),
         query_cache=_query_cache(top),
         tls=_tls(top, base),

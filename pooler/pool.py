@@ -241,6 +241,12 @@ class PoolManager:
         for pool in self.pools.values():
             pool.close_idle()
 
+    def close_idle_of(self, node: int) -> None:
+        """Close every idle server of ``node`` (it went down or changed role)."""
+        for key, pool in self.pools.items():
+            if key.node == node:
+                pool.close_idle()
+
     def close_expired(self, idle_before: float) -> None:
         """Close servers idle since before ``idle_before`` in every pool."""
         for pool in self.pools.values():

@@ -56,6 +56,21 @@ class Msg:
         """The fields of an ErrorResponse or NoticeResponse."""
         return m.parse_fields(self.body)
 
+    def row(self) -> list[bytes | None]:
+        """The values of a DataRow (None for NULL)."""
+        count = struct.unpack_from("!h", self.body)[0]
+        pos = 2
+        values: list[bytes | None] = []
+        for _ in range(count):
+            length = struct.unpack_from("!i", self.body, pos)[0]
+            pos += 4
+            if length < 0:
+                values.append(None)
+                continue
+            values.append(self.body[pos : pos + length])
+            pos += length
+        return values
+
     def int32(self, offset: int = 0) -> int:
         """A signed 32-bit integer of the body."""
         value: int = struct.unpack_from("!i", self.body, offset)[0]

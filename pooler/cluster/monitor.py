@@ -22,10 +22,9 @@ import logging
 import time
 from collections.abc import Sequence
 
-import asyncpg
-
 from pooler.cluster.assess import Assessor
 from pooler.cluster.checks import REPLICATION_SQL, STATE_SQL, Probe, probe_from_rows
+from pooler.cluster.control import control_connect
 from pooler.cluster.nodes import Cluster, ClusterView, NodeState, NodeStatus
 from pooler.config import Backend, HealthCheck
 
@@ -187,16 +186,7 @@ class Monitor:
         backend = self._backends[node]
         health = self._health
         async with asyncio.timeout(health.timeout):
-            conn = await asyncpg.connect(
-                # asyncpg takes a directory for host as the Unix socket's directory.
-                host=backend.unix_socket_dir or backend.host,
-                port=backend.port,
-                user=health.user,
-                password=health.password,
-                database=health.database,
-                timeout=health.timeout,
-                server_settings={"application_name": APPLICATION_NAME},
-            )
+            conn = await control_connect(backend, health, APPLICATION_NAME)
             try:
                 state = await conn.fetchrow(STATE_SQL)
                 replication = [] if state["in_recovery"] else await conn.fetch(REPLICATION_SQL)

@@ -47,6 +47,8 @@ _POOLED = frozenset({m.QUERY, m.PARSE, m.BIND, m.DESCRIBE, m.CLOSE})
 
 #: Classifies a statement text; None when it does not parse (PostgreSQL will say why).
 Classify = Callable[[str], Classification | None]
+#: Where a classified text may run (``routing.targets.target_of``, or stricter).
+TargetOf = Callable[[Classification | None, str], Target]
 
 _NEED = {target: NeedServer(target) for target in Target}
 # A unit may leave the primary only if it ends here (nothing more of it to come) ...
@@ -65,6 +67,7 @@ class ClientEngine:
         "_forget_prepared",
         "_held",
         "_target",
+        "_target_of",
         "_targets",
         "_unnamed",
         "ended",
@@ -75,12 +78,18 @@ class ClientEngine:
         "writable",
     )
 
-    def __init__(self, limits: Mapping[int, int], classify: Classify | None = None) -> None:
+    def __init__(
+        self,
+        limits: Mapping[int, int],
+        classify: Classify | None = None,
+        target_of: TargetOf = target_of,
+    ) -> None:
         split = _POOLED if classify is not None else frozenset()
         self.scanner = Scanner(
             split=split, limits=limits, track=TRACKED, stop=_STOP, transparent=NEUTRAL
         )
         self._classify = classify
+        self._target_of = target_of
         #: The server this client's requests go to, while it has one.
         self.server: ServerEngine | None = None
         #: What the session holds that pins it to its server (transaction pooling).
@@ -96,7 +105,8 @@ class ClientEngine:
         self._forget_prepared = False
         #: The server it has takes writes (False: a standby serving a read-only unit).
         self.writable = True
-        # Where the held requests may run: the strictest target among them.
+        # Where the held requests, and those run on the server it has, may run: the
+        # strictest target among them.
         self._target = Target.ANY
         # Where each named statement, and the unnamed one, may run.
         self._targets: dict[bytes, Target] = {}
@@ -156,7 +166,7 @@ class ClientEngine:
         body = msg.body
         if t == m.QUERY:
             target = self._classified(body[:-1], server)
-            if server is None and target > self._target:
+            if target > self._target:
                 self._target = target
             return frame(t, body)
         if t == m.PARSE:
@@ -173,15 +183,14 @@ class ClientEngine:
                 self._targets[name] = max(target, self._targets.get(name, Target.PRIMARY))
             else:
                 self._targets[name] = target
-            if server is None and target > self._target:
+            if target > self._target:
                 self._target = target
             return raw
         if t == m.BIND:
-            if server is None:
-                name = bind_statement(body)
-                target = self._targets.get(name, Target.PRIMARY) if name else self._unnamed
-                if target > self._target:
-                    self._target = target
+            name = bind_statement(body)
+            target = self._targets.get(name, Target.PRIMARY) if name else self._unnamed
+            if target > self._target:
+                self._target = target
             return rewrite_bind(body, self.statements)
         errors = server.errors if server is not None else None
         return rewrite_describe_or_close(t, body, self.statements, errors)
@@ -201,7 +210,7 @@ class ClientEngine:
                 server.prepared.clear()
             else:
                 self._forget_prepared = True
-        return target_of(classification, sql)
+        return self._target_of(classification, sql)
 
     def _hold(self, events: bytes | list[Event]) -> list[bytes | Action]:
         if isinstance(events, bytes):
@@ -233,8 +242,13 @@ class ClientEngine:
             or not _whole_units(self._held)
         ):
             # Part of the unit is still to come, and it may write.
-            target = Target.PRIMARY
+            target = self._target = Target.PRIMARY
         return _NEED[target]
+
+    def wrote(self) -> bool:
+        """What ran on the server it has may have written (the primary's statements,
+        and any that could not be told a read); asked before ``detach``."""
+        return self._target is Target.PRIMARY
 
     def waiting(self) -> bool:
         """Requests are held for the next server."""
@@ -245,7 +259,6 @@ class ClientEngine:
         (the held bytes), and the held ending if the stream ended meanwhile."""
         self.server = server
         self.writable = writable
-        self._target = Target.ANY
         server.names = self.statements.theirs
         out: list[bytes | Action] = []
         # The statements this client has and the server lacks come first.
@@ -272,6 +285,9 @@ class ClientEngine:
         self.server = None
         if server is not None:
             server.names = None
+        if not self._held:
+            # Held requests keep their target; the next server must suit them too.
+            self._target = Target.ANY
 
     def releasable(self) -> bool:
         """Transaction pooling: the server may go back to its pool now (idle outside a

@@ -37,6 +37,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pooler.client")
 
+#: A WAL position no standby has: the client's reads stay on the primary.
+_UNPLACED = 1 << 64
 #: Server pids remembered with the client they last served (for notifications).
 _OWNERS_KEPT = 10_000
 #: Seconds a client may take to close its side after the pooler ended the session.
@@ -69,6 +71,10 @@ class ClientConnection(asyncio.Protocol):
         self._checkout: asyncio.Task[None] | None = None
         # Reading stopped until a server takes the held requests.
         self._paused = False
+        # Read-your-writes: writes whose WAL position the primary has not told yet, and
+        # the furthest position told; reads go only to nodes that replayed that far.
+        self._writes_unplaced = 0
+        self._wrote_up_to = 0
         self.pid = 0
         self.key = 0
         self.user = ""
@@ -186,7 +192,8 @@ class ClientConnection(asyncio.Protocol):
             self._pause()
             self.server_answered()
             return
-        node = self.app.pick_node(need.target)
+        floor = _UNPLACED if self._writes_unplaced else self._wrote_up_to
+        node = self.app.pick_node(need.target, floor)
         if node is None:
             self._no_node(need.target)
             return
@@ -274,11 +281,19 @@ class ClientConnection(asyncio.Protocol):
             pool = self.pool
             assert server is not None and pool is not None
             self.server = None
+            if self.app.wal is not None and self.engine.wrote():
+                self._writes_unplaced += 1
+                self.app.wal.after_write(self._write_placed)
             self._left_node()
             self.engine.detach()
             server.back_to_pool(pool)
             if self.engine.waiting():
                 self._need_server(self.engine.need())
+
+    def _write_placed(self, lsn: int) -> None:
+        self._writes_unplaced -= 1
+        if lsn > self._wrote_up_to:
+            self._wrote_up_to = lsn
 
     def _left_node(self) -> None:
         if self.node >= 0:
@@ -410,8 +425,12 @@ class ClientConnection(asyncio.Protocol):
             raise ClientAuthError(
                 "0A000", "replication connections are not supported through the pooler"
             )
-        self.engine = ClientEngine(app.frontend_limits, app.classify)
+        self.engine = app.client_engine(self.database)
         creds = await app.authenticator.authenticate(self.reader, self.transport, self.user)
+        if app.catalogs is not None:
+            # The first client of a database waits for its catalog: until it is read,
+            # every statement would run on the primary.
+            await app.catalogs.wait(self.database)
         self.transport.write(m.auth_request(m.AUTH_OK))
         params = tuple((k, v) for k, v in startup.params if k not in _IDENTITY)
         primary = app.primary_node()
@@ -495,6 +514,9 @@ class ClientConnection(asyncio.Protocol):
         self.server = None
         self.engine.detach()
         self.engine.ended = True
+        if self.node >= 0:
+            # Maybe the node went down: the monitor looks now, not at its next check.
+            self.app.cluster.suspect(self.node, "a server connection closed")
         self._left_node()
         if server is not None and self.pool is not None:
             self.pool.discard(server)

@@ -2,8 +2,9 @@
 weighted random picks among the nodes fit to serve them.
 
 Weights are pgpool-II's ``backend_weight``: each node's share of load-balanced reads,
-the primary's included; a node of weight 0 gets reads only when no other node can
-serve them. A standby serves reads only while up and within the lag limits, and, for a
+the primary's included. A node of weight 0 gets reads only when no node of weight above
+0 may serve them: the primary then (``fallback_to_primary``), else such a standby. A
+standby serves reads only while up and within the lag limits, and, for a
 client that must see its own writes, once it has replayed past them.
 """
 
@@ -54,10 +55,14 @@ class Balancer:
         if target is Target.STANDBY:
             standbys = [state for state in fit if not state.is_primary]
             fit = standbys or fit
-        weighted = [state.node for state in fit if self.weights[state.node] > 0]
-        candidates = weighted or [state.node for state in fit]
+        candidates = [state.node for state in fit if self.weights[state.node] > 0]
         if not candidates:
-            return primary if self.limits.fallback_to_primary else None
+            if self.limits.fallback_to_primary and primary is not None:
+                return primary
+            # Nodes of weight 0 serve only when nothing else may.
+            candidates = [state.node for state in fit if not state.is_primary]
+            if not candidates:
+                return None
         if len(candidates) == 1:
             return candidates[0]
         first, second = self._two_picks(candidates)

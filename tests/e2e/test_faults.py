@@ -327,8 +327,10 @@ def setup(
     standbys = [{"name": n.name, "host": n.host, "port": n.port} for n in cluster.nodes[1:]]
     pooler = start_pooler(
         backends=[{"name": "node0", "host": proxy.host, "port": proxy.port}, *standbys],
-        # The faults are injected in front of the primary: every query goes there.
+        # The faults are injected in front of the primary: every query goes there, and
+        # no health check takes a fault meant for a client.
         load_balance={"enabled": False},
+        health_check={"period": 0},
         pool={
             "size": POOL_SIZE,
             "checkout_timeout": 5,
@@ -528,6 +530,7 @@ def test_fault_under_a_tls_client(
     cert, key = certificate
     pooler = start_pooler(
         backends=[{"name": "node0", "host": proxy.host, "port": proxy.port}],
+        health_check={"period": 0},
         pool={"size": POOL_SIZE, "checkout_timeout": 5},
         tls={"cert": str(cert), "key": str(key)},
     )

@@ -1,0 +1,255 @@
+"""Read/write routing through the pooler's port, on the shared primary + 2 standbys.
+
+Which node answered is what ``inet_server_port()`` says (each node listens on its own
+port); writes are checked by what the primary itself holds afterwards.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+
+import psycopg
+import pytest
+from conftest import PoolerProcess, StartPooler
+from helpers_clients import direct_dsn, scratch_table
+from wire import Wire, connect, message
+
+from pooler.localcluster import LocalCluster
+
+PORT_SQL = "SELECT inet_server_port()"
+RETURNING = "RETURNING inet_server_port()"
+#: Short checks, so that lag and replay positions are fresh in these tests.
+FAST_CHECKS = {"period": 0.2, "timeout": 2, "retry_delay": 0.2}
+
+
+def _ports(cluster: LocalCluster) -> list[int]:
+    return [node.port for node in cluster.nodes]
+
+
+def _port_of(conn: psycopg.Connection[tuple[int]], how: str) -> int:
+    if how == "simple":
+        row = psycopg.ClientCursor(conn).execute(PORT_SQL).fetchone()
+    else:
+        row = conn.execute(PORT_SQL, prepare=how == "prepared").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def _shares(counts: Counter[int], ports: list[int]) -> list[float]:
+    total = sum(counts.values())
+    return [counts[port] / total for port in ports]
+
+
+@pytest.mark.parametrize("how", ["simple", "extended", "prepared"])
+@pytest.mark.parametrize("weights", [(1, 1, 1), (0, 1, 3)])
+def test_reads_spread_by_weight(
+    cluster: LocalCluster, start_pooler: StartPooler, how: str, weights: tuple[int, ...]
+) -> None:
+    backends = [
+        {"name": node.name, "host": node.host, "port": node.port, "weight": weight}
+        for node, weight in zip(cluster.nodes, weights, strict=True)
+    ]
+    pooler = start_pooler(backends=backends)
+    counts: Counter[int] = Counter()
+    with psycopg.connect(pooler.dsn(), autocommit=True) as conn:
+        for _ in range(300):
+            counts[_port_of(conn, how)] += 1
+    wanted = [weight / sum(weights) for weight in weights]
+    ports = _ports(cluster)
+    for port, share, want in zip(ports, _shares(counts, ports), wanted, strict=True):
+        if want == 0:
+            assert counts[port] == 0, f"node on {port} has weight 0: {counts}"
+        assert abs(share - want) <= 0.10, f"port {port}: {share:.2f} of reads, weight {want:.2f}"
+
+
+@pytest.fixture
+def routed(start_pooler: StartPooler) -> PoolerProcess:
+    return start_pooler(health_check=FAST_CHECKS)
+
+
+@pytest.fixture
+def table(cluster: LocalCluster) -> Iterator[str]:
+    with scratch_table(cluster, "id int PRIMARY KEY, v text") as name:
+        yield name
+
+
+def test_writes_and_transactions_run_on_the_primary(
+    cluster: LocalCluster, routed: PoolerProcess, table: str
+) -> None:
+    primary = cluster.primary.port
+    with psycopg.connect(routed.dsn(), autocommit=True) as conn:
+        row = conn.execute(
+            f"INSERT INTO {table} VALUES (1, 'a') RETURNING inet_server_port()"
+        ).fetchone()
+        assert row == (primary,)
+        # A transaction runs on one node from BEGIN to COMMIT, reads included.
+        with conn.transaction():
+            seen = {_port_of(conn, "extended") for _ in range(10)}
+            conn.execute(f"INSERT INTO {table} VALUES (2, 'b')")
+            seen |= {_port_of(conn, "simple") for _ in range(10)}
+        assert seen == {primary}
+    with psycopg.connect(direct_dsn(cluster), autocommit=True) as direct:
+        assert direct.execute(f"SELECT count(*) FROM {table}").fetchone() == (2,)
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT nextval('{table}_seq'), inet_server_port()",
+        "SELECT {table}_write(), inet_server_port()",
+        "SELECT inet_server_port() FROM {table} FOR UPDATE",
+        "WITH w AS (INSERT INTO {table} VALUES (100, 'w') RETURNING 1)"
+        " SELECT inet_server_port() FROM w",
+        "SELECT inet_server_port() FROM {table}_view",
+        "/* pooler: primary */ SELECT inet_server_port()",
+        "/*NO LOAD BALANCE*/ SELECT inet_server_port()",
+        "SELECT inet_server_port() WHERE NOT pg_is_in_recovery()",
+        "SELECT unknown_function_{table}(), inet_server_port()",
+    ],
+)
+def test_what_standbys_cannot_answer_runs_on_the_primary(
+    cluster: LocalCluster, routed: PoolerProcess, table: str, sql: str
+) -> None:
+    with psycopg.connect(direct_dsn(cluster), autocommit=True) as direct:
+        direct.execute(f"CREATE SEQUENCE {table}_seq")
+        direct.execute(
+            f"CREATE FUNCTION {table}_write() RETURNS int LANGUAGE sql"
+            f" AS $$ INSERT INTO {table} VALUES (200, 'f') RETURNING 1 $$"
+        )
+        direct.execute(f"CREATE VIEW {table}_view AS SELECT {table}_write() AS w")
+        direct.execute(
+            f"CREATE FUNCTION unknown_function_{table}() RETURNS int LANGUAGE sql AS 'SELECT 1'"
+        )
+        direct.execute(f"INSERT INTO {table} VALUES (1, 'x')")
+    try:
+        with psycopg.connect(routed.dsn(), autocommit=True) as conn:
+            for _ in range(10):
+                rows = conn.execute(sql.format(table=table)).fetchall()
+                assert rows, sql
+                assert {row[-1] for row in rows} == {cluster.primary.port}, sql
+                conn.execute(f"DELETE FROM {table} WHERE id >= 100")
+    finally:
+        with psycopg.connect(direct_dsn(cluster), autocommit=True) as direct:
+            direct.execute(f"DROP VIEW IF EXISTS {table}_view")
+            direct.execute(f"DROP FUNCTION IF EXISTS {table}_write()")
+            direct.execute(f"DROP FUNCTION IF EXISTS unknown_function_{table}()")
+            direct.execute(f"DROP SEQUENCE IF EXISTS {table}_seq")
+
+
+def test_standby_hint_keeps_reads_off_the_primary(
+    cluster: LocalCluster, routed: PoolerProcess
+) -> None:
+    with psycopg.connect(routed.dsn(), autocommit=True) as conn:
+        hinted = "/* pooler: standby */ SELECT inet_server_port()"
+        ports = {conn.execute(hinted).fetchone()[0] for _ in range(50)}  # type: ignore[index]
+    assert ports == {node.port for node in cluster.standbys}
+
+
+def _answers(wire: Wire, count: int) -> list[list[str]]:
+    """The DataRow values of the next ``count`` ReadyForQuery-ended answers."""
+    out: list[list[str]] = []
+    for _ in range(count):
+        values = [
+            value.decode() if value is not None else ""
+            for msg in wire.read_until("Z")
+            if msg.type == "D"
+            for value in msg.row()
+        ]
+        out.append(values)
+    return out
+
+
+def test_pipelined_reads_and_writes_each_run_where_they_may(
+    cluster: LocalCluster, routed: PoolerProcess, table: str
+) -> None:
+    """A write sent while a read runs on a standby waits for it, then runs on the
+    primary; the answers come in order, and a read after the write sees it."""
+    primary = str(cluster.primary.port)
+    standbys = {str(node.port) for node in cluster.standbys}
+    read_nodes: set[str] = set()
+    for round_ in range(20):
+        with connect((routed.host, routed.port)) as wire:
+            wire.send(message("Q", b"SELECT inet_server_port(), pg_sleep(0.05)\0"))
+            time.sleep(0.01)
+            wire.send(
+                message("Q", f"INSERT INTO {table} VALUES ({round_}, 'p') {RETURNING}\0".encode())
+            )
+            wire.send(message("Q", f"SELECT count(*) FROM {table} WHERE id = {round_}\0".encode()))
+            read, write, count = _answers(wire, 3)
+            read_nodes.add(read[0])
+            assert write == [primary]
+            assert count == ["1"]
+    assert read_nodes & standbys, read_nodes
+
+
+def _set_standby(node_sql: Callable[[str], object], delay: str) -> None:
+    if delay:
+        node_sql(f"ALTER SYSTEM SET recovery_min_apply_delay = '{delay}'")
+    else:
+        node_sql("ALTER SYSTEM RESET recovery_min_apply_delay")
+    node_sql("SELECT pg_reload_conf()")
+
+
+@pytest.fixture
+def delayed_standby(cluster: LocalCluster) -> Iterator[int]:
+    """The last standby applies WAL 2 s late; its port."""
+    node = cluster.standbys[-1]
+    _set_standby(node.psql, "2s")
+    try:
+        yield node.port
+    finally:
+        _set_standby(node.psql, "")
+        cluster.wait_streaming()
+
+
+def test_a_client_reads_its_own_writes(
+    cluster: LocalCluster,
+    start_pooler: StartPooler,
+    table: str,
+    delayed_standby: int,
+) -> None:
+    pooler = start_pooler(health_check=FAST_CHECKS)
+    with (
+        psycopg.connect(pooler.dsn(), autocommit=True) as writer,
+        psycopg.connect(pooler.dsn(), autocommit=True) as other,
+    ):
+        writer.execute(f"INSERT INTO {table} VALUES (0, 'first')")
+        others: Counter[int] = Counter()
+        for i in range(1, 201):
+            writer.execute(f"INSERT INTO {table} VALUES ({i}, 'w')")
+            row = writer.execute(f"SELECT v FROM {table} WHERE id = {i}").fetchone()
+            assert row == ("w",), f"write {i} not seen by its writer"
+            others[_port_of(other, "extended")] += 1
+        # Another client's reads still use both standbys, the delayed one included.
+        assert others[delayed_standby] > 0 and others[cluster.standbys[0].port] > 0, others
+        # Once the delayed standby has replayed the writes, the writer's reads go back.
+        time.sleep(3)
+        ports = Counter(_port_of(writer, "extended") for _ in range(60))
+        assert ports[delayed_standby] > 0, ports
+
+
+def test_a_standby_over_the_lag_limit_gets_no_reads(
+    cluster: LocalCluster, start_pooler: StartPooler, table: str, delayed_standby: int
+) -> None:
+    pooler = start_pooler(
+        health_check=FAST_CHECKS, load_balance={"max_lag_seconds": 1, "read_your_writes": False}
+    )
+    with (
+        psycopg.connect(pooler.dsn(), autocommit=True) as reader,
+        psycopg.connect(direct_dsn(cluster), autocommit=True) as direct,
+    ):
+        # Writes the delayed standby holds back for 2 s: it is soon over 1 s behind.
+        deadline = time.monotonic() + 3
+        i = 0
+        while time.monotonic() < deadline:
+            direct.execute(f"INSERT INTO {table} VALUES ({i}, 'lag')")
+            i += 1
+            time.sleep(0.02)
+        behind = Counter(_port_of(reader, "extended") for _ in range(100))
+        assert behind[delayed_standby] == 0, behind
+        # Writes stop; the standby catches up and gets reads again.
+        time.sleep(3.5)
+        caught_up = Counter(_port_of(reader, "extended") for _ in range(100))
+        assert caught_up[delayed_standby] > 0, caught_up

@@ -1,0 +1,208 @@
+"""Routing policy, sans-IO: where a text may run, which node the balancer picks, and
+where a client's held requests go."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import pytest
+
+from parser_api import classify
+from pooler.cluster.catalog import DatabaseCatalog
+from pooler.cluster.nodes import ClusterView, NodeRole, NodeState, NodeStatus, initial_view
+from pooler.engine.actions import NeedServer
+from pooler.engine.client import ClientEngine
+from pooler.engine.server import ServerEngine
+from pooler.protocol.codec import frame, frontend_limits
+from pooler.routing.balancer import Balancer, Limits
+from pooler.routing.targets import Target, hint_of, target_of
+
+
+@pytest.mark.parametrize(
+    ("sql", "target"),
+    [
+        ("SELECT 1", Target.ANY),
+        ("  /* pooler: standby */ SELECT 1", Target.STANDBY),
+        ("/*pooler:PRIMARY*/ SELECT 1", Target.PRIMARY),
+        ("/*NO LOAD BALANCE*/ SELECT 1", Target.PRIMARY),
+        ("/* pooler: standby */ INSERT INTO t VALUES (1)", Target.PRIMARY),
+        ("/* other comment */ SELECT 1", Target.ANY),
+        ("BEGIN READ ONLY", Target.PRIMARY),
+        ("SET search_path TO x", Target.PRIMARY),
+        ("SELECT nextval('s')", Target.PRIMARY),
+        ("DECLARE c CURSOR WITH HOLD FOR SELECT 1", Target.PRIMARY),
+    ],
+)
+def test_where_a_text_may_run(sql: str, target: Target) -> None:
+    assert target_of(classify(sql), sql) is target
+
+
+def test_text_that_does_not_parse_runs_on_the_primary() -> None:
+    assert target_of(None, "SELEC 1") is Target.PRIMARY
+    assert hint_of("/* pooler: standby") is None
+
+
+def _view(*states: NodeState) -> ClusterView:
+    return ClusterView(states)
+
+
+PRIMARY = NodeState(0, NodeStatus.UP, NodeRole.PRIMARY, replay_lsn=1000)
+
+
+def _standby(node: int, **fields: object) -> NodeState:
+    return NodeState(node, NodeStatus.UP, NodeRole.STANDBY).with_(**fields)
+
+
+def _picks(
+    balancer: Balancer, view: ClusterView, target: Target, min_lsn: int | None = None
+) -> Counter[int | None]:
+    return Counter(balancer.pick(view, target, min_lsn) for _ in range(3000))
+
+
+def test_reads_follow_the_weights_and_writes_the_primary() -> None:
+    balancer = Balancer([1, 1, 2], Limits(), random.Random(1))
+    view = initial_view(3)
+    picks = _picks(balancer, view, Target.ANY)
+    assert abs(picks[2] / 3000 - 0.5) < 0.05 and abs(picks[0] / 3000 - 0.25) < 0.05
+    assert _picks(balancer, view, Target.PRIMARY) == Counter({0: 3000})
+    assert set(_picks(balancer, view, Target.STANDBY)) == {1, 2}
+
+
+def test_weight_zero_only_when_nothing_else_serves() -> None:
+    balancer = Balancer([0, 1], Limits(), random.Random(1))
+    assert set(_picks(balancer, initial_view(2), Target.ANY)) == {1}
+    down = _view(PRIMARY, _standby(1, status=NodeStatus.DOWN))
+    assert set(_picks(balancer, down, Target.ANY)) == {0}
+
+
+def test_the_less_busy_of_two_picks() -> None:
+    balancer = Balancer([1, 1], Limits(), random.Random(1))
+    balancer.inflight[:] = [0, 5]
+    picks = _picks(balancer, initial_view(2), Target.ANY)
+    # Node 1 wins only when both picks drew it: a quarter of the time.
+    assert abs(picks[1] / 3000 - 0.25) < 0.05
+
+
+def test_lag_limits_and_replayed_positions() -> None:
+    view = _view(PRIMARY, _standby(1, lag_bytes=10, replay_lsn=900), _standby(2, lag_seconds=5.0))
+    balancer = Balancer([0, 1, 1], Limits(max_lag_bytes=5, max_lag_seconds=1), random.Random(1))
+    assert set(_picks(balancer, view, Target.ANY)) == {0}
+    balancer = Balancer([0, 1, 1], Limits(), random.Random(1))
+    # Only a node that replayed the client's write (or the primary) may serve.
+    assert set(_picks(balancer, view, Target.ANY, 800)) == {1}
+    assert set(_picks(balancer, view, Target.ANY, 950)) == {0}
+    strict = Balancer([0, 1, 1], Limits(max_lag_bytes=5, fallback_to_primary=False))
+    assert strict.pick(_view(PRIMARY, _standby(1, lag_bytes=10)), Target.ANY) is None
+
+
+def test_no_primary_no_writes() -> None:
+    balancer = Balancer([1, 1], Limits())
+    view = _view(PRIMARY.with_(status=NodeStatus.DOWN), _standby(1))
+    assert balancer.pick(view, Target.PRIMARY) is None
+    assert balancer.pick(view, Target.ANY) == 1
+
+
+def msg(t: str, body: bytes = b"") -> bytes:
+    return frame(ord(t), body)
+
+
+def query(sql: str) -> bytes:
+    return msg("Q", sql.encode() + b"\0")
+
+
+def parse(name: str, sql: str) -> bytes:
+    return msg("P", name.encode() + b"\0" + sql.encode() + b"\0\0\0")
+
+
+def bind(statement: str = "") -> bytes:
+    return msg("B", b"\0" + statement.encode() + b"\0\0\0\0\0\0\0")
+
+
+EXECUTE = msg("E", b"\0\0\0\0\0")
+SYNC = msg("S")
+
+
+def _client() -> ClientEngine:
+    def classify_or_none(sql: str):  # type: ignore[no-untyped-def]
+        try:
+            return classify(sql)
+        except Exception:
+            return None
+
+    return ClientEngine(frontend_limits(1 << 30), classify_or_none)
+
+
+def _need(engine: ClientEngine, data: bytes) -> Target:
+    out = engine.feed(data)
+    assert isinstance(out, list) and isinstance(out[-1], NeedServer), out
+    return Target(out[-1].target)
+
+
+@pytest.mark.parametrize(
+    ("data", "target"),
+    [
+        (query("SELECT 1"), Target.ANY),
+        (query("SELECT 1") + query("SELECT 2"), Target.ANY),
+        (query("SELECT 1") + query("INSERT INTO t VALUES (1)"), Target.PRIMARY),
+        (parse("", "SELECT 1") + bind() + EXECUTE + SYNC, Target.ANY),
+        # Not complete yet: what follows may write.
+        (parse("", "SELECT 1") + bind() + EXECUTE, Target.PRIMARY),
+        (query("SELECT 1")[:7], Target.PRIMARY),
+        # A Query inside an unsynced batch is skipped after an error: never answered.
+        (parse("", "SELECT 1") + bind() + EXECUTE + query("SELECT 1") + SYNC, Target.PRIMARY),
+        (msg("F", b"\0\0\0\0"), Target.PRIMARY),
+        (query("SELEC 1"), Target.PRIMARY),
+    ],
+)
+def test_where_held_requests_go(data: bytes, target: Target) -> None:
+    if data == query("SELECT 1")[:7]:
+        engine = _client()
+        assert _need(engine, query("SELECT 1") + data) is Target.PRIMARY
+        return
+    assert _need(_client(), data) is target
+
+
+def test_a_named_statement_keeps_its_target_across_transactions() -> None:
+    engine = _client()
+    assert _need(engine, parse("r", "SELECT 1") + parse("w", "DELETE FROM t") + SYNC) is (
+        Target.PRIMARY
+    )
+    engine.attach(ServerEngine({}, b"I"))
+    engine.detach()
+    assert _need(engine, bind("r") + EXECUTE + SYNC) is Target.ANY
+    engine = _client()
+    engine.feed(parse("r", "SELECT 1") + parse("w", "DELETE FROM t") + SYNC)
+    engine.attach(ServerEngine({}, b"I"))
+    engine.detach()
+    assert _need(engine, bind("w") + EXECUTE + SYNC) is Target.PRIMARY
+
+
+def test_requests_behind_a_standby_wait_and_go_where_they_may() -> None:
+    engine = _client()
+    assert _need(engine, query("SELECT 1")) is Target.ANY
+    server = ServerEngine({}, b"I")
+    engine.attach(server, writable=False)
+    # Sent while the standby still answers: held, and the next server must be the
+    # primary.
+    assert _need(engine, query("INSERT INTO t VALUES (1)")) is Target.PRIMARY
+    assert not engine.releasable()
+    server.feed(msg("C", b"SELECT 1\0") + msg("Z", b"I"))
+    assert engine.releasable()
+    assert engine.wrote()  # the held write counts for read-your-writes
+    engine.detach()
+    assert engine.need().target == Target.PRIMARY
+
+
+def test_catalog_rows_make_views_and_functions_known() -> None:
+    catalog = DatabaseCatalog.from_rows(
+        [("app", "f", "v"), ("other", "f", "i"), ("app", "g", "s")],
+        [("app", "v", "p", "SELECT f()"), ("app", "scratch", "u", None)],
+        write_functions=frozenset({"g"}),
+    )
+    assert catalog.function_volatility(None, "f", 0) == "v"
+    assert catalog.function_volatility("other", "f", 0) == "i"
+    assert catalog.function_volatility(None, "g", 0) == "v"
+    assert classify("SELECT * FROM v", catalog).route == "write"
+    assert classify("SELECT * FROM scratch", catalog).route == "write"
+    assert classify("SELECT * FROM plain", catalog).route == "read"
