@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -87,6 +88,8 @@ class Pooler:
         self.connect_timeout = config.pool.connect_timeout
         self.clients = ClientRegistry(config.pool.max_clients)
         self.cluster = Cluster(initial_view(len(config.backends)))
+        #: Reads a standby refused and the primary ran, per SQLSTATE.
+        self.refusals: Counter[str] = Counter()
         lb = config.load_balance
         self.balancer = Balancer(
             [backend.weight for backend in config.backends],
@@ -139,7 +142,9 @@ class Pooler:
         classify, target = _routed_classifier(
             self._classifier, catalogs.reader(database), lambda: catalogs.changed(database)
         )
-        return ClientEngine(self.frontend_limits, classify, target)
+        engine = ClientEngine(self.frontend_limits, classify, target)
+        engine.defer_begin = True
+        return engine
 
     def pick_node(self, target: int, floor: int = 0) -> int | None:
         """The node for a transaction that ``target`` allows, or None when none can
@@ -147,6 +152,16 @@ class Pooler:
         if not self.routing:
             return self.cluster.view.primary
         return self.balancer.pick(self.cluster.view, Target(target), floor or None)
+
+    def standby_refused(self, node: int, sqlstate: str) -> None:
+        """A standby refused a read before any answer reached the client; it runs
+        again on the primary. Counted per SQLSTATE, logged the first time of each."""
+        self.refusals[sqlstate] += 1
+        if self.refusals[sqlstate] == 1:
+            log.info(
+                "a standby refused a read; such reads run again on the primary",
+                extra={"node": node, "sqlstate": sqlstate},
+            )
 
     def node_failed(self, node: int, target: int, reason: str) -> int | None:
         """A server connection to ``node`` could not be opened: the node to try

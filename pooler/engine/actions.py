@@ -42,4 +42,12 @@ class NeedServer:
     target: int
 
 
-Action = Close | HandOver | NeedServer
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """Write ``data`` to the client: the pooler answers for PostgreSQL (a lone BEGIN
+    whose transaction is placed by its first statement)."""
+
+    data: bytes
+
+
+Action = Close | HandOver | NeedServer | Reply

@@ -23,8 +23,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
-from parser_api import Classification
-from pooler.engine.actions import Action, Close, HandOver, NeedServer
+from parser_api import Classification, TokenKind, tokens
+from pooler.engine.actions import Action, Close, HandOver, NeedServer, Reply
 from pooler.engine.server import ServerEngine
 from pooler.engine.session_state import SessionState
 from pooler.engine.statements import (
@@ -56,6 +56,8 @@ _UNIT_ENDS = frozenset({m.QUERY, m.SYNC})
 # Extended-protocol messages that leave a batch open until its Sync.
 _BATCH = frozenset(b"PBDCE")
 _FLUSH = ord("H")
+_S = ord("S")
+_NOT_WHOLE, _WHOLE, _RETRYABLE = range(3)
 
 
 class ClientEngine:
@@ -63,14 +65,20 @@ class ClientEngine:
 
     __slots__ = (
         "_classify",
+        "_deferred",
+        "_deferred_read_only",
         "_ending",
         "_forget_prepared",
         "_held",
+        "_retry",
+        "_retryable",
         "_target",
         "_target_of",
         "_targets",
         "_unnamed",
+        "defer_begin",
         "ended",
+        "refusal",
         "scanner",
         "server",
         "session",
@@ -111,6 +119,20 @@ class ClientEngine:
         # Where each named statement, and the unnamed one, may run.
         self._targets: dict[bytes, Target] = {}
         self._unnamed = Target.PRIMARY
+        #: Answer a lone BEGIN here and send it with the transaction's first statement,
+        #: which then places the transaction (routing).
+        self.defer_begin = False
+        # A lone BEGIN (and SET TRANSACTION after it) the pooler answered, to send first;
+        # whether the transaction they start may run on a standby.
+        self._deferred: list[bytes] = []
+        self._deferred_read_only = False
+        # The held requests may be sent again as they are (see ``_whole_units``).
+        self._retryable = False
+        # What went to a probing standby, and the request types it was counted for.
+        self._retry: tuple[list[bytes], list[int]] | None = None
+        #: Set by ``detach`` when the server refused what it was sent and it is held
+        #: again for the primary: the SQLSTATE of the refusal.
+        self.refusal: str | None = None
 
     @property
     def pooling(self) -> bool:
@@ -213,6 +235,10 @@ class ClientEngine:
         return self._target_of(classification, sql)
 
     def _hold(self, events: bytes | list[Event]) -> list[bytes | Action]:
+        if self.defer_begin and self.server is None and not self._held:
+            reply = self._defer(events)
+            if reply is not None:
+                return [reply]
         if isinstance(events, bytes):
             self._held.append(events)
         else:
@@ -230,19 +256,60 @@ class ClientEngine:
             return [Close(self._ending[1])]
         return []
 
+    def _defer(self, events: bytes | list[Event]) -> Reply | None:
+        """A lone BEGIN (or, after one, SET TRANSACTION) in a Query, all there is: the
+        pooler's answer, the Query kept for the transaction's first statement."""
+        if type(events) is not list or len(events) != 1 or self.scanner.mid_message():
+            return None
+        msg = events[0]
+        if type(msg) is not Message or msg.type != m.QUERY:
+            return None
+        assert self._classify is not None
+        sql = msg.body[:-1].decode("utf-8", "replace")
+        classification = self._classify(sql)
+        if (
+            classification is None
+            or len(classification.statements) != 1
+            or len(classification.transaction) != 1
+        ):
+            return None
+        control = classification.transaction[0]
+        if control.action == "begin" and not self._deferred:
+            tag = _begin_tag(sql)
+            self._deferred_read_only = False
+        elif control.action == "set" and self._deferred:
+            tag = b"SET"
+        else:
+            return None
+        if control.read_only is not None:
+            self._deferred_read_only = control.read_only
+        if control.isolation == "serializable":
+            # Hot standbys refuse serializable transactions.
+            self._deferred_read_only = False
+        self._deferred.append(frame(m.QUERY, msg.body))
+        # It is answered here: no server owes anything for it.
+        self.scanner.tracked.clear()
+        return Reply(m.command_complete(tag) + m.ready_for_query(b"T"))
+
     def need(self) -> NeedServer:
         """What the held requests need: a server where all of them may run."""
         target = self._target
         scanner = self.scanner
-        if target is not Target.PRIMARY and (
-            scanner.last_type not in _UNIT_ENDS
-            # A message begun is counted for the server that gets it: it must take
-            # the rest too.
-            or scanner.mid_message()
-            or not _whole_units(self._held)
-        ):
+        self._retryable = False
+        if self._deferred and not self._deferred_read_only:
+            # Nothing says the transaction will not write.
+            target = self._target = Target.PRIMARY
+        if target is Target.PRIMARY:
+            return _NEED[target]
+        units = _NOT_WHOLE
+        if scanner.last_type in _UNIT_ENDS and not scanner.mid_message():
+            # (A message begun is counted for the server that gets it: it must take
+            # the rest too.)
+            units = _whole_units(self._held)
+        if units == _NOT_WHOLE:
             # Part of the unit is still to come, and it may write.
             target = self._target = Target.PRIMARY
+        self._retryable = units == _RETRYABLE
         return _NEED[target]
 
     def wrote(self) -> bool:
@@ -260,12 +327,26 @@ class ClientEngine:
         self.server = server
         self.writable = writable
         server.names = self.statements.theirs
+        if not writable and self._retryable and self._ending is None and not self._deferred:
+            # A standby may refuse a read the catalog could not foresee: then it runs
+            # again on the primary, as it was sent.
+            self._retry = (list(self._held), list(self.scanner.tracked))
+            server.probe()
         out: list[bytes | Action] = []
-        # The statements this client has and the server lacks come first.
+        # The statements this client has and the server lacks come first, then a
+        # deferred BEGIN; the client has had their answers.
         prelude, parsed = self.statements.prelude(server.prepared)
-        if prelude:
+        deferred = self._deferred
+        if prelude or deferred:
             out.append(prelude)
-            server.prelude_sent(parsed)
+            out.extend(deferred)
+            server.prelude_sent(parsed, len(deferred))
+        if deferred:
+            # The transaction stays where it started, and a write in a read-only one
+            # gets PostgreSQL's own error there.
+            self.writable = True
+            self._retryable = False
+            self._deferred = []
         if self._forget_prepared:
             server.prepared.clear()
             self._forget_prepared = False
@@ -283,8 +364,19 @@ class ClientEngine:
         """Give the server up (at the end of a transaction, or of the session)."""
         server = self.server
         self.server = None
+        self.refusal = None
         if server is not None:
             server.names = None
+            retry = self._retry
+            if server.refused is not None and retry is not None:
+                held, tracked = retry
+                self._held[:0] = held
+                self.scanner.tracked[:0] = tracked
+                self._target = Target.PRIMARY
+                self.refusal = server.refused
+            server.probing = False
+            server.refused = None
+        self._retry = None
         if not self._held:
             # Held requests keep their target; the next server must suit them too.
             self._target = Target.ANY
@@ -324,6 +416,10 @@ class ClientEngine:
 
     def _end(self, server: ServerEngine, to_server: bytes, reply: bytes) -> Action:
         self.ended = True
+        if server.probing:
+            # Nothing will be sent again: the client gets what the standby says.
+            server.let_go()
+            self._retry = None
         if server.requests.idle():
             return Close(reply)
         return HandOver(to_server)
@@ -333,9 +429,11 @@ class ClientEngine:
         return self.scanner.passed_partial()
 
 
-def _whole_units(held: list[bytes]) -> bool:
-    """The held messages are simple queries and extended batches each closed by its
-    Sync before the next query, and nothing else (no function call, no COPY data).
+def _whole_units(held: list[bytes]) -> int:
+    """``_WHOLE`` when the held messages are simple queries and extended batches each
+    closed by its Sync before the next query, and nothing else (no function call, no
+    COPY data); ``_RETRYABLE`` when they also name no statement of their own (they may
+    be sent again elsewhere as they are); ``_NOT_WHOLE`` otherwise.
 
     Only such units are sure to end in as many ReadyForQuery messages as they are
     counted to owe: after an error in a batch PostgreSQL skips to the Sync, so a Query
@@ -346,20 +444,32 @@ def _whole_units(held: list[bytes]) -> bool:
     data = held[0] if len(held) == 1 else b"".join(held)
     pos = 0
     in_batch = False
+    result = _RETRYABLE
     end = len(data)
     while pos < end:
         t = data[pos]
         if t == m.QUERY:
             if in_batch:
-                return False
+                return _NOT_WHOLE
         elif t == m.SYNC:
             in_batch = False
         elif t in _BATCH:
             in_batch = True
+            if (t == m.PARSE and data[pos + 5]) or (t == m.CLOSE and data[pos + 5] == _S):
+                # A statement made or dropped: sent twice, it would fail the second time.
+                result = _WHOLE
         elif t != _FLUSH:
-            return False
+            return _NOT_WHOLE
         pos += 1 + int.from_bytes(data[pos + 1 : pos + 5], "big")
-    return True
+    return result
+
+
+def _begin_tag(sql: str) -> bytes:
+    """PostgreSQL's CommandComplete tag for a BEGIN or START TRANSACTION text."""
+    for token in tokens(sql):
+        if token.kind is not TokenKind.COMMENT:
+            return b"START TRANSACTION" if token.text.upper() == "START" else b"BEGIN"
+    return b"BEGIN"
 
 
 def _ends_at_once(events: bytes | list[Event]) -> bool:

@@ -26,12 +26,22 @@ _COPY_OBSERVE = _OBSERVE | {m.COMMAND_COMPLETE, m.READY_FOR_QUERY}
 _PAUSE = frozenset({m.COPY_IN_RESPONSE})
 _REWRITTEN = frozenset({m.NOTIFICATION_RESPONSE, m.ERROR_RESPONSE})
 
+#: SQLSTATEs with which a hot standby refuses what a primary runs: read-only
+#: transaction (nextval in a STABLE function), a feature it lacks, an object state.
+REFUSALS = frozenset({"25006", "0A000", "55000"})
+# Answers that come before any result of a request (parse, bind and close complete,
+# NoData, parameter and row descriptions, parameter status, notices): held while
+# probing, since a refusal may still follow them.
+_BEFORE_RESULTS = frozenset(b"123ntTSN")
+
 
 class ServerEngine:
     """State of a server connection after login; sans-IO."""
 
     __slots__ = (
         "_errors_at_reset",
+        "_held_back",
+        "_let_go",
         "_prelude",
         "_prelude_error",
         "_skipping",
@@ -41,6 +51,8 @@ class ServerEngine:
         "owners",
         "params",
         "prepared",
+        "probing",
+        "refused",
         "requests",
         "scanner",
         "status",
@@ -74,6 +86,13 @@ class ServerEngine:
         self._prelude_error = False
         #: The client's ending was handed to the server, which closes after answering.
         self.handed_over = False
+        #: Answers are held back until it is clear the server did not refuse the request
+        #: (a standby running a read that may be retried on the primary): see ``probed``.
+        self.probing = False
+        #: The SQLSTATE of the refusal, once one came; the answers are then dropped.
+        self.refused: str | None = None
+        self._held_back = bytearray()
+        self._let_go = False
 
     def feed(self, data: bytes) -> bytes | list[Event]:
         """Take the server's bytes; return what to pass to the client.
@@ -123,13 +142,70 @@ class ServerEngine:
                 body = body.replace(b'"' + ours + b'"', b'"' + theirs + b'"')
         return body
 
-    def prelude_sent(self, parsed: list[bytes]) -> None:
+    def probe(self) -> None:
+        """Hold the answers to what is sent now back until the first result shows
+        whether the server refused it (``refused``); pass ``feed``'s output through
+        ``probed`` meanwhile."""
+        self.probing = True
+        self.refused = None
+        self._held_back.clear()
+        self._let_go = False
+
+    def probed(self, events: bytes | list[Event]) -> bytes | list[Event]:
+        """What of ``feed``'s output may reach the client while probing: nothing until
+        a result (then all that was held, and probing ends) or a refusal (then nothing
+        of this request ever)."""
+        if self.refused is not None:
+            return b""
+        held = self._held_back
+        if isinstance(events, bytes):
+            held += events
+        else:
+            for event in events:
+                if type(event) is Message:
+                    held += frame(event.type, event.body)
+                elif isinstance(event, bytes):
+                    held += event
+                else:
+                    # The server broke the protocol: everything goes out, the error last.
+                    return self._end_probe([event])
+        if self._let_go:
+            return self._end_probe([])
+        pos = 0
+        end_of_data = len(held)
+        while pos + 5 <= end_of_data:
+            t = held[pos]
+            end = pos + 1 + int.from_bytes(held[pos + 1 : pos + 5], "big")
+            if end > end_of_data:
+                break
+            if t == m.ERROR_RESPONSE:
+                code = m.parse_fields(bytes(held[pos + 5 : end])).get("C")
+                if code in REFUSALS:
+                    self.refused = code
+                    held.clear()
+                    return b""
+            if t not in _BEFORE_RESULTS:
+                return self._end_probe([])
+            pos = end
+        return b""
+
+    def let_go(self) -> None:
+        """The client's stream ended: what is held goes out with the next answers."""
+        self._let_go = True
+
+    def _end_probe(self, tail: list[Event]) -> bytes | list[Event]:
+        self.probing = False
+        data = bytes(self._held_back)
+        self._held_back.clear()
+        return [data, *tail] if tail else data
+
+    def prelude_sent(self, parsed: list[bytes], queries: int = 0) -> None:
         """The pooler sent a prelude while the server owed nothing: a Parse and a Sync
-        for each of ``parsed``. Its answers are dropped; a statement whose Parse failed
-        is not prepared here."""
-        self.requests.sent([m.SYNC] * len(parsed))
+        for each of ``parsed``, then ``queries`` Query messages (a deferred BEGIN). Their
+        answers are dropped; a statement whose Parse failed is not prepared here."""
+        self.requests.sent([m.SYNC] * len(parsed) + [m.QUERY] * queries)
         self._skipping = bytearray()
-        self._prelude = list(parsed)
+        self._prelude = [*parsed, *[b""] * queries]
         self._prelude_error = False
 
     def _skip(self, data: bytes) -> bytes:

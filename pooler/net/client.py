@@ -11,7 +11,7 @@ import logging
 import ssl
 from typing import TYPE_CHECKING, cast
 
-from pooler.engine.actions import Action, Close, HandOver, NeedServer
+from pooler.engine.actions import Action, Close, HandOver, NeedServer, Reply
 from pooler.engine.client import ClientEngine
 from pooler.net.client_auth import AuthClosed
 from pooler.net.handshake import ConnectionClosed, HandshakeReader
@@ -141,6 +141,8 @@ class ClientConnection(asyncio.Protocol):
                 self._close(item.reply)
             elif isinstance(item, NeedServer):
                 self._need_server(item)
+            elif isinstance(item, Reply):
+                self.transport.write(item.data)
         if pending:
             assert server is not None
             server.writelines(pending)
@@ -284,9 +286,12 @@ class ClientConnection(asyncio.Protocol):
             if self.app.wal is not None and self.engine.wrote():
                 self._writes_unplaced += 1
                 self.app.wal.after_write(self._write_placed)
+            node = self.node
             self._left_node()
             self.engine.detach()
             server.back_to_pool(pool)
+            if self.engine.refusal is not None:
+                self.app.standby_refused(node, self.engine.refusal)
             if self.engine.waiting():
                 self._need_server(self.engine.need())
 

@@ -93,7 +93,10 @@ class ServerConnection(asyncio.Protocol):
             return
         # The relay is written out here rather than called: this runs once per answer.
         client = cast(Client, self.client)
-        events = self.engine.feed(data)
+        engine = self.engine
+        events = engine.feed(data)
+        if engine.probing:
+            events = engine.probed(events)
         try:
             if type(events) is bytes:
                 client.transport.write(events)

@@ -109,6 +109,11 @@ def backend_key_data(pid: int, key: int) -> bytes:
     return frame(BACKEND_KEY_DATA, struct.pack("!ii", pid, key))
 
 
+def command_complete(tag: bytes) -> bytes:
+    """A CommandComplete message with ``tag`` (``BEGIN``, ``SELECT 1``, ...)."""
+    return frame(COMMAND_COMPLETE, tag + b"\0")
+
+
 def ready_for_query(status: bytes = b"I") -> bytes:
     """A ReadyForQuery message with transaction status ``status``."""
     return frame(READY_FOR_QUERY, status)

@@ -106,6 +106,7 @@ def test_writes_and_transactions_run_on_the_primary(
         "/* pooler: primary */ SELECT inet_server_port()",
         "/*NO LOAD BALANCE*/ SELECT inet_server_port()",
         "SELECT inet_server_port() WHERE NOT pg_is_in_recovery()",
+        "SELECT pg_is_in_recovery()::int, inet_server_port()",
         "SELECT unknown_function_{table}(), inet_server_port()",
     ],
 )
@@ -253,3 +254,74 @@ def test_a_standby_over_the_lag_limit_gets_no_reads(
         time.sleep(3.5)
         caught_up = Counter(_port_of(reader, "extended") for _ in range(100))
         assert caught_up[delayed_standby] > 0, caught_up
+
+
+def test_a_read_a_standby_refuses_runs_on_the_primary(
+    cluster: LocalCluster, routed: PoolerProcess, table: str
+) -> None:
+    """A function declared STABLE that calls nextval(): the catalog says read, the
+    standby refuses it (25006), the primary runs it; the client never sees the refusal."""
+    with psycopg.connect(direct_dsn(cluster), autocommit=True) as direct:
+        direct.execute(f"CREATE SEQUENCE {table}_seq")
+        direct.execute(
+            f"CREATE FUNCTION {table}_next() RETURNS bigint STABLE LANGUAGE sql"
+            f" AS $$ SELECT nextval('{table}_seq') $$"
+        )
+    sql = f"SELECT {table}_next(), inet_server_port()"
+    try:
+        with psycopg.connect(routed.dsn(), autocommit=True) as conn:
+            for how in ("simple", "extended"):
+                for _ in range(20):
+                    cursor = psycopg.ClientCursor(conn) if how == "simple" else conn.cursor()
+                    row = cursor.execute(sql).fetchone()
+                    assert row is not None and row[1] == cluster.primary.port, how
+        assert "a standby refused a read" in routed.log_text()
+    finally:
+        with psycopg.connect(direct_dsn(cluster), autocommit=True) as direct:
+            direct.execute(f"DROP FUNCTION IF EXISTS {table}_next()")
+            direct.execute(f"DROP SEQUENCE IF EXISTS {table}_seq")
+
+
+def test_a_read_only_transaction_runs_on_one_standby(
+    cluster: LocalCluster, routed: PoolerProcess
+) -> None:
+    standbys = {node.port for node in cluster.standbys}
+    used: Counter[int] = Counter()
+    with psycopg.connect(routed.dsn(), autocommit=True) as conn:
+        simple = psycopg.ClientCursor(conn)
+        for begin in ("BEGIN READ ONLY", "START TRANSACTION READ ONLY", "BEGIN"):
+            for _ in range(10):
+                simple.execute(begin)
+                if begin == "BEGIN":
+                    simple.execute("SET TRANSACTION READ ONLY")
+                ports = {_port_of(conn, how) for how in ("extended", "simple") for _ in range(3)}
+                simple.execute("COMMIT")
+                assert len(ports) == 1, ports
+                used[ports.pop()] += 1
+        assert set(used) <= standbys | {cluster.primary.port}
+        assert set(used) & standbys, used
+        # Read only wherever it runs (a write attempt also keeps this client's next
+        # reads on the primary until the standbys are known to have caught up).
+        simple.execute("BEGIN READ ONLY")
+        _port_of(conn, "extended")
+        with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+            conn.execute("CREATE TABLE no_writes (a int)")
+        simple.execute("ROLLBACK")
+
+
+def test_a_read_only_transaction_that_locks_runs_on_the_primary(
+    cluster: LocalCluster, routed: PoolerProcess, table: str
+) -> None:
+    with (
+        psycopg.connect(routed.dsn(), autocommit=True) as conn,
+        psycopg.connect(direct_dsn(cluster), autocommit=True) as writer,
+    ):
+        simple = psycopg.ClientCursor(conn)
+        simple.execute("BEGIN READ ONLY")
+        simple.execute(f"LOCK TABLE {table} IN SHARE MODE")
+        assert _port_of(conn, "simple") == cluster.primary.port
+        writer.execute("SET lock_timeout = '200ms'")
+        with pytest.raises(psycopg.errors.LockNotAvailable):
+            writer.execute(f"INSERT INTO {table} VALUES (1, 'blocked')")
+        simple.execute("COMMIT")
+        writer.execute(f"INSERT INTO {table} VALUES (1, 'free')")

@@ -11,7 +11,7 @@ import pytest
 from parser_api import classify
 from pooler.cluster.catalog import DatabaseCatalog
 from pooler.cluster.nodes import ClusterView, NodeRole, NodeState, NodeStatus, initial_view
-from pooler.engine.actions import NeedServer
+from pooler.engine.actions import NeedServer, Reply
 from pooler.engine.client import ClientEngine
 from pooler.engine.server import ServerEngine
 from pooler.protocol.codec import frame, frontend_limits
@@ -206,3 +206,107 @@ def test_catalog_rows_make_views_and_functions_known() -> None:
     assert classify("SELECT * FROM v", catalog).route == "write"
     assert classify("SELECT * FROM scratch", catalog).route == "write"
     assert classify("SELECT * FROM plain", catalog).route == "read"
+
+
+def _error(sqlstate: str) -> bytes:
+    return msg("E", b"SERROR\0C" + sqlstate.encode() + b"\0Mrefused\0\0")
+
+
+ANSWER = msg("T", b"\0\0") + msg("D", b"\0\0") + msg("C", b"SELECT 1\0") + msg("Z", b"I")
+
+
+def _standby_unit(data: bytes) -> tuple[ClientEngine, ServerEngine]:
+    engine = _client()
+    assert _need(engine, data) is Target.ANY
+    server = ServerEngine({}, b"I")
+    out = engine.attach(server, writable=False)
+    assert b"".join(item for item in out if isinstance(item, bytes)) == data
+    return engine, server
+
+
+@pytest.mark.parametrize("sqlstate", ["25006", "0A000", "55000"])
+def test_a_read_the_standby_refuses_runs_again_on_the_primary(sqlstate: str) -> None:
+    unit = parse("", "SELECT 1") + bind() + EXECUTE + SYNC
+    engine, server = _standby_unit(unit)
+    # Parse and bind went through; the refusal comes at execution.
+    assert server.probed(server.feed(msg("1") + msg("2"))) == b""
+    assert server.probed(server.feed(_error(sqlstate) + msg("Z", b"I"))) == b""
+    assert engine.releasable()
+    engine.detach()
+    assert engine.refusal == sqlstate and engine.waiting()
+    assert engine.need().target == Target.PRIMARY
+    primary = ServerEngine({}, b"I")
+    out = engine.attach(primary)
+    assert b"".join(item for item in out if isinstance(item, bytes)) == unit
+    assert not primary.probing and primary.requests.owed == 1
+
+
+def test_answers_held_while_probing_go_out_at_the_first_result() -> None:
+    engine, server = _standby_unit(query("SELECT 1"))
+    assert server.probed(server.feed(ANSWER[:7])) == b""
+    assert server.probed(server.feed(ANSWER[7:])) == ANSWER
+    assert not server.probing
+    # Any other error is the client's answer.
+    engine, server = _standby_unit(query("SELECT 1/0"))
+    answer = _error("22012") + msg("Z", b"I")
+    assert server.probed(server.feed(answer)) == answer
+    engine.detach()
+    assert engine.refusal is None and not engine.waiting()
+
+
+def test_units_that_cannot_be_sent_twice_are_not_probed() -> None:
+    engine = _client()
+    engine.feed(parse("named", "SELECT 1") + bind("named") + EXECUTE + SYNC)
+    server = ServerEngine({}, b"I")
+    engine.attach(server, writable=False)
+    assert not server.probing
+    engine, server = _standby_unit(query("SELECT 1"))
+    # The client left: what the standby says is what it gets.
+    engine.eof()
+    answer = _error("25006") + msg("Z", b"I")
+    assert server.probed(server.feed(answer)) == answer
+
+
+def _deferring() -> ClientEngine:
+    engine = _client()
+    engine.defer_begin = True
+    return engine
+
+
+def test_a_lone_begin_is_answered_here_and_placed_by_the_first_statement() -> None:
+    engine = _deferring()
+    out = engine.feed(query("BEGIN READ ONLY"))
+    assert out == [Reply(msg("C", b"BEGIN\0") + msg("Z", b"T"))]
+    assert _need(engine, query("SELECT 1")) is Target.ANY
+    server = ServerEngine({}, b"I")
+    sent = b"".join(i for i in engine.attach(server, writable=False) if isinstance(i, bytes))
+    assert sent == query("BEGIN READ ONLY") + query("SELECT 1")
+    # The transaction stays on its node; the BEGIN's answers are not the client's.
+    assert engine.writable
+    assert server.feed(msg("C", b"BEGIN\0") + msg("Z", b"T") + ANSWER[:-6]) == ANSWER[:-6]
+
+
+@pytest.mark.parametrize(
+    ("texts", "target"),
+    [
+        (["BEGIN", "SET TRANSACTION READ ONLY"], Target.ANY),
+        (["START TRANSACTION READ ONLY"], Target.ANY),
+        (["BEGIN"], Target.PRIMARY),
+        (["BEGIN READ ONLY ISOLATION LEVEL SERIALIZABLE"], Target.PRIMARY),
+    ],
+)
+def test_what_places_a_deferred_transaction(texts: list[str], target: Target) -> None:
+    engine = _deferring()
+    replies = [engine.feed(query(text)) for text in texts]
+    assert all(isinstance(out, list) and isinstance(out[0], Reply) for out in replies)
+    if texts[0].startswith("START"):
+        assert replies[0] == [Reply(msg("C", b"START TRANSACTION\0") + msg("Z", b"T"))]
+    assert _need(engine, query("SELECT 1")) is target
+    engine = _deferring()
+    engine.feed(query(texts[0]))
+    assert _need(engine, query("DELETE FROM t")) is Target.PRIMARY
+
+
+def test_begin_with_more_is_not_deferred() -> None:
+    assert _need(_deferring(), query("BEGIN READ ONLY; SELECT 1")) is Target.PRIMARY
+    assert _need(_client(), query("BEGIN READ ONLY")) is Target.PRIMARY
