@@ -451,8 +451,10 @@ class LocalCluster:
     ``ports``: one per node (primary first); None picks free ports now. ``users``: role ->
     password (``postgres`` is the superuser, standbys replicate as it). ``databases``:
     database -> owner. ``settings``: postgresql.conf overrides (values are quoted for you).
-    ``progress`` gets one line per step. Also a context manager: start on enter, stop on
-    exit.
+    ``synchronous``: a quorum k above 0 makes replication synchronous once the standbys
+    stream, ``synchronous_standby_names = 'ANY k (standby1, ...)'`` on every node (so a
+    promoted standby keeps it). ``progress`` gets one line per step. Also a context
+    manager: start on enter, stop on exit.
     """
 
     def __init__(
@@ -466,6 +468,7 @@ class LocalCluster:
         settings: Mapping[str, str] | None = None,
         progress: Callable[[str], None] | None = None,
         bindir: Path | str | None = None,
+        synchronous: int = 0,
     ) -> None:
         self.base_dir = Path(base_dir).absolute()
         self.users: dict[str, str] = dict(
@@ -480,6 +483,11 @@ class LocalCluster:
             if owner not in self.users:
                 raise ValueError(f"database {db!r} is owned by {owner!r}, who is not in users")
         self.settings: dict[str, str] = {**DEFAULT_SETTINGS, **(settings or {})}
+        if synchronous > standbys:
+            raise ValueError(f"synchronous: a quorum of {synchronous} out of {standbys} standbys")
+        self.synchronous = synchronous
+        # Off until the standbys stream (each start): the setup's commits would wait.
+        self._sync_on = False
         self._progress = progress
         self._bindir = Path(bindir) if bindir is not None else None
         names = ["primary", *(f"standby{i}" for i in range(1, standbys + 1))]
@@ -546,6 +554,7 @@ class LocalCluster:
                 " (e.g. under /tmp or /var/tmp)"
             )
         runner = self._runner()
+        self._sync_on = False
         self._check_roles()
         self._prepare_ports(runner)
         if (self.primary.datadir / "PG_VERSION").exists():
@@ -569,6 +578,12 @@ class LocalCluster:
         if self.standbys:
             self._say("waiting for the standbys to stream")
             self.wait_streaming()
+        if self.synchronous:
+            self._say(f"synchronous replication: a quorum of {self.synchronous}")
+            self._sync_on = True
+            for node in self.nodes:
+                self._write_node_conf(runner, node)
+                node.psql("SELECT pg_reload_conf()")
         ports = ", ".join(f"{n.name} {n.port}" for n in self.nodes)
         self._say(f"cluster ready in {time.monotonic() - started:.1f} s ({ports})")
 
@@ -650,6 +665,9 @@ class LocalCluster:
             "unix_socket_directories": str(node.socket_dir),
             "cluster_name": node.name,
         }
+        if self._sync_on:
+            names = ", ".join(n.name for n in self.standbys)
+            lines["synchronous_standby_names"] = f"ANY {self.synchronous} ({names})"
         if node is not self.primary:
             lines["primary_conninfo"] = " ".join(
                 f"{key}={_conninfo_value(value)}"
