@@ -164,12 +164,23 @@ class HealthCheck:
 
 @dataclass(frozen=True, slots=True)
 class Failover:
-    """What happens when the primary goes down (not yet in effect)."""
+    """What happens when the primary goes down (not yet in effect; see
+    ``pooler.cluster.failover``)."""
 
+    #: Promote a standby when the primary is down (and it is safe: see max_lag_bytes).
     auto_promote: bool = True
+    #: Repoint the other standbys at the new primary.
     follow_primary: bool = True
-    #: Run instead of the builtin promotion, when set.
+    #: Run instead of the builtin promotion, when set (pgpool-II's failover_command);
+    #: also when a standby goes down.
     command: str | None = None
+    #: Asynchronous replication: promote only a standby at most this many bytes of WAL
+    #: behind the old primary's last known position (Patroni's maximum_lag_on_failover).
+    max_lag_bytes: int = 1024**2
+    #: Who the standbys that follow a new primary replicate as; None: the health check
+    #: user (and its password).
+    replication_user: str | None = None
+    replication_password: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -640,6 +651,31 @@ def _health_check(top: _Reader, users: Mapping[str, str]) -> HealthCheck:
     return HealthCheck(**values)
 
 
+def _failover(top: _Reader, users: Mapping[str, str]) -> Failover:
+    reader = top.section("failover")
+    values = reader.fields(
+        auto_promote=_BOOLEAN,
+        follow_primary=_BOOLEAN,
+        command=_optional(_TEXT),
+        max_lag_bytes=_LAG_SIZE,
+        replication_user=_optional(_TEXT),
+        replication_password=_optional(_SECRET),
+    )
+    reader.finish()
+    password = values.get("replication_password")
+    if password is not None and is_scram_secret(password):
+        reader.problem(
+            "must be a plain password: the standbys log in with it", "replication_password"
+        )
+    user = values.get("replication_user")
+    if user is not None and "replication_password" not in reader:
+        # As for the health check: one password to change, not two.
+        known = users.get(user)
+        if known is not None and not is_scram_secret(known):
+            values["replication_password"] = known
+    return Failover(**values)
+
+
 def _query_cache(top: _Reader) -> QueryCache:
     reader = top.section("query_cache")
     cache = reader.read(
@@ -729,9 +765,7 @@ def parse_config(
         ),
         limits=top.section("limits").read(Limits, max_message_size=_MESSAGE_SIZE),
         health_check=_health_check(top, users),
-        failover=top.section("failover").read(
-            Failover, auto_promote=_BOOLEAN, follow_primary=_BOOLEAN, command=_optional(_TEXT)
-        ),
+        failover=_failover(top, users),
         load_balance=top.section("load_balance").read(
             LoadBalance,
             enabled=_BOOLEAN,
