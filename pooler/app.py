@@ -13,6 +13,7 @@ from pooler.clients import ClientRegistry
 from pooler.cluster.catalog import Catalogs, DatabaseCatalog
 from pooler.cluster.monitor import Monitor
 from pooler.cluster.nodes import Cluster, ClusterView, initial_view
+from pooler.cluster.promote import Failover
 from pooler.cluster.wal import WalPositions
 from pooler.config import Config, auth_secret_key
 from pooler.engine.client import Classify, ClientEngine, TargetOf
@@ -120,10 +121,15 @@ class Pooler:
         self._server: asyncio.Server | None = None
         self.cluster.on_change(self._nodes_changed)
         self.monitor: Monitor | None = None
+        #: Promotes a standby when the primary is down (needs the monitor).
+        self.failover: Failover | None = None
         #: The primary's WAL position after writes, when reads must see them.
         self.wal: WalPositions | None = None
         if config.health_check.period:
             self.monitor = Monitor(config.backends, config.health_check, self.cluster)
+            self.failover = Failover(
+                config.backends, config.health_check, config.failover, self.cluster, self.monitor
+            )
             if self.routing and lb.read_your_writes and len(config.backends) > 1:
                 self.wal = WalPositions(config.backends, config.health_check, self.cluster)
         self._janitor_task: asyncio.Task[None] | None = None
@@ -218,6 +224,8 @@ class Pooler:
         if self.monitor is not None:
             # Roles are known before the first client: writes go to the real primary.
             await self.monitor.start()
+        if self.failover is not None:
+            await self.failover.start()
         if self.catalogs is not None:
             self.catalogs.start()
         factory = lambda: ClientConnection(self)  # noqa: E731
@@ -256,6 +264,9 @@ class Pooler:
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=1)
         self.pools.close_idle()
+        if self.failover is not None:
+            # First: a promotion must not go on without the monitor that checks it.
+            await self.failover.stop()
         if self.monitor is not None:
             await self.monitor.stop()
         if self.wal is not None:

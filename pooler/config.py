@@ -164,8 +164,7 @@ class HealthCheck:
 
 @dataclass(frozen=True, slots=True)
 class Failover:
-    """What happens when the primary goes down (not yet in effect; see
-    ``pooler.cluster.failover``)."""
+    """What happens when the primary goes down (see ``pooler.cluster.failover``)."""
 
     #: Promote a standby when the primary is down (and it is safe: see max_lag_bytes).
     auto_promote: bool = True
@@ -885,9 +884,11 @@ def check_warnings(config: Config) -> list[str]:
             "pool.reset_query: empty, so one client's session state (SET, prepared "
             "statements, temporary tables) reaches the next client of its server connection"
         )
+    if config.failover.command is not None and not config.health_check.period:
+        warnings.append(
+            "failover.command: never runs: with health_check.period 0 no node is seen down"
+        )
     # Drop each of these when its feature lands.
     if config.query_cache.enabled:
         warnings.append("query_cache.enabled: the query cache is not yet in effect")
-    if config.failover.command is not None:
-        warnings.append("failover.command: not yet in effect")
     return warnings

@@ -453,7 +453,10 @@ def test_tls_file_that_is_not_pem(tmp_path: Path) -> None:
             'health_check.user: "postgres" has only a SCRAM secret in users*',
         ),
         ({"query_cache": {"enabled": True}}, "query_cache.enabled: *not yet in effect"),
-        ({"failover": {"command": "promote.sh"}}, "failover.command: not yet in effect"),
+        (
+            {"failover": {"command": "promote.sh"}, "health_check": {"period": 0}},
+            "failover.command: never runs*",
+        ),
         (
             {"auth": {"method": "trust"}, "listen": {"host": "0.0.0.0"}},
             "auth.method: trust lets anyone who reaches 0.0.0.0:9999 log in*",

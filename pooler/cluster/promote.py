@@ -1,0 +1,389 @@
+"""Automatic failover: the actions behind ``pooler.cluster.failover``'s decisions.
+
+``Failover`` listens to the cluster's views. While a primary is up it remembers the
+primary's WAL position and reads its ``synchronous_standby_names``. When the primary is
+DOWN it asks every standby about its WAL receiver, lets ``decide`` choose, and carries
+the decision out: ``SELECT pg_promote()`` on the chosen standby (or the operator's
+``failover.command``), a check of that node at once so the monitor publishes it as the
+primary (routing follows the view by itself), then each other standby repointed at it
+(``failover.follow_primary``). A refusal is logged once per change of its reason, and
+writes get an error until a person acts. The old primary coming back as a primary is
+fenced by the monitor (a false primary gets no query); this logs it as an error.
+
+Wiring::
+
+    failover = Failover(config.backends, config.health_check, config.failover,
+                        cluster, monitor)
+    await failover.start()    # after monitor.start()
+    ...
+    await failover.stop()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
+
+import asyncpg
+
+from pooler.cluster.control import control_connect
+from pooler.cluster.failover import (
+    CommandValues,
+    LastPrimary,
+    Promote,
+    Refuse,
+    StandbyReport,
+    command_line,
+    decide,
+    parse_synchronous_standby_names,
+    primary_conninfo,
+    slot_name,
+    walreceiver_name,
+)
+from pooler.cluster.monitor import Monitor
+from pooler.cluster.nodes import Cluster, ClusterView, NodeRole, NodeStatus
+from pooler.config import Backend, HealthCheck
+from pooler.config import Failover as FailoverConfig
+
+__all__ = ["APPLICATION_NAME", "FOLLOW_TIMEOUT", "Failover"]
+
+log = logging.getLogger("pooler.cluster")
+
+#: What the failover's connections show in ``pg_stat_activity``.
+APPLICATION_NAME = "pooler failover"
+#: Seconds a repointed standby has to stream from the new primary; one that cannot
+#: (its WAL went past the new primary's timeline switch) needs pg_rewind, not time.
+FOLLOW_TIMEOUT = 30.0
+#: Seconds ``pg_promote`` waits for the end of recovery (PostgreSQL's default is 60).
+PROMOTE_TIMEOUT = 60
+#: Seconds between two reads of the primary's ``synchronous_standby_names``, which a
+#: reload can change.
+SYNC_REFRESH = 10.0
+_POLL = 0.2
+
+# One row whatever the state of the WAL receiver (none while it is not running).
+_STANDBY_SQL = """\
+SELECT pg_is_in_recovery() AS in_recovery,
+       coalesce(r.status = 'streaming', false) AS streaming,
+       r.written_lsn AS receive_lsn,
+       pg_last_wal_receive_lsn() AS flush_lsn,
+       current_setting('primary_conninfo') AS primary_conninfo,
+       current_setting('cluster_name') AS cluster_name
+FROM (SELECT) AS one LEFT JOIN pg_stat_wal_receiver AS r ON true"""
+
+_CREATE_SLOT_SQL = """\
+SELECT pg_create_physical_replication_slot($1, true)
+WHERE NOT EXISTS (SELECT FROM pg_replication_slots WHERE slot_name = $1)"""
+
+
+@contextlib.asynccontextmanager
+async def _connected(backend: Backend, health: HealthCheck) -> AsyncIterator[asyncpg.Connection]:
+    """A control connection to ``backend``, closed cleanly after (dropped on error)."""
+    conn = await control_connect(backend, health, APPLICATION_NAME)
+    try:
+        yield conn
+        await conn.close()
+    finally:
+        if not conn.is_closed():
+            conn.terminate()
+
+
+def _literal(text: str) -> str:
+    """A SQL string literal (ALTER SYSTEM takes no parameters)."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+class Failover:
+    """Promotes a standby when the primary is down, as ``failover`` configures it."""
+
+    def __init__(
+        self,
+        backends: Sequence[Backend],
+        health: HealthCheck,
+        policy: FailoverConfig,
+        cluster: Cluster,
+        monitor: Monitor,
+    ) -> None:
+        self._backends = tuple(backends)
+        self._health = health
+        self._policy = policy
+        self._cluster = cluster
+        self._monitor = monitor
+        self._user = policy.replication_user or health.user
+        self._password = policy.replication_password if policy.replication_user else health.password
+        self._last: LastPrimary | None = None
+        self._sync_read_at = 0.0
+        #: Standbys that went down, for failover.command (pgpool-II runs it for them too).
+        self._down: list[tuple[int, int]] = []
+        #: The old primary for which failover.command already ran.
+        self._commanded: int | None = None
+        #: The last refusal logged, so that each is logged once.
+        self._refusal: str | None = None
+        #: Nodes that were the primary before a promotion: back as primaries, they are
+        #: fenced, and said so loudly.
+        self._replaced: set[int] = set()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        cluster.on_change(self._changed)
+
+    async def start(self) -> None:
+        """Start watching (after the monitor published its first view)."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="pooler failover")
+
+    async def stop(self) -> None:
+        """Stop; a promotion under way is abandoned where it is."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    # --- the views --------------------------------------------------------------------
+
+    def _changed(self, old: ClusterView, new: ClusterView) -> None:
+        primary = new.primary
+        if primary is not None:
+            lsn = new.nodes[primary].replay_lsn
+            if self._last is None or self._last.node != primary:
+                self._last = LastPrimary(primary, lsn)
+            else:
+                self._last = replace(self._last, lsn=lsn)
+            self._refusal = None
+            self._commanded = None
+        for before, after in zip(old.nodes, new.nodes, strict=True):
+            if before.up and after.status is NodeStatus.DOWN and before.role is NodeRole.STANDBY:
+                self._down.append((after.node, old.primary if old.primary is not None else -1))
+            if (
+                after.up
+                and after.role is NodeRole.FALSE_PRIMARY
+                and after.node in self._replaced
+                and not (before.up and before.role is NodeRole.FALSE_PRIMARY)
+            ):
+                log.error(
+                    "the old primary is back and claims to be a primary: fenced, it gets no "
+                    "query; rebuild it as a standby of the new primary (pg_rewind)",
+                    extra={"node": after.node, "primary": primary},
+                )
+        self._wake.set()
+
+    async def _run(self) -> None:
+        while True:
+            self._wake.clear()
+            try:
+                await self._step()
+            # A bug or an odd answer must not end failover for good; the next view retries.
+            except Exception:
+                log.exception("failover step failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._health.period)
+
+    async def _step(self) -> None:
+        acting = self._policy.auto_promote
+        while self._down:
+            node, primary = self._down.pop(0)
+            if acting and self._policy.command is not None:
+                await self._run_command(CommandValues(node, primary, primary, primary))
+        view = self._cluster.view
+        if view.primary is not None:
+            stale = time.monotonic() - self._sync_read_at > SYNC_REFRESH
+            if acting and (stale or not (self._last and self._last.sync_known)):
+                await self._read_sync(view.primary)
+            return
+        last = self._last
+        reports: list[StandbyReport] = []
+        if self._policy.auto_promote and last is not None:
+            reports = await self._reports(view, last.node)
+        decision = decide(view, last, reports, self._policy)
+        if isinstance(decision, Refuse):
+            if decision.reason != self._refusal:
+                self._refusal = decision.reason
+                log.error(
+                    "the primary is down and no standby is promoted: writes fail until a "
+                    "person acts or this changes",
+                    extra={"why": decision.reason, "old_primary": last and last.node},
+                )
+        elif isinstance(decision, Promote) and last is not None:
+            await self._promote(decision, last.node)
+
+    # --- reading ----------------------------------------------------------------------
+
+    def _connected(self, node: int) -> contextlib.AbstractAsyncContextManager[asyncpg.Connection]:
+        return _connected(self._backends[node], self._health)
+
+    async def _read_sync(self, primary: int) -> None:
+        """Read the primary's ``synchronous_standby_names`` into ``_last``."""
+        try:
+            async with asyncio.timeout(self._health.timeout):
+                async with self._connected(primary) as conn:
+                    text = await conn.fetchval(
+                        "SELECT current_setting('synchronous_standby_names')"
+                    )
+        except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+            log.debug(
+                "cannot read synchronous_standby_names", extra={"node": primary, "why": str(exc)}
+            )
+            return
+        try:
+            sync = parse_synchronous_standby_names(text)
+        except ValueError as exc:
+            log.warning(
+                "cannot read synchronous_standby_names", extra={"node": primary, "why": str(exc)}
+            )
+            return
+        self._sync_read_at = time.monotonic()
+        if self._last is not None and self._last.node == primary:
+            self._last = replace(self._last, sync=sync, sync_known=True)
+
+    async def _reports(self, view: ClusterView, old_primary: int) -> list[StandbyReport]:
+        """What every standby up says about its WAL receiver (those that answer)."""
+        nodes = [node for node in view.standbys() if node != old_primary]
+        found = await asyncio.gather(*(self._report(node) for node in nodes))
+        return [report for report in found if report is not None]
+
+    async def _report(self, node: int) -> StandbyReport | None:
+        try:
+            async with asyncio.timeout(self._health.timeout):
+                async with self._connected(node) as conn:
+                    row = await conn.fetchrow(_STANDBY_SQL)
+        except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+            log.debug("standby not asked", extra={"node": node, "why": str(exc)})
+            return None
+        if not row["in_recovery"]:
+            return None
+        return StandbyReport(
+            node,
+            walreceiver_name(row["primary_conninfo"], row["cluster_name"]),
+            row["streaming"],
+            row["flush_lsn"],
+            row["receive_lsn"],
+        )
+
+    # --- acting -----------------------------------------------------------------------
+
+    async def _promote(self, decision: Promote, old_primary: int) -> None:
+        node = decision.node
+        fields = {
+            "node": node,
+            "old_primary": old_primary,
+            "why": decision.why,
+            "writes_possibly_lost_bytes": decision.lost_bound,
+        }
+        if self._policy.command is not None:
+            if self._commanded == old_primary:
+                return
+            self._commanded = old_primary
+            log.warning("the primary is down: running failover.command", extra=fields)
+            await self._run_command(CommandValues(old_primary, node, old_primary, old_primary))
+        else:
+            log.warning("the primary is down: promoting a standby", extra=fields)
+            started = time.monotonic()
+            try:
+                async with asyncio.timeout(PROMOTE_TIMEOUT + self._health.timeout):
+                    async with self._connected(node) as conn:
+                        done = await conn.fetchval(
+                            "SELECT pg_promote(wait => true, wait_seconds => $1)", PROMOTE_TIMEOUT
+                        )
+            except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+                log.error("promotion failed; retrying", extra={"node": node, "why": str(exc)})
+                return
+            if not done:
+                log.error("promotion did not finish in time; retrying", extra={"node": node})
+                return
+            log.info(
+                "promoted", extra={"node": node, "seconds": round(time.monotonic() - started, 3)}
+            )
+        self._replaced.add(old_primary)
+        # Routing follows the view: publish the new primary now, not at its next check.
+        await self._monitor.check_now(node)
+        primary = self._cluster.view.primary
+        if primary is None:
+            log.error("no primary after the promotion; retrying", extra={"node": node})
+            return
+        # failover.command may have promoted another node than the one it was given.
+        log.warning(
+            "new primary: writes go to it", extra={"node": primary, "old_primary": old_primary}
+        )
+        if self._policy.follow_primary:
+            others = [n for n in self._cluster.view.standbys() if n != primary]
+            await asyncio.gather(*(self._follow(standby, primary) for standby in others))
+
+    async def _run_command(self, values: CommandValues) -> None:
+        """Run failover.command for one node that went down, as pgpool-II would."""
+        assert self._policy.command is not None
+        line = command_line(self._policy.command, values, self._backends)
+        proc = await asyncio.create_subprocess_shell(
+            line,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        output, _ = await proc.communicate()
+        fields = {
+            "command": line,
+            "status": proc.returncode,
+            "output": output.decode(errors="replace")[-2000:],
+        }
+        if proc.returncode == 0:
+            log.info("failover.command ran", extra=fields)
+        else:
+            log.error("failover.command failed", extra=fields)
+
+    async def _follow(self, node: int, primary: int) -> None:
+        """Repoint standby ``node`` at ``primary`` and see whether it streams from it."""
+        target = self._backends[primary]
+        slot = slot_name(self._backends[node], node)
+        try:
+            async with asyncio.timeout(self._health.timeout * 4):
+                async with self._connected(primary) as conn:
+                    await conn.execute(_CREATE_SLOT_SQL, slot)
+                async with self._connected(node) as conn:
+                    row = await conn.fetchrow(_STANDBY_SQL)
+                    name = walreceiver_name(row["primary_conninfo"], row["cluster_name"])
+                    conninfo = primary_conninfo(target, self._user, self._password, name)
+                    await conn.execute(f"ALTER SYSTEM SET primary_conninfo = {_literal(conninfo)}")
+                    await conn.execute(f"ALTER SYSTEM SET primary_slot_name = {_literal(slot)}")
+                    await conn.execute("SELECT pg_reload_conf()")
+        except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+            log.error(
+                "standby not repointed at the new primary",
+                extra={"node": node, "primary": primary, "why": str(exc)},
+            )
+            return
+        fields = {"node": node, "primary": primary, "slot": slot}
+        started = time.monotonic()
+        if await self._streams_from(node, target):
+            log.info(
+                "standby follows the new primary",
+                extra={**fields, "seconds": round(time.monotonic() - started, 3)},
+            )
+        else:
+            log.error(
+                f"standby repointed but not streaming from the new primary within "
+                f"{FOLLOW_TIMEOUT:.0f} s: it may have WAL past the new primary's timeline "
+                f"switch and need pg_rewind (not done by the pooler)",
+                extra=fields,
+            )
+
+    async def _streams_from(self, node: int, primary: Backend) -> bool:
+        """Whether ``node``'s WAL receiver streams from ``primary`` within FOLLOW_TIMEOUT."""
+        deadline = time.monotonic() + FOLLOW_TIMEOUT
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError, TimeoutError, asyncpg.PostgresError):
+                async with asyncio.timeout(self._health.timeout):
+                    async with self._connected(node) as conn:
+                        row = await conn.fetchrow(
+                            "SELECT status, sender_port FROM pg_stat_wal_receiver"
+                        )
+                if (
+                    row is not None
+                    and row["status"] == "streaming"
+                    and row["sender_port"] == primary.port
+                ):
+                    return True
+            await asyncio.sleep(_POLL)
+        return False

@@ -1,0 +1,256 @@
+"""Automatic failover against real clusters, through a pooler (``start_pooler``).
+
+Each test breaks a cluster of its own from ``cluster_factory``: the primary is killed
+(``pg_ctl stop -m immediate``) while clients write through the pooler. Outage times are
+printed (run with ``-s`` to see them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import asyncpg
+import pytest
+from conftest import ClusterFactory, PoolerProcess, StartPooler
+
+from pooler.localcluster import LocalCluster, Node
+
+#: Down within period + 2 * timeout + retry_delay = 1.7 s; the data path's failures
+#: make the monitor look sooner.
+HEALTH = {"period": 0.5, "timeout": 0.5, "max_retries": 1, "retry_delay": 0.2}
+MARKER = 10_000_000
+
+
+def in_recovery(node: Node) -> bool:
+    return node.psql("SELECT pg_is_in_recovery()") == "t"
+
+
+def ids_on(node: Node) -> set[int]:
+    return {int(x) for x in node.psql("SELECT id FROM t", user="app", dbname="app").split()}
+
+
+def create_table(local: LocalCluster) -> None:
+    local.primary.psql("CREATE TABLE t (id int PRIMARY KEY, pad text)", user="app", dbname="app")
+
+
+async def connect(pooler: PoolerProcess) -> asyncpg.Connection:
+    return await asyncpg.connect(
+        host=pooler.host, port=pooler.port, user="app", password="app", database="app", timeout=2
+    )
+
+
+async def eventually(condition: Callable[[], bool], timeout: float, what: str) -> float:
+    """Seconds until ``condition()`` (run in a thread) holds; fails after ``timeout``."""
+    started = time.monotonic()
+    while not await asyncio.to_thread(condition):
+        if time.monotonic() - started > timeout:
+            pytest.fail(f"{what}: not within {timeout:.0f} s")
+        await asyncio.sleep(0.1)
+    return time.monotonic() - started
+
+
+class Writers:
+    """Clients inserting unique ids through the pooler, reconnecting after errors."""
+
+    def __init__(self, pooler: PoolerProcess, clients: int) -> None:
+        self.pooler = pooler
+        self.clients = clients
+        self.acked: set[int] = set()
+        self.errors: list[str] = []
+        #: monotonic time of every acknowledged insert
+        self.ack_times: list[float] = []
+        self._ids = itertools.count(1)
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._write()) for _ in range(self.clients)]
+
+    async def stop(self) -> None:
+        self._stop.set()
+        await asyncio.gather(*self._tasks)
+
+    def first_ack_after(self, moment: float) -> float | None:
+        return min((t for t in self.ack_times if t > moment), default=None)
+
+    def outage(self, since: float) -> float:
+        """The longest time without an acknowledged write, from ``since`` on."""
+        times = sorted(t for t in self.ack_times if t >= since)
+        return max((b - a for a, b in itertools.pairwise(times)), default=0.0)
+
+    async def _write(self) -> None:
+        conn: asyncpg.Connection | None = None
+        while not self._stop.is_set():
+            try:
+                if conn is None:
+                    conn = await connect(self.pooler)
+                value = next(self._ids)
+                await conn.execute("INSERT INTO t VALUES ($1)", value, timeout=5)
+                self.acked.add(value)
+                self.ack_times.append(time.monotonic())
+            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                self.errors.append(f"{type(exc).__name__}: {exc}")
+                if conn is not None:
+                    conn.terminate()
+                    conn = None
+                await asyncio.sleep(0.05)
+        if conn is not None:
+            await conn.close()
+
+
+async def kill_primary_under_load(
+    local: LocalCluster, pooler: PoolerProcess, wait: float
+) -> tuple[Writers, float | None]:
+    """Writers for a second, the primary killed, writers for ``wait`` more seconds at
+    most (1.5 s after writes succeed again); (writers, outage or None when writes never
+    came back). The outage is the longest time without an acknowledged write."""
+    writers = Writers(pooler, 12)
+    writers.start()
+    await asyncio.sleep(1.0)
+    started = time.monotonic()
+    await asyncio.to_thread(local.stop_node, local.primary, "immediate")
+    # Writes acknowledged while pg_ctl ran may have come before the end.
+    killed = time.monotonic()
+    while time.monotonic() - killed < wait and writers.first_ack_after(killed) is None:
+        await asyncio.sleep(0.05)
+    back = writers.first_ack_after(killed) is not None
+    if back:
+        await asyncio.sleep(1.5)
+    await writers.stop()
+    return writers, writers.outage(started - 0.5) if back else None
+
+
+def log_records(pooler: PoolerProcess) -> list[dict[str, object]]:
+    return [json.loads(line) for line in pooler.log_text().splitlines() if line.startswith("{")]
+
+
+def test_sync_failover_under_load_follow_and_fence(
+    cluster_factory: ClusterFactory, start_pooler: StartPooler
+) -> None:
+    local = cluster_factory(synchronous=1)
+    old, *standbys = local.nodes
+    create_table(local)
+    pooler = start_pooler(local, health_check=HEALTH)
+
+    async def main() -> None:
+        writers, outage = await kill_primary_under_load(local, pooler, 15)
+        assert outage is not None, f"no write succeeded after the kill: {writers.errors[-3:]}"
+        print(f"\nsync failover (ANY 1 of 2), 12 writers: no write acknowledged for {outage:.2f} s")
+        assert outage < 10
+        new = next(node for node in standbys if not in_recovery(node))
+        other = next(node for node in standbys if node is not new)
+        lost = writers.acked - ids_on(new)
+        assert not lost, f"{len(lost)} acknowledged inserts missing on the new primary"
+
+        # The remaining standby follows the new primary.
+        conn = await connect(pooler)
+        await conn.execute("INSERT INTO t VALUES ($1)", MARKER)
+        took = await eventually(lambda: MARKER in ids_on(other), 10, "write seen on the standby")
+        print(f"the other standby has a write through the pooler after {took:.2f} s")
+
+        # The old primary comes back as a primary: fenced, gets no query.
+        await asyncio.to_thread(local.start_node, old)
+        await eventually(lambda: "fenced" in pooler.log_text(), 10, "old primary fenced")
+        for value in range(MARKER + 1, MARKER + 21):
+            await conn.execute("INSERT INTO t VALUES ($1)", value)
+            await conn.fetchval("SELECT count(*) FROM t")
+        await conn.close()
+        sessions = old.psql("SELECT count(*) FROM pg_stat_activity WHERE usename = 'app'")
+        assert sessions == "0"
+        assert not ids_on(old) & set(range(MARKER, MARKER + 21))
+        assert not in_recovery(old), "the old primary really claims to be one"
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("case", ["lagging", "auto_promote_off"])
+def test_no_promotion_writes_fail_reads_go_on(
+    cluster_factory: ClusterFactory, start_pooler: StartPooler, case: str
+) -> None:
+    local = cluster_factory()
+    create_table(local)
+    failover = {"max_lag_bytes": "64kB"} if case == "lagging" else {"auto_promote": False}
+    pooler = start_pooler(local, health_check=HEALTH, failover=failover)
+
+    async def main() -> None:
+        reader = await connect(pooler)
+        if case == "lagging":
+            for standby in local.standbys:
+                await asyncio.to_thread(
+                    standby.psql,
+                    "ALTER SYSTEM SET primary_conninfo = ''; SELECT pg_reload_conf()",
+                )
+            # 200 kB of WAL the standbys never get; the monitor sees the position.
+            writer = await connect(pooler)
+            await writer.execute(
+                "INSERT INTO t SELECT g, repeat('x', 1000) FROM generate_series(1, 200) g"
+            )
+            await writer.close()
+            await asyncio.sleep(1.5)
+        writers, outage = await kill_primary_under_load(local, pooler, 6)
+        assert outage is None, "a write succeeded with no primary"
+        assert any("no primary is available" in error for error in writers.errors), set(
+            writers.errors
+        )
+        # (The simple protocol: a read that asyncpg prepares first is sent to the primary.)
+        assert await reader.execute("SELECT count(*) FROM t") == "SELECT 1"
+        await reader.close()
+        assert all(in_recovery(node) for node in local.standbys)
+        # Logged once, not once per period.
+        refusals = [str(r) for r in log_records(pooler) if "no standby is promoted" in str(r)]
+        expected = "max_lag_bytes (65536)" if case == "lagging" else "auto_promote is false"
+        assert len([r for r in refusals if expected in r]) == 1, refusals
+
+    asyncio.run(main())
+
+
+def test_failover_command_runs_with_pgpool_placeholders(
+    cluster_factory: ClusterFactory, start_pooler: StartPooler, tmp_path: Path
+) -> None:
+    local = cluster_factory()
+    create_table(local)
+    assert local.nodes[0].bindir is not None
+    argv_file = tmp_path / "argv"
+    script = tmp_path / "failover.sh"
+    # As pgpool-II's failover.sh.sample: promote the new main node when the primary failed.
+    script.write_text(
+        "#!/bin/sh\n"
+        f"printf '%s\\n' \"$@\" > {argv_file}\n"
+        '[ "$1" = "$8" ] || exit 0\n'
+        f'PGPASSWORD=postgres {local.nodes[0].bindir}/psql -X -q -h "$6" -p "$9" -U postgres'
+        " -d postgres -c 'SELECT pg_promote()'\n"
+    )
+    os.chmod(script, 0o755)
+    command = f"{script} %d %h %p %D %m %H %M %P %r %R %N %S"
+    pooler = start_pooler(local, health_check=HEALTH, failover={"command": command})
+
+    async def main() -> None:
+        writers, outage = await kill_primary_under_load(local, pooler, 15)
+        assert outage is not None, f"no write succeeded after the kill: {writers.errors[-3:]}"
+        print(f"\nfailover.command, 12 writers: no write acknowledged for {outage:.2f} s")
+        old = local.primary
+        new_id = next(i for i, node in enumerate(local.nodes) if i and not in_recovery(node))
+        new = local.nodes[new_id]
+        args = argv_file.read_text().split("\n")[:-1]
+        assert args == [
+            "0",
+            old.host,
+            str(old.port),
+            "",
+            str(new_id),
+            new.host,
+            "0",
+            "0",
+            str(new.port),
+            "",
+            old.host,
+            str(old.port),
+        ]
+
+    asyncio.run(main())
