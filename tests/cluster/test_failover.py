@@ -218,10 +218,11 @@ def test_failover_command_runs_with_pgpool_placeholders(
     assert local.nodes[0].bindir is not None
     argv_file = tmp_path / "argv"
     script = tmp_path / "failover.sh"
-    # As pgpool-II's failover.sh.sample: promote the new main node when the primary failed.
+    # As pgpool-II's failover.sh.sample: promote the new main node when the primary
+    # failed, nothing when a standby did. One line per run, its arguments joined by |.
     script.write_text(
         "#!/bin/sh\n"
-        f"printf '%s\\n' \"$@\" > {argv_file}\n"
+        f"(IFS='|'; echo \"$*\") >> {argv_file}\n"
         '[ "$1" = "$8" ] || exit 0\n'
         f'PGPASSWORD=postgres {local.nodes[0].bindir}/psql -X -q -h "$6" -p "$9" -U postgres'
         " -d postgres -c 'SELECT pg_promote()'\n"
@@ -237,20 +238,18 @@ def test_failover_command_runs_with_pgpool_placeholders(
         old = local.primary
         new_id = next(i for i, node in enumerate(local.nodes) if i and not in_recovery(node))
         new = local.nodes[new_id]
-        args = argv_file.read_text().split("\n")[:-1]
-        assert args == [
-            "0",
-            old.host,
-            str(old.port),
-            "",
-            str(new_id),
-            new.host,
-            "0",
-            "0",
-            str(new.port),
-            "",
-            old.host,
-            str(old.port),
-        ]
+        runs = [line.split("|") for line in argv_file.read_text().splitlines()]
+        at = (old.host, str(old.port))
+        assert runs == [["0", *at, "", str(new_id), new.host, "0", "0", str(new.port), "", *at]]
+
+        # A standby that goes down runs it too (pgpool-II's rule); the script skips it.
+        other_id = 3 - new_id
+        other = local.nodes[other_id]
+        await asyncio.to_thread(local.stop_node, other, "immediate")
+        await eventually(lambda: len(argv_file.read_text().splitlines()) == 2, 10, "second run")
+        runs = [line.split("|") for line in argv_file.read_text().splitlines()]
+        main, port = str(new_id), str(new.port)
+        down = [str(other_id), other.host, str(other.port), ""]
+        assert runs[1] == [*down, main, new.host, main, main, port, "", new.host, port]
 
     asyncio.run(main())
