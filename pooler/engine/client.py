@@ -391,7 +391,9 @@ class ClientEngine:
             return False
         self.statements.settled(server.errors)
         session = self.session
-        if session.pins:
+        # A standby's requests leave no state (what would is the primary's): pins are
+        # those of requests held behind it, for the next server.
+        if session.pins and self.writable:
             session.settled(server.errors)
             if session.pins:
                 return False

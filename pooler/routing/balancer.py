@@ -11,8 +11,10 @@ client that must see its own writes, once it has replayed past them.
 from __future__ import annotations
 
 import random
+from bisect import bisect
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import accumulate
 
 from pooler.cluster.nodes import ClusterView, NodeState
 from pooler.routing.targets import Target
@@ -31,7 +33,7 @@ class Limits:
 class Balancer:
     """Picks nodes; counts the requests each node has in flight."""
 
-    __slots__ = ("_random", "inflight", "limits", "weights")
+    __slots__ = ("_cache", "_cached_view", "_random", "inflight", "limits", "weights")
 
     def __init__(
         self, weights: Sequence[float], limits: Limits, rng: random.Random | None = None
@@ -41,6 +43,10 @@ class Balancer:
         #: Requests (server checkouts) running on each node now.
         self.inflight = [0] * len(self.weights)
         self._random = rng if rng is not None else random.Random()
+        # The candidates of each target for the last view seen (a view changes when
+        # the monitor publishes, reads happen all the time): nodes, cumulative weights.
+        self._cached_view: ClusterView | None = None
+        self._cache: dict[Target, _Candidates | None] = {}
 
     def pick(self, view: ClusterView, target: Target, min_lsn: int | None = None) -> int | None:
         """The node to run a request of ``target`` on, or None when no node can.
@@ -48,26 +54,49 @@ class Balancer:
         ``min_lsn``: the request must see writes up to this WAL position; a standby
         that has not replayed that far (or whose position is unknown) cannot serve it.
         """
-        primary = view.primary
         if target is Target.PRIMARY:
-            return primary
+            return view.primary
+        if min_lsn is not None:
+            candidates = self._candidates(view, target, min_lsn)
+        else:
+            if view is not self._cached_view:
+                self._cached_view = view
+                self._cache.clear()
+            try:
+                candidates = self._cache[target]
+            except KeyError:
+                candidates = self._cache[target] = self._candidates(view, target, None)
+        if candidates is None:
+            return None
+        nodes, cumulative = candidates
+        if len(nodes) == 1:
+            return nodes[0]
+        total = cumulative[-1]
+        rand = self._random.random
+        first = nodes[bisect(cumulative, rand() * total)]
+        second = nodes[bisect(cumulative, rand() * total)]
+        # The less busy of the two; on a tie, the first: the weights decide.
+        return second if self.inflight[second] < self.inflight[first] else first
+
+    def _candidates(
+        self, view: ClusterView, target: Target, min_lsn: int | None
+    ) -> _Candidates | None:
+        """The nodes a read of ``target`` may go to, with their cumulative weights."""
         fit = [state for state in view.nodes if self._serves_reads(state, min_lsn)]
         if target is Target.STANDBY:
             standbys = [state for state in fit if not state.is_primary]
             fit = standbys or fit
-        candidates = [state.node for state in fit if self.weights[state.node] > 0]
-        if not candidates:
-            if self.limits.fallback_to_primary and primary is not None:
-                return primary
-            # Nodes of weight 0 serve only when nothing else may.
-            candidates = [state.node for state in fit if not state.is_primary]
-            if not candidates:
-                return None
-        if len(candidates) == 1:
-            return candidates[0]
-        first, second = self._two_picks(candidates)
-        # The less busy of the two; on a tie, the first: the weights decide.
-        return second if self.inflight[second] < self.inflight[first] else first
+        nodes = [state.node for state in fit if self.weights[state.node] > 0]
+        if nodes:
+            return nodes, list(accumulate(self.weights[node] for node in nodes))
+        primary = view.primary
+        if self.limits.fallback_to_primary and primary is not None:
+            return [primary], [1.0]
+        # Nodes of weight 0 serve only when nothing else may.
+        nodes = [state.node for state in fit if not state.is_primary]
+        if not nodes:
+            return None
+        return nodes, list(accumulate(1.0 for _ in nodes))
 
     def _serves_reads(self, state: NodeState, min_lsn: int | None) -> bool:
         if state.is_primary:
@@ -83,9 +112,5 @@ class Balancer:
             return state.replay_lsn is not None and state.replay_lsn >= min_lsn
         return True
 
-    def _two_picks(self, candidates: list[int]) -> tuple[int, int]:
-        weights = [self.weights[node] for node in candidates]
-        if not any(weights):
-            weights = [1.0] * len(candidates)
-        first, second = self._random.choices(candidates, weights, k=2)
-        return first, second
+
+_Candidates = tuple[list[int], list[float]]

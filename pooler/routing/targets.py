@@ -54,12 +54,15 @@ def target_of(classification: Classification | None, text: str) -> Target:
         or classification.route is not Route.READ
         or classification.transaction
         or classification.session_effects
+        # A DO block may leave any state behind (it pins its client): on the primary.
+        or any(statement.kind == _DO for statement in classification.statements)
     ):
         return Target.PRIMARY
     hint = hint_of(text) if text[:1] in _COMMENT_STARTS else None
     return Target.ANY if hint is None else hint
 
 
+_DO = "utility:DoStmt"
 # A hint comment may follow white space; checking the first character first keeps the
 # common text (no comment) off the slower path.
 _COMMENT_STARTS = frozenset("/ \t\r\n")

@@ -32,6 +32,7 @@ from pooler.routing.targets import Target, hint_of, target_of
         ("SET search_path TO x", Target.PRIMARY),
         ("SELECT nextval('s')", Target.PRIMARY),
         ("DECLARE c CURSOR WITH HOLD FOR SELECT 1", Target.PRIMARY),
+        ("DO $$BEGIN RAISE NOTICE 'n'; END$$", Target.PRIMARY),
     ],
 )
 def test_where_a_text_may_run(sql: str, target: Target) -> None:
@@ -161,6 +162,22 @@ def test_where_held_requests_go(data: bytes, target: Target) -> None:
         assert _need(engine, query("SELECT 1") + data) is Target.PRIMARY
         return
     assert _need(_client(), data) is target
+
+
+def test_state_held_behind_a_standby_goes_to_the_primary() -> None:
+    engine = _client()
+    assert _need(engine, query("SELECT 1")) is Target.ANY
+    server = ServerEngine({}, b"I")
+    engine.attach(server, writable=False)
+    # A SET sent while the standby answers pins the client, on its next server.
+    assert _need(engine, query("SET search_path TO app")) is Target.PRIMARY
+    server.feed(ANSWER)
+    assert engine.releasable()
+    engine.detach()
+    primary = ServerEngine({}, b"I")
+    engine.attach(primary)
+    primary.feed(msg("C", b"SET\0") + msg("Z", b"I"))
+    assert not engine.releasable()
 
 
 def test_a_named_statement_keeps_its_target_across_transactions() -> None:
