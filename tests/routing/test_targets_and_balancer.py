@@ -165,10 +165,7 @@ def test_where_held_requests_go(data: bytes, target: Target) -> None:
 
 
 def test_state_held_behind_a_standby_goes_to_the_primary() -> None:
-    engine = _client()
-    assert _need(engine, query("SELECT 1")) is Target.ANY
-    server = ServerEngine({}, b"I")
-    engine.attach(server, writable=False)
+    engine, server = _standby_unit(query("SELECT 1"))
     # A SET sent while the standby answers pins the client, on its next server.
     assert _need(engine, query("SET search_path TO app")) is Target.PRIMARY
     server.feed(ANSWER)
@@ -196,10 +193,7 @@ def test_a_named_statement_keeps_its_target_across_transactions() -> None:
 
 
 def test_requests_behind_a_standby_wait_and_go_where_they_may() -> None:
-    engine = _client()
-    assert _need(engine, query("SELECT 1")) is Target.ANY
-    server = ServerEngine({}, b"I")
-    engine.attach(server, writable=False)
+    engine, server = _standby_unit(query("SELECT 1"))
     # Sent while the standby still answers: held, and the next server must be the
     # primary.
     assert _need(engine, query("INSERT INTO t VALUES (1)")) is Target.PRIMARY
