@@ -170,6 +170,9 @@ class Failover:
     auto_promote: bool = True
     #: Repoint the other standbys at the new primary.
     follow_primary: bool = True
+    #: Seconds a repointed standby has to stream from the new primary before it is
+    #: reported as one that needs pg_rewind.
+    follow_timeout: float = 30.0
     #: Run instead of the builtin promotion, when set (pgpool-II's failover_command);
     #: also when a standby goes down.
     command: str | None = None
@@ -655,6 +658,7 @@ def _failover(top: _Reader, users: Mapping[str, str]) -> Failover:
     values = reader.fields(
         auto_promote=_BOOLEAN,
         follow_primary=_BOOLEAN,
+        follow_timeout=_POSITIVE_DURATION,
         command=_optional(_TEXT),
         max_lag_bytes=_LAG_SIZE,
         replication_user=_optional(_TEXT),

@@ -49,15 +49,12 @@ from pooler.cluster.nodes import Cluster, ClusterView, NodeRole, NodeStatus
 from pooler.config import Backend, HealthCheck
 from pooler.config import Failover as FailoverConfig
 
-__all__ = ["APPLICATION_NAME", "FOLLOW_TIMEOUT", "Failover"]
+__all__ = ["APPLICATION_NAME", "Failover"]
 
 log = logging.getLogger("pooler.cluster")
 
 #: What the failover's connections show in ``pg_stat_activity``.
 APPLICATION_NAME = "pooler failover"
-#: Seconds a repointed standby has to stream from the new primary; one that cannot
-#: (its WAL went past the new primary's timeline switch) needs pg_rewind, not time.
-FOLLOW_TIMEOUT = 30.0
 #: Seconds ``pg_promote`` waits for the end of recovery (PostgreSQL's default is 60).
 PROMOTE_TIMEOUT = 60
 #: Seconds between two reads of the primary's ``synchronous_standby_names``, which a
@@ -362,16 +359,18 @@ class Failover:
                 extra={**fields, "seconds": round(time.monotonic() - started, 3)},
             )
         else:
+            # Time would not help one whose WAL went past the new primary's timeline
+            # switch: it needs pg_rewind.
             log.error(
-                f"standby repointed but not streaming from the new primary within "
-                f"{FOLLOW_TIMEOUT:.0f} s: it may have WAL past the new primary's timeline "
-                f"switch and need pg_rewind (not done by the pooler)",
-                extra=fields,
+                "standby repointed but not streaming from the new primary within "
+                "failover.follow_timeout: it may have WAL past the new primary's timeline "
+                "switch and need pg_rewind (not done by the pooler)",
+                extra={**fields, "follow_timeout": self._policy.follow_timeout},
             )
 
     async def _streams_from(self, node: int, primary: Backend) -> bool:
-        """Whether ``node``'s WAL receiver streams from ``primary`` within FOLLOW_TIMEOUT."""
-        deadline = time.monotonic() + FOLLOW_TIMEOUT
+        """Whether ``node``'s WAL receiver streams from ``primary`` within follow_timeout."""
+        deadline = time.monotonic() + self._policy.follow_timeout
         while time.monotonic() < deadline:
             with contextlib.suppress(OSError, TimeoutError, asyncpg.PostgresError):
                 async with asyncio.timeout(self._health.timeout):

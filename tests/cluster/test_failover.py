@@ -253,3 +253,42 @@ def test_failover_command_runs_with_pgpool_placeholders(
         assert runs[1] == [*down, main, new.host, main, main, port, "", new.host, port]
 
     asyncio.run(main())
+
+
+def test_a_standby_ahead_of_the_new_primary_is_reported_not_rewound(
+    cluster_factory: ClusterFactory, start_pooler: StartPooler
+) -> None:
+    local = cluster_factory()
+    primary, sync, ahead = local.nodes
+    # standby1 is the synchronous standby; standby2 is asynchronous and may be ahead.
+    primary.psql("ALTER SYSTEM SET synchronous_standby_names = 'standby1'")
+    primary.psql("SELECT pg_reload_conf()")
+    create_table(local)
+    pooler = start_pooler(
+        local, health_check=HEALTH, failover={"follow_timeout": 3, "max_lag_bytes": 0}
+    )
+
+    async def main() -> None:
+        sync.psql("ALTER SYSTEM SET primary_conninfo = ''")
+        sync.psql("SELECT pg_reload_conf()")
+        # Never acknowledged (standby1 does not receive it), but streamed to standby2.
+        direct = await asyncpg.connect(primary.dsn(dbname="app"))
+        hanging = asyncio.create_task(direct.execute("INSERT INTO t VALUES (1)"))
+
+        def lsn(node: Node) -> int:
+            return int(node.psql("SELECT pg_last_wal_receive_lsn() - '0/0'"))
+
+        await eventually(lambda: lsn(ahead) > lsn(sync), 10, "standby2 ahead of standby1")
+        await asyncio.to_thread(local.stop_node, primary, "immediate")
+        hanging.cancel()
+        direct.terminate()
+        # standby1 has every acknowledged commit: it is promoted, though standby2 has more.
+        await eventually(lambda: not in_recovery(sync), 10, "standby1 promoted")
+        await eventually(lambda: "need pg_rewind" in pooler.log_text(), 10, "standby2 reported")
+        assert in_recovery(ahead), "standby2 is left as it is"
+        conn = await connect(pooler)
+        await conn.execute("INSERT INTO t VALUES ($1)", MARKER)
+        await conn.close()
+        assert ids_on(sync) == {MARKER}
+
+    asyncio.run(main())
