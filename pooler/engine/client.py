@@ -56,6 +56,7 @@ _UNIT_ENDS = frozenset({m.QUERY, m.SYNC})
 # Extended-protocol messages that leave a batch open until its Sync.
 _BATCH = frozenset(b"PBDCE")
 _FLUSH = ord("H")
+_FUNCTION_CALL = ord("F")
 _S = ord("S")
 _NOT_WHOLE, _WHOLE, _RETRYABLE = range(3)
 
@@ -316,6 +317,40 @@ class ClientEngine:
         """What ran on the server it has may have written (the primary's statements,
         and any that could not be told a read); asked before ``detach``."""
         return self._target is Target.PRIMARY
+
+    def refuse(self, error: bytes) -> bytes | None:
+        """No server can take the held requests: the answers PostgreSQL gives requests
+        that fail with ``error`` (each Query, FunctionCall and batch up to its Sync its
+        error, each Query, FunctionCall and Sync its ReadyForQuery), the requests
+        dropped. None, dropping nothing, when that cannot be said: inside a transaction
+        (a deferred BEGIN), with the stream ended, or with COPY data or a message cut
+        short among them."""
+        if self._deferred or self._ending is not None or self.scanner.mid_message():
+            return None
+        data = b"".join(self._held)
+        out: list[bytes] = []
+        failed_batch = False
+        idle = m.ready_for_query(b"I")
+        pos = 0
+        while pos < len(data):
+            t = data[pos]
+            if t in (m.QUERY, _FUNCTION_CALL):
+                out += (error, idle)
+            elif t == m.SYNC:
+                out.append(idle)
+                failed_batch = False
+            elif t in _BATCH:
+                if not failed_batch:
+                    out.append(error)
+                    failed_batch = True
+            elif t != _FLUSH:
+                return None
+            pos += 1 + int.from_bytes(data[pos + 1 : pos + 5], "big")
+        self._held.clear()
+        self.scanner.tracked.clear()
+        self._target = Target.ANY
+        self._retryable = False
+        return b"".join(out)
 
     def waiting(self) -> bool:
         """Requests are held for the next server."""

@@ -257,12 +257,28 @@ class ClientConnection(asyncio.Protocol):
         self.transport.pause_reading()
 
     def _no_node(self, target: int) -> None:
-        """No node can run the held requests: end the session as a server that cannot
-        be reached would."""
+        """No node can run the held requests: each gets an error and the client stays
+        (its next requests may find a node: reads go on while writes wait for a new
+        primary); in a transaction, or mid-request, the session ends as one whose
+        server cannot be reached."""
         what = "primary" if target == Target.PRIMARY else "node for reads"
         reason = f"no {what} is available"
         log.warning("no node available", extra={"user": self.user, "target": what})
-        self._fatal("08006", reason)
+        answers = self.engine.refuse(
+            m.error_response(
+                "ERROR",
+                "57P03",
+                reason,
+                hint="The pooler sees no node that can run this now; try again later.",
+            )
+        )
+        if answers is None:
+            self._fatal("08006", reason)
+            return
+        self.transport.write(answers)
+        if self._paused and not self.engine.ended:
+            self._paused = False
+            self.transport.resume_reading()
 
     def _attach(self, server: ServerConnection) -> None:
         self.server = server

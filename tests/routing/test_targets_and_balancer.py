@@ -321,3 +321,18 @@ def test_what_places_a_deferred_transaction(texts: list[str], target: Target) ->
 def test_begin_with_more_is_not_deferred() -> None:
     assert _need(_deferring(), query("BEGIN READ ONLY; SELECT 1")) is Target.PRIMARY
     assert _need(_client(), query("BEGIN READ ONLY")) is Target.PRIMARY
+
+
+def test_requests_no_node_can_run_get_errors_and_the_client_stays() -> None:
+    error = _error("57P03")
+    engine = _client()
+    engine.feed(query("INSERT INTO t VALUES (1)") + parse("", "DELETE FROM t") + bind())
+    engine.feed(EXECUTE + SYNC + msg("H"))
+    assert engine.refuse(error) == error + msg("Z", b"I") + error + msg("Z", b"I")
+    assert not engine.waiting()
+    assert _need(engine, query("SELECT 1")) is Target.ANY
+    # Inside a transaction the session must end instead.
+    engine = _deferring()
+    engine.feed(query("BEGIN"))
+    engine.feed(query("INSERT INTO t VALUES (1)"))
+    assert engine.refuse(error) is None and engine.waiting()
