@@ -496,6 +496,9 @@ def _string(*, empty: bool) -> Callable[[object], str]:
 
 
 def _names(value: object) -> frozenset[str]:
+    # pgpool-II writes its lists as one comma-separated string.
+    if isinstance(value, str):
+        value = [name.strip() for name in value.split(",") if name.strip()]
     if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
         raise ValueError
     return frozenset(value)
@@ -533,7 +536,9 @@ _COUNT = _Kind("a non-negative integer", _integer(0))
 _WEIGHT = _Kind("a non-negative number", _weight)
 _DURATION = _Kind(f"a duration of 0 or more ({_SECONDS})", _duration(positive=False))
 _POSITIVE_DURATION = _Kind(f"a duration above 0 ({_SECONDS})", _duration(positive=True))
-_NAMES = _Kind("a list of function names (name or schema.name)", _names)
+_NAMES = _Kind(
+    "a list of function names (name or schema.name), or one comma-separated string", _names
+)
 _LAG_SIZE = _Kind(f"a size of 0 or more ({_BYTES})", _size(0, 2**63 - 1))
 _CACHE_SIZE = _Kind(f"a size above 0 ({_BYTES})", _size(1, 2**63 - 1))
 _MESSAGE_SIZE = _Kind(f"a size from 8kB to 1GB ({_BYTES})", _message_size)
@@ -679,6 +684,36 @@ def _failover(top: _Reader, users: Mapping[str, str]) -> Failover:
     return Failover(**values)
 
 
+#: pgpool-II's names of the function lists, accepted for ours.
+_PGPOOL_LISTS = {
+    "write_function_list": "write_functions",
+    "read_only_function_list": "read_only_functions",
+}
+
+
+def _load_balance(top: _Reader) -> LoadBalance:
+    reader = top.section("load_balance")
+    values = reader.fields(
+        enabled=_BOOLEAN,
+        max_lag_bytes=_LAG_SIZE,
+        max_lag_seconds=_DURATION,
+        fallback_to_primary=_BOOLEAN,
+        read_your_writes=_BOOLEAN,
+        catalog_refresh=_DURATION,
+        write_functions=_NAMES,
+        read_only_functions=_NAMES,
+        **dict.fromkeys(_PGPOOL_LISTS, _NAMES),
+    )
+    reader.finish()
+    for theirs, ours in _PGPOOL_LISTS.items():
+        if theirs not in values:
+            continue
+        if ours in values:
+            reader.problem(f"set {ours} or pgpool-II's {theirs}, not both", theirs)
+        values[ours] = values.pop(theirs)
+    return LoadBalance(**values)
+
+
 def _query_cache(top: _Reader) -> QueryCache:
     reader = top.section("query_cache")
     cache = reader.read(
@@ -769,17 +804,7 @@ def parse_config(
         limits=top.section("limits").read(Limits, max_message_size=_MESSAGE_SIZE),
         health_check=_health_check(top, users),
         failover=_failover(top, users),
-        load_balance=top.section("load_balance").read(
-            LoadBalance,
-            enabled=_BOOLEAN,
-            max_lag_bytes=_LAG_SIZE,
-            max_lag_seconds=_DURATION,
-            fallback_to_primary=_BOOLEAN,
-            read_your_writes=_BOOLEAN,
-            catalog_refresh=_DURATION,
-            write_functions=_NAMES,
-            read_only_functions=_NAMES,
-        ),
+        load_balance=_load_balance(top),
         query_cache=_query_cache(top),
         tls=_tls(top, base),
         log=top.section("log").read(Log, level=_choice(_LOG_LEVELS), format=_choice(_LOG_FORMATS)),
