@@ -30,6 +30,9 @@ from pooler.routing.targets import Target, target_of
 
 log = logging.getLogger("pooler")
 
+#: Statement shapes a refusal is logged for once; beyond, every refusal is logged.
+_SHAPES_LOGGED = 10_000
+
 
 def _classifier() -> Classify:
     classifier = Classifier()
@@ -91,6 +94,7 @@ class Pooler:
         self.cluster = Cluster(initial_view(len(config.backends)))
         #: Reads a standby refused and the primary ran, per SQLSTATE.
         self.refusals: Counter[str] = Counter()
+        self._refused_shapes: set[tuple[str, str]] = set()
         lb = config.load_balance
         self.balancer = Balancer(
             [backend.weight for backend in config.backends],
@@ -159,15 +163,22 @@ class Pooler:
             return self.cluster.view.primary
         return self.balancer.pick(self.cluster.view, Target(target), floor or None)
 
-    def standby_refused(self, node: int, sqlstate: str) -> None:
+    def standby_refused(self, node: int, sqlstate: str, sql: str) -> None:
         """A standby refused a read before any answer reached the client; it runs
-        again on the primary. Counted per SQLSTATE, logged the first time of each."""
+        again on the primary. Counted per SQLSTATE, logged once per statement shape."""
         self.refusals[sqlstate] += 1
-        if self.refusals[sqlstate] == 1:
-            log.info(
-                "a standby refused a read; such reads run again on the primary",
-                extra={"node": node, "sqlstate": sqlstate},
-            )
+        try:
+            shape = self._classifier.classify(sql, offsets=False).fingerprint
+        except ParseError:
+            shape = sql
+        if (sqlstate, shape) in self._refused_shapes:
+            return
+        if len(self._refused_shapes) < _SHAPES_LOGGED:
+            self._refused_shapes.add((sqlstate, shape))
+        log.info(
+            "a standby refused a read; it runs on the primary",
+            extra={"node": node, "sqlstate": sqlstate, "statement": sql[:200]},
+        )
 
     def node_failed(self, node: int, target: int, reason: str) -> int | None:
         """A server connection to ``node`` could not be opened: the node to try

@@ -132,8 +132,9 @@ class ClientEngine:
         # What went to a probing standby, and the request types it was counted for.
         self._retry: tuple[list[bytes], list[int]] | None = None
         #: Set by ``detach`` when the server refused what it was sent and it is held
-        #: again for the primary: the SQLSTATE of the refusal.
-        self.refusal: str | None = None
+        #: again for the primary: the SQLSTATE of the refusal and the text of the
+        #: unit's first statement.
+        self.refusal: tuple[str, str] | None = None
 
     @property
     def pooling(self) -> bool:
@@ -408,7 +409,7 @@ class ClientEngine:
                 self._held[:0] = held
                 self.scanner.tracked[:0] = tracked
                 self._target = Target.PRIMARY
-                self.refusal = server.refused
+                self.refusal = (server.refused, _first_text(held))
             server.probing = False
             server.refused = None
         self._retry = None
@@ -499,6 +500,23 @@ def _whole_units(held: list[bytes]) -> int:
             return _NOT_WHOLE
         pos += 1 + int.from_bytes(data[pos + 1 : pos + 5], "big")
     return result
+
+
+def _first_text(held: list[bytes]) -> str:
+    """The text of the first Query or Parse among held messages."""
+    data = b"".join(held)
+    pos = 0
+    while pos < len(data):
+        t = data[pos]
+        end = pos + 1 + int.from_bytes(data[pos + 1 : pos + 5], "big")
+        body = data[pos + 5 : end]
+        if t == m.QUERY:
+            return body[:-1].decode("utf-8", "replace")
+        if t == m.PARSE:
+            rest = body[body.find(b"\0") + 1 :]
+            return rest[: rest.find(b"\0")].decode("utf-8", "replace")
+        pos = end
+    return ""
 
 
 def _begin_tag(sql: str) -> bytes:

@@ -307,7 +307,7 @@ class ClientConnection(asyncio.Protocol):
             self.engine.detach()
             server.back_to_pool(pool)
             if self.engine.refusal is not None:
-                self.app.standby_refused(node, self.engine.refusal)
+                self.app.standby_refused(node, *self.engine.refusal)
             if self.engine.waiting():
                 self._need_server(self.engine.need())
 

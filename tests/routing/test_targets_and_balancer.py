@@ -244,7 +244,7 @@ def test_a_read_the_standby_refuses_runs_again_on_the_primary(sqlstate: str) -> 
     assert server.probed(server.feed(_error(sqlstate) + msg("Z", b"I"))) == b""
     assert engine.releasable()
     engine.detach()
-    assert engine.refusal == sqlstate and engine.waiting()
+    assert engine.refusal == (sqlstate, "SELECT 1") and engine.waiting()
     assert engine.need().target == Target.PRIMARY
     primary = ServerEngine({}, b"I")
     out = engine.attach(primary)
