@@ -396,26 +396,34 @@ class ClientEngine:
             out.append(self._end(server, to_server, reply))
         return out
 
-    def detach(self) -> None:
-        """Give the server up (at the end of a transaction, or of the session)."""
+    def detach(self, lost: bool = False) -> bool:
+        """Give the server up (at the end of a transaction, or of the session; ``lost``:
+        its connection died). True when what it was sent is held again for the primary:
+        a standby refused it, or died, before any answer reached the client."""
         server = self.server
         self.server = None
         self.refusal = None
+        again = False
         if server is not None:
             server.names = None
             retry = self._retry
-            if server.refused is not None and retry is not None:
+            if retry is not None and (
+                server.refused is not None or (lost and server.probing and not self.ended)
+            ):
                 held, tracked = retry
                 self._held[:0] = held
                 self.scanner.tracked[:0] = tracked
                 self._target = Target.PRIMARY
-                self.refusal = (server.refused, _first_text(held))
+                if server.refused is not None:
+                    self.refusal = (server.refused, _first_text(held))
+                again = True
             server.probing = False
             server.refused = None
         self._retry = None
         if not self._held:
             # Held requests keep their target; the next server must suit them too.
             self._target = Target.ANY
+        return again
 
     def releasable(self) -> bool:
         """Transaction pooling: the server may go back to its pool now (idle outside a

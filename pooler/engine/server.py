@@ -27,8 +27,9 @@ _PAUSE = frozenset({m.COPY_IN_RESPONSE})
 _REWRITTEN = frozenset({m.NOTIFICATION_RESPONSE, m.ERROR_RESPONSE})
 
 #: SQLSTATEs with which a hot standby refuses what a primary runs: read-only
-#: transaction (nextval in a STABLE function), a feature it lacks, an object state.
-REFUSALS = frozenset({"25006", "0A000", "55000"})
+#: transaction (nextval in a STABLE function), a feature it lacks, an object state;
+#: and its FATALs as it goes away (administrator command, crash, shutdown).
+REFUSALS = frozenset({"25006", "0A000", "55000", "57P01", "57P02", "57P03"})
 # Answers that come before any result of a request (parse, bind and close complete,
 # NoData, parameter and row descriptions, parameter status, notices): held while
 # probing, since a refusal may still follow them.

@@ -533,14 +533,19 @@ class ClientConnection(asyncio.Protocol):
         """The server connection closed under us: so does the client, as directly."""
         server = self.server
         self.server = None
-        self.engine.detach()
-        self.engine.ended = True
+        again = self.engine.detach(lost=True)
         if self.node >= 0:
             # Maybe the node went down: the monitor looks now, not at its next check.
             self.app.cluster.suspect(self.node, "a server connection closed")
         self._left_node()
         if server is not None and self.pool is not None:
             self.pool.discard(server)
+        if again:
+            # A standby died before any of its answers reached the client: the read
+            # runs on the primary.
+            self._need_server(self.engine.need())
+            return
+        self.engine.ended = True
         self._linger()
 
     def _linger(self) -> None:

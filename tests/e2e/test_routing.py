@@ -6,6 +6,7 @@ port); writes are checked by what the primary itself holds afterwards.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -325,3 +326,33 @@ def test_a_read_only_transaction_that_locks_runs_on_the_primary(
             writer.execute(f"INSERT INTO {table} VALUES (1, 'blocked')")
         simple.execute("COMMIT")
         writer.execute(f"INSERT INTO {table} VALUES (1, 'free')")
+
+
+def test_a_read_whose_standby_goes_away_runs_on_the_primary(
+    cluster: LocalCluster, routed: PoolerProcess
+) -> None:
+    """The standby's backend is terminated while the read runs, before any answer: the
+    client gets the primary's answer, not the standby's FATAL."""
+    sql = "/* pooler: standby */ SELECT pg_sleep(0.5), inet_server_port()"
+    stop = threading.Event()
+
+    def terminator() -> None:
+        while not stop.is_set():
+            for node in cluster.standbys:
+                node.psql(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE usename = 'app' AND query LIKE '%pg_sleep(0.5)%'"
+                    " AND pid <> pg_backend_pid()"
+                )
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=terminator)
+    thread.start()
+    try:
+        with psycopg.connect(routed.dsn(), autocommit=True) as conn:
+            for _ in range(3):
+                row = conn.execute(sql).fetchone()
+                assert row is not None and row[1] == cluster.primary.port
+    finally:
+        stop.set()
+        thread.join()

@@ -336,3 +336,13 @@ def test_requests_no_node_can_run_get_errors_and_the_client_stays() -> None:
     engine.feed(query("BEGIN"))
     engine.feed(query("INSERT INTO t VALUES (1)"))
     assert engine.refuse(error) is None and engine.waiting()
+
+
+def test_a_read_whose_standby_died_before_answering_runs_on_the_primary() -> None:
+    engine, server = _standby_unit(query("SELECT 1"))
+    assert engine.detach(lost=True)
+    assert engine.waiting() and engine.need().target == Target.PRIMARY
+    # Once answers reached the client, it is too late.
+    engine, server = _standby_unit(query("SELECT 1"))
+    server.probed(server.feed(ANSWER[:-6]))
+    assert not engine.detach(lost=True) and not engine.waiting()
