@@ -353,7 +353,7 @@ class Failover:
             return
         fields = {"node": node, "primary": primary, "slot": slot}
         started = time.monotonic()
-        if await self._streams_from(node, target):
+        if await self._streams_from(node, primary):
             log.info(
                 "standby follows the new primary",
                 extra={**fields, "seconds": round(time.monotonic() - started, 3)},
@@ -368,20 +368,28 @@ class Failover:
                 extra={**fields, "follow_timeout": self._policy.follow_timeout},
             )
 
-    async def _streams_from(self, node: int, primary: Backend) -> bool:
-        """Whether ``node``'s WAL receiver streams from ``primary`` within follow_timeout."""
+    async def _streams_from(self, node: int, primary: int) -> bool:
+        """Whether standby ``node`` streams the timeline of ``primary`` within
+        follow_timeout.
+
+        "streaming" alone (the standby's WAL receiver, or the primary's WAL sender) is
+        not enough: a standby that cannot switch to the new timeline still connects and
+        streams the old one up to the switch point. Only one that follows receives WAL of
+        the new timeline.
+        """
+        timeline = self._cluster.view.nodes[primary].timeline
         deadline = time.monotonic() + self._policy.follow_timeout
         while time.monotonic() < deadline:
             with contextlib.suppress(OSError, TimeoutError, asyncpg.PostgresError):
                 async with asyncio.timeout(self._health.timeout):
                     async with self._connected(node) as conn:
                         row = await conn.fetchrow(
-                            "SELECT status, sender_port FROM pg_stat_wal_receiver"
+                            "SELECT status, received_tli FROM pg_stat_wal_receiver"
                         )
                 if (
                     row is not None
                     and row["status"] == "streaming"
-                    and row["sender_port"] == primary.port
+                    and (timeline is None or row["received_tli"] == timeline)
                 ):
                     return True
             await asyncio.sleep(_POLL)
