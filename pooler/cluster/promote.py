@@ -114,7 +114,8 @@ class Failover:
         self._password = policy.replication_password if policy.replication_user else health.password
         self._last: LastPrimary | None = None
         self._sync_read_at = 0.0
-        #: Standbys that went down, for failover.command (pgpool-II runs it for them too).
+        #: Standbys that went down and the primary then, for failover.command (pgpool-II
+        #: runs it for them too).
         self._down: list[tuple[int, int]] = []
         #: The old primary for which failover.command already ran.
         self._commanded: int | None = None
@@ -193,7 +194,7 @@ class Failover:
             return
         last = self._last
         reports: list[StandbyReport] = []
-        if self._policy.auto_promote and last is not None:
+        if acting and last is not None:
             reports = await self._reports(view, last.node)
         decision = decide(view, last, reports, self._policy)
         if isinstance(decision, Refuse):
