@@ -199,7 +199,10 @@ class Catalogs:
                 # DDL came while this was read: what was read may miss it.
                 self._stale.discard(database)
                 catalog = await self._fetch(database)
-            self._catalogs[database] = catalog
+            if catalog is not None or database in self._stale:
+                self._catalogs[database] = catalog
+            # Else a refresh failed (no primary during a failover, say): what was read
+            # before still holds, unless DDL made it None meanwhile.
         finally:
             del self._loading[database]
 
