@@ -25,6 +25,7 @@ from pooler.localcluster import (
     ClusterError,
     LocalCluster,
     PortInUseError,
+    find_bindir,
     port_is_free,
     server_can_reach,
 )
@@ -94,7 +95,9 @@ def main(directory: str = "./pooler-demo", port: int = 9999, port_base: int = 55
     if not port_is_free(port):
         _say(f"port {port} is already in use; pick another with --port")
         return 1
-    cluster = LocalCluster(base_dir, ports=node_ports, progress=_say)
+    # Synchronous (ANY 1 of the two standbys), so that a failover loses no
+    # acknowledged write.
+    cluster = LocalCluster(base_dir, ports=node_ports, progress=_say, synchronous=1)
     try:
         # The pooler's event loop takes SIGINT and SIGTERM over while it runs; until
         # then they must still reach the `finally` that stops the cluster.
@@ -137,6 +140,10 @@ def _print_connect_info(cluster: LocalCluster, port: int) -> None:
         "Connect with:\n"
         f'  psql "host=127.0.0.1 port={port} user=app dbname=app password=app"\n'
         f"  postgresql://app:app@127.0.0.1:{port}/app\n"
-        "Superuser: postgres, password postgres. Stop with Ctrl-C.",
+        "Superuser: postgres, password postgres. Stop with Ctrl-C.\n"
+        "Reads spread over the nodes: run  SELECT inet_server_port();  a few times.\n"
+        "Fail the primary over:\n"
+        f"  runuser -u postgres -- {find_bindir() / 'pg_ctl'} stop -m immediate"
+        f" -D {cluster.primary.datadir}",
         flush=True,
     )

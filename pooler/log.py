@@ -32,13 +32,31 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+class TextFormatter(logging.Formatter):
+    """``<time> <LEVEL> <logger>: <msg> key=value ...``: the extra fields too, which say
+    which node, client or server a line is about."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        fields = " ".join(
+            f"{key}={value}" for key, value in record.__dict__.items() if key not in _STANDARD
+        )
+        if not fields:
+            return line
+        head, newline, rest = line.partition("\n")
+        return f"{head} {fields}{newline}{rest}"
+
+
 def setup(level: str = "info", fmt: str = "json") -> None:
     """Send the ``pooler`` loggers to stderr in ``fmt`` at ``level``."""
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(TextFormatter())
     root = logging.getLogger("pooler")
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
