@@ -62,6 +62,8 @@ class Monitor:
         # ...and those whose check has started, told when it has an outcome.
         self._told_at_outcome: list[list[asyncio.Future[NodeState]]] = [[] for _ in backends]
         self._last_check_end = [0.0 for _ in backends]
+        # check_now was called: the next check starts at once, without the spacing.
+        self._urgent = [False for _ in backends]
         cluster.on_suspect(self._suspect)
 
     async def start(self) -> None:
@@ -109,14 +111,16 @@ class Monitor:
     async def check_now(self, node: int) -> NodeState:
         """Check ``node`` now (with its retries, if the check fails); its state after.
 
-        "Now" is no sooner than ``retry_delay`` after its previous check. A detached node,
-        or one asked about while the monitor is stopped, is not checked. Raises
-        CancelledError when the monitor stops first.
+        Unlike a suspicion, it does not wait out ``retry_delay`` after the previous check:
+        it is asked for once, after an action whose outcome must be published at once
+        (a promotion). A detached node, or one asked about while the monitor is stopped,
+        is not checked. Raises CancelledError when the monitor stops first.
         """
         if not self._tasks or not self._assessor.checked(node):
             return self._assessor.view.nodes[node]
         waiter: asyncio.Future[NodeState] = asyncio.get_running_loop().create_future()
         self._waiting[node].append(waiter)
+        self._urgent[node] = True
         self._wake[node].set()
         return await waiter
 
@@ -176,6 +180,9 @@ class Monitor:
         try:
             await asyncio.wait_for(self._wake[node].wait(), timeout)
         except TimeoutError:
+            return
+        if self._urgent[node]:
+            self._urgent[node] = False
             return
         spacing = self._last_check_end[node] + self._health.retry_delay - time.monotonic()
         if spacing > 0:
