@@ -194,6 +194,12 @@ class Pooler:
             if before.up and (not now.up or now.role is not before.role):
                 # Its idle connections are dead, or of a role it no longer has.
                 self.pools.close_idle_of(now.node)
+            if before.up and not now.up:
+                # A node that hangs answers nothing: reads waiting on it that have sent
+                # nothing to their client yet run elsewhere.
+                for client in self._client_connections():
+                    if client.node == now.node:
+                        client.node_down()
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run ``coro`` in the background, keeping a reference until it ends."""

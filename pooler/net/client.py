@@ -321,6 +321,14 @@ class ClientConnection(asyncio.Protocol):
             self.app.balancer.inflight[self.node] -= 1
             self.node = -1
 
+    def node_down(self) -> None:
+        """The monitor found the node of this client's server down: a read there that
+        has sent nothing to the client is dropped with its connection and runs on the
+        primary (``server_lost``)."""
+        server = self.server
+        if server is not None and server.engine.probing and server.transport is not None:
+            server.transport.abort()
+
     def pause_writing(self) -> None:
         # The client reads slower than its server answers: stop reading the server.
         server = self.server
