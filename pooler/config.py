@@ -647,15 +647,35 @@ def _health_check(top: _Reader, users: Mapping[str, str]) -> HealthCheck:
         retry_delay=_DURATION,
     )
     reader.finish()
-    password = values.get("password")
-    if password is not None and is_scram_secret(password):
-        reader.problem("must be a plain password: the health check logs in as a client", "password")
-    if "password" not in reader:
-        # The monitor's user is usually one of the users: one password to change, not two.
-        known = users.get(values.get("user", HealthCheck().user))
-        if known is not None and not is_scram_secret(known):
-            values["password"] = known
+    _plain_password(
+        reader,
+        values,
+        users,
+        "password",
+        values.get("user", HealthCheck().user),
+        "the health check logs in as a client",
+    )
     return HealthCheck(**values)
+
+
+def _plain_password(
+    reader: _Reader,
+    values: dict[str, Any],
+    users: Mapping[str, str],
+    key: str,
+    user: str | None,
+    why: str,
+) -> None:
+    """``values[key]`` must be a plain password (``why`` says who logs in with it); when
+    the key is absent, ``user``'s plain password in ``users`` is taken, if it has one:
+    one password to change, not two."""
+    password = values.get(key)
+    if password is not None and is_scram_secret(password):
+        reader.problem(f"must be a plain password: {why}", key)
+    if user is not None and key not in reader:
+        known = users.get(user)
+        if known is not None and not is_scram_secret(known):
+            values[key] = known
 
 
 def _failover(top: _Reader, users: Mapping[str, str]) -> Failover:
@@ -670,17 +690,14 @@ def _failover(top: _Reader, users: Mapping[str, str]) -> Failover:
         replication_password=_optional(_SECRET),
     )
     reader.finish()
-    password = values.get("replication_password")
-    if password is not None and is_scram_secret(password):
-        reader.problem(
-            "must be a plain password: the standbys log in with it", "replication_password"
-        )
-    user = values.get("replication_user")
-    if user is not None and "replication_password" not in reader:
-        # As for the health check: one password to change, not two.
-        known = users.get(user)
-        if known is not None and not is_scram_secret(known):
-            values["replication_password"] = known
+    _plain_password(
+        reader,
+        values,
+        users,
+        "replication_password",
+        values.get("replication_user"),
+        "the standbys log in with it",
+    )
     return Failover(**values)
 
 
