@@ -126,6 +126,7 @@ def _set_config(display: str, args: list[Node]) -> Verdict:
         name.lower() if name is not None else None,
         value,
         pg_bool(local) is True if local is not None else False,
+        keep_value=True,
     )
     return Verdict(route.stricter(Route.SESSION), f"volatile function {display}", effects)
 
@@ -170,12 +171,13 @@ def standby_refuses(control: TransactionControl) -> bool:
 
 
 def parameter(
-    setting: str | None, value: str | None, local: bool
+    setting: str | None, value: str | None, local: bool, *, keep_value: bool = False
 ) -> tuple[Route, tuple[SessionEffect, ...], TransactionControl | None]:
     """Route, effects and transaction control of setting one run-time parameter.
 
     ``value`` None: the default (RESET, SET ... TO DEFAULT), or not known where
-    ``setting`` is None too (set_config with a computed name).
+    ``setting`` is None too (set_config with a computed name). ``keep_value``: the
+    SETTING effect carries ``value`` (set_config, whose text is not a SET to repeat).
     """
     if setting is None:
         # Could be transaction_read_only = off, which a standby refuses.
@@ -191,7 +193,7 @@ def parameter(
         return (Route.WRITE if standby_refuses(control) else Route.READ), (), control
     if local:
         return Route.SESSION, (), None
-    effects = [SessionEffect(EffectKind.SETTING, setting)]
+    effects = [SessionEffect(EffectKind.SETTING, setting, value if keep_value else None)]
     if setting == "default_transaction_isolation" and (value or "").lower() == SERIALIZABLE:
         effects.append(SessionEffect(EffectKind.STANDBY_UNSAFE, setting))
     return Route.SESSION, tuple(effects), None

@@ -115,6 +115,10 @@ class SessionEffect:
 
     kind: EffectKind
     name: str | None = None
+    value: str | None = None
+    """For a SETTING made by ``set_config(name, value, false)`` with a constant value:
+    that value, so that the setting can be made again elsewhere; None otherwise (a SET
+    statement's own text says what it sets)."""
 
 
 @dataclass(frozen=True, slots=True)

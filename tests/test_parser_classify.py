@@ -586,7 +586,7 @@ class TestPreparedAndCursors:
         prepared = classify("PREPARE q AS SELECT set_config('a.b', 'c', false)")
         result = classify("EXECUTE q", prepared={"q": prepared})
         assert result.route is SESSION
-        assert result.session_effects == (SessionEffect(EffectKind.SETTING, "a.b"),)
+        assert result.session_effects == (SessionEffect(EffectKind.SETTING, "a.b", "c"),)
 
     def test_explain_execute_only_needs_the_name(self) -> None:
         assert classify("EXPLAIN EXECUTE q", prepared={"q": self.write}).route is READ
