@@ -27,6 +27,7 @@ from parser_api import Classification, TokenKind, tokens
 from pooler.engine.actions import Action, Close, HandOver, NeedServer, Reply
 from pooler.engine.server import ServerEngine
 from pooler.engine.session_state import SessionState
+from pooler.engine.settings import ClientSettings, Op, Untracked, alignment, operations
 from pooler.engine.statements import (
     ClientStatements,
     bind_statement,
@@ -36,14 +37,15 @@ from pooler.engine.statements import (
 )
 from pooler.protocol import messages as m
 from pooler.protocol.codec import Event, FramingError, Message, Scanner, frame
-from pooler.protocol.outstanding import NEUTRAL, TRACKED, UNSYNCED
+from pooler.protocol.outstanding import FUNCTION_CALL, NEUTRAL, TRACKED, UNSYNCED
 from pooler.routing.targets import Target, target_of
 
 _STOP = frozenset({m.TERMINATE})
 _TERMINATE = b"X\x00\x00\x00\x04"
-# Transaction pooling looks inside these: statement texts to classify, and statement
-# names to rewrite.
-_POOLED = frozenset({m.QUERY, m.PARSE, m.BIND, m.DESCRIBE, m.CLOSE})
+# Transaction pooling looks inside these: statement texts to classify, statement names
+# to rewrite, and the requests owed a ReadyForQuery, to number those that set something.
+_OWING = frozenset({m.QUERY, m.SYNC, FUNCTION_CALL})
+_POOLED = frozenset({m.PARSE, m.BIND, m.DESCRIBE, m.CLOSE}) | _OWING
 
 #: Classifies a statement text; None when it does not parse (PostgreSQL will say why).
 Classify = Callable[[str], Classification | None]
@@ -56,7 +58,6 @@ _UNIT_ENDS = frozenset({m.QUERY, m.SYNC})
 # Extended-protocol messages that leave a batch open until its Sync.
 _BATCH = frozenset(b"PBDCE")
 _FLUSH = ord("H")
-_FUNCTION_CALL = ord("F")
 _S = ord("S")
 _NOT_WHOLE, _WHOLE, _RETRYABLE = range(3)
 
@@ -71,6 +72,9 @@ class ClientEngine:
         "_ending",
         "_forget_prepared",
         "_held",
+        "_held_ops",
+        "_held_owing",
+        "_ops",
         "_retry",
         "_retryable",
         "_target",
@@ -83,6 +87,8 @@ class ClientEngine:
         "scanner",
         "server",
         "session",
+        "settings",
+        "statement_ops",
         "statements",
         "writable",
     )
@@ -107,6 +113,16 @@ class ClientEngine:
         self.ended = False
         #: Its named prepared statements, carried from server to server.
         self.statements = ClientStatements()
+        #: Its settings, carried from server to server.
+        self.settings = ClientSettings()
+        # What the last text classified sets (see pooler.engine.settings); for a Parse,
+        # kept by statement name until a Bind runs it.
+        self._ops: list[Op] = []
+        self.statement_ops: dict[bytes, list[Op]] = {}
+        # Held requests owed a ReadyForQuery, and what those that set something set
+        # (numbered among them; the next server numbers them its way).
+        self._held_owing = 0
+        self._held_ops: list[tuple[int, list[Op]]] = []
         # Bytes waiting for a server, and the ending that came after them.
         self._held: list[bytes] = []
         self._ending: tuple[bytes, bytes] | None = None
@@ -164,15 +180,30 @@ class ClientEngine:
         if isinstance(events, bytes):
             return events
         out: list[bytes | Action] = []
-        for event in events:
+        for i, event in enumerate(events):
             if type(event) is bytes:
                 out.append(event)
             elif type(event) is Message and event.type != m.TERMINATE:
                 out.append(self._pooled(event, server))
+                if self._ops:
+                    self._record(server, events, i, event.type)
             else:
                 to_server, reply = _ending_of(event)  # type: ignore[arg-type]
                 out.append(self._end(server, to_server, reply))
         return out
+
+    def _record(self, server: ServerEngine, events: list[Event], i: int, t: int) -> None:
+        """The message ``events[i]`` (a Query, or a Bind of a statement that sets
+        something) was forwarded: note what it sets under the number of the request
+        that will answer it."""
+        later = sum(
+            1 for event in events[i + 1 :] if type(event) is Message and event.type in _OWING
+        )
+        requests = server.requests
+        number = requests.answered + requests.owed - later + (t == m.BIND)
+        self.settings.record(number, self._ops)
+        self._ops = []
+        server.watch()
 
     def _tell(self, server: ServerEngine) -> None:
         """Tell the server's queue what was scanned for it since the last time."""
@@ -193,6 +224,8 @@ class ClientEngine:
             if target > self._target:
                 self._target = target
             return frame(t, body)
+        if t in _OWING:
+            return frame(t, body)
         if t == m.PARSE:
             name = body[: body.find(b"\0")]
             known = self.statements.ours(name) is not None
@@ -200,6 +233,12 @@ class ClientEngine:
                 body, self.statements, server.prepared if server is not None else None
             )
             target = self._classified(text, server)
+            if self._ops:
+                # It sets something each time a Bind runs it.
+                self.statement_ops[name] = self._ops
+                self._ops = []
+            elif self.statement_ops:
+                self.statement_ops.pop(name, None)
             if not name:
                 self._unnamed = target
             elif known:
@@ -215,6 +254,8 @@ class ClientEngine:
             target = self._targets.get(name, Target.PRIMARY) if name else self._unnamed
             if target > self._target:
                 self._target = target
+            if self.statement_ops:
+                self._ops = list(self.statement_ops.get(name, ()))
             return rewrite_bind(body, self.statements)
         errors = server.errors if server is not None else None
         return rewrite_describe_or_close(t, body, self.statements, errors)
@@ -228,12 +269,19 @@ class ClientEngine:
         if classification is None:
             return Target.PRIMARY
         errors = server.errors if server is not None else 0
-        if self.session.statement(classification, errors):
+        if self.session.statement(classification, errors, sql):
             self.statements.clear()
             if server is not None:
                 server.prepared.clear()
             else:
                 self._forget_prepared = True
+        if classification.session_effects or (
+            classification.transaction and (self.settings.pending or self._held_ops)
+        ):
+            try:
+                self._ops = operations(sql, classification, classify)
+            except Untracked:
+                self.session.pin("set", sql)
         return self._target_of(classification, sql)
 
     def _hold(self, events: bytes | list[Event]) -> list[bytes | Action]:
@@ -248,7 +296,13 @@ class ClientEngine:
                 if type(event) is bytes:
                     self._held.append(event)
                 elif type(event) is Message and event.type != m.TERMINATE:
+                    t = event.type
                     self._held.append(self._pooled(event, None))
+                    if t in _OWING:
+                        self._held_owing += 1
+                    if self._ops:
+                        self._held_ops.append((self._held_owing + (t == m.BIND), self._ops))
+                        self._ops = []
                 else:
                     self._ending = _ending_of(event)  # type: ignore[arg-type]
                     self.ended = True
@@ -335,7 +389,7 @@ class ClientEngine:
         pos = 0
         while pos < len(data):
             t = data[pos]
-            if t in (m.QUERY, _FUNCTION_CALL):
+            if t in (m.QUERY, FUNCTION_CALL):
                 out += (error, idle)
             elif t == m.SYNC:
                 out.append(idle)
@@ -349,6 +403,8 @@ class ClientEngine:
             pos += 1 + int.from_bytes(data[pos + 1 : pos + 5], "big")
         self._held.clear()
         self.scanner.tracked.clear()
+        self._held_owing = 0
+        self._held_ops.clear()
         self._target = Target.ANY
         self._retryable = False
         return b"".join(out)
@@ -369,14 +425,27 @@ class ClientEngine:
             self._retry = (list(self._held), list(self.scanner.tracked))
             server.probe()
         out: list[bytes | Action] = []
-        # The statements this client has and the server lacks come first, then a
-        # deferred BEGIN; the client has had their answers.
+        # The server is brought to the client's settings first, then given the
+        # statements this client has and it lacks, then a deferred BEGIN; the client
+        # has had their answers.
+        aligning = self._alignment(server)
         prelude, parsed = self.statements.prelude(server.prepared)
         deferred = self._deferred
-        if prelude or deferred:
+        if aligning or prelude or deferred:
+            if aligning:
+                out.append(m.query(aligning))
+                server.settings = dict(self.settings.committed)
             out.append(prelude)
             out.extend(deferred)
-            server.prelude_sent(parsed, len(deferred))
+            server.prelude_sent(parsed, len(deferred), bool(aligning))
+        if self._held_ops:
+            requests = server.requests
+            base = requests.answered + requests.owed
+            for number, ops in self._held_ops:
+                self.settings.record(base + number, ops)
+            self._held_ops.clear()
+            server.watch()
+        self._held_owing = 0
         if deferred:
             # The transaction stays where it started, and a write in a read-only one
             # gets PostgreSQL's own error there.
@@ -396,6 +465,19 @@ class ClientEngine:
             out.append(self._end(server, to_server, reply))
         return out
 
+    def _alignment(self, server: ServerEngine) -> str:
+        """The statements that give ``server`` this client's settings ("": none)."""
+        settings = self.settings
+        if not self.pooling or (
+            not settings.committed
+            and not server.settings
+            and settings.reported is None
+            and not server.params_changed
+        ):
+            return ""
+        reported = settings.reported if settings.reported is not None else server.login_params
+        return alignment(settings.committed, server.settings, reported, server.params)
+
     def detach(self, lost: bool = False) -> bool:
         """Give the server up (at the end of a transaction, or of the session; ``lost``:
         its connection died). True when what it was sent is held again for the primary:
@@ -413,6 +495,9 @@ class ClientEngine:
                 held, tracked = retry
                 self._held[:0] = held
                 self.scanner.tracked[:0] = tracked
+                owing = sum(1 for t in tracked if t in _OWING)
+                self._held_owing += owing
+                self._held_ops = [(number + owing, ops) for number, ops in self._held_ops]
                 self._target = Target.PRIMARY
                 if server.refused is not None:
                     self.refusal = (server.refused, _first_text(held))
@@ -434,6 +519,18 @@ class ClientEngine:
         if self.ended and not self.waiting():
             return False
         self.statements.settled(server.errors)
+        settings = self.settings
+        if settings.pending and not settings.settle(server.unwatch()):
+            # What committed is not known: the server knows, and keeps the client.
+            self.session.pin("set")
+        if server.alignment_failed:
+            server.alignment_failed = False
+            self.session.pin("settings not made again")
+        # (Also a standby's: a read-only transaction there may set something.)
+        if settings.committed or server.settings:
+            server.settings = dict(settings.committed)
+        if server.params_changed:
+            settings.reported = dict(server.params)
         session = self.session
         # A standby's requests leave no state (what would is the primary's): pins are
         # those of requests held behind it, for the next server.

@@ -23,6 +23,10 @@ _OBSERVE = frozenset({m.PARAMETER_STATUS, m.ERROR_RESPONSE, m.COPY_IN_RESPONSE})
 # While COPY IN runs, its end (CommandComplete or ErrorResponse) must be seen in order
 # with ReadyForQuery rather than ReadyForQuery only counted.
 _COPY_OBSERVE = _OBSERVE | {m.COMMAND_COMPLETE, m.READY_FOR_QUERY}
+# Watching (``watch``): each ReadyForQuery in order with the errors before it.
+_WATCH_OBSERVE = _OBSERVE | {m.READY_FOR_QUERY}
+# The prelude entry of the statements that align a server's settings to its client's.
+_ALIGNMENT = b"\0settings"
 _PAUSE = frozenset({m.COPY_IN_RESPONSE})
 _REWRITTEN = frozenset({m.NOTIFICATION_RESPONSE, m.ERROR_RESPONSE})
 
@@ -42,20 +46,26 @@ class ServerEngine:
     __slots__ = (
         "_errors_at_reset",
         "_held_back",
+        "_idle_observe",
         "_let_go",
         "_prelude",
         "_prelude_error",
         "_skipping",
+        "alignment_failed",
         "errors",
         "handed_over",
+        "login_params",
+        "marks",
         "names",
         "owners",
         "params",
+        "params_changed",
         "prepared",
         "probing",
         "refused",
         "requests",
         "scanner",
+        "settings",
         "status",
     )
 
@@ -64,6 +74,18 @@ class ServerEngine:
     ) -> None:
         #: ParameterStatus values, in the order the server first reported them.
         self.params = params
+        #: Those it reported at login.
+        self.login_params = dict(params)
+        #: A ParameterStatus came since login (``params`` may differ from them).
+        self.params_changed = False
+        #: Settings made by statements, as ``pooler.engine.settings`` keeps them: what
+        #: this server has that a server fresh from login would not.
+        self.settings: dict[str, str] = {}
+        #: The statements that aligned its settings to its client's failed.
+        self.alignment_failed = False
+        #: While watched, each ReadyForQuery as (request number, status, errors).
+        self.marks: list[tuple[int, bytes, int]] | None = None
+        self._idle_observe = _OBSERVE
         #: Transaction status of the last ReadyForQuery.
         self.status = status
         #: What was forwarded to this server and is not answered yet.
@@ -200,14 +222,35 @@ class ServerEngine:
         self._held_back.clear()
         return [data, *tail] if tail else data
 
-    def prelude_sent(self, parsed: list[bytes], queries: int = 0) -> None:
-        """The pooler sent a prelude while the server owed nothing: a Parse and a Sync
-        for each of ``parsed``, then ``queries`` Query messages (a deferred BEGIN). Their
-        answers are dropped; a statement whose Parse failed is not prepared here."""
-        self.requests.sent([m.SYNC] * len(parsed) + [m.QUERY] * queries)
+    def prelude_sent(self, parsed: list[bytes], queries: int = 0, aligned: bool = False) -> None:
+        """The pooler sent a prelude while the server owed nothing: a Query aligning
+        its settings (``aligned``), a Parse and a Sync for each of ``parsed``, then
+        ``queries`` Query messages (a deferred BEGIN). Their answers are dropped; a
+        statement whose Parse failed is not prepared here."""
+        first = [_ALIGNMENT] if aligned else []
+        self.requests.sent([m.QUERY] * aligned + [m.SYNC] * len(parsed) + [m.QUERY] * queries)
         self._skipping = bytearray()
-        self._prelude = [*parsed, *[b""] * queries]
+        self._prelude = [*first, *parsed, *[b""] * queries]
         self._prelude_error = False
+
+    def watch(self) -> None:
+        """Note every ReadyForQuery from now on in ``marks``, with the transaction
+        status it gives and the errors counted when it came (settings to settle)."""
+        if self.marks is not None:
+            return
+        self.marks = [(self.requests.answered, self.status, self.errors)]
+        self._idle_observe = _WATCH_OBSERVE
+        if not self.requests.copy_in:
+            self.scanner.set_observe(_WATCH_OBSERVE, ready=False)
+
+    def unwatch(self) -> list[tuple[int, bytes, int]]:
+        """Stop watching; the marks noted."""
+        marks = self.marks or []
+        self.marks = None
+        self._idle_observe = _OBSERVE
+        if not self.requests.copy_in:
+            self.scanner.set_observe(_OBSERVE, ready=True)
+        return marks
 
     def _skip(self, data: bytes) -> bytes:
         buf = self._skipping
@@ -221,11 +264,20 @@ class ServerEngine:
                 break
             if t == m.ERROR_RESPONSE:
                 self._prelude_error = True
+            elif t == m.PARAMETER_STATUS:
+                # What aligning did: the client was told these values long ago.
+                param, value = m.parse_parameter_status(bytes(buf[pos + 5 : end]))
+                self.params[param] = value
+                self.params_changed = True
             elif t == m.READY_FOR_QUERY:
                 self.status = bytes(buf[pos + 5 : end])
                 self.requests.ready()
+                if self.marks is not None:
+                    self.marks.append((self.requests.answered, self.status, self.errors))
                 name = self._prelude.pop(0)
                 if self._prelude_error:
+                    if name == _ALIGNMENT:
+                        self.alignment_failed = True
                     # A statement that no longer parses (its table was dropped): the
                     # client meets "does not exist" when it uses it.
                     self.prepared.pop(name, None)
@@ -266,20 +318,23 @@ class ServerEngine:
             if t == m.READY_FOR_QUERY:
                 self.status = msg.body
                 requests.ready()
+                if self.marks is not None:
+                    self.marks.append((requests.answered, msg.body, self.errors))
             elif t == m.PARAMETER_STATUS:
                 name, value = m.parse_parameter_status(msg.body)
                 self.params[name] = value
+                self.params_changed = True
             elif t == m.ERROR_RESPONSE:
                 self.errors += 1
                 if requests.copy_in:
                     requests.copy_failed()
-                    scanner.set_observe(_OBSERVE, ready=True)
+                    scanner.set_observe(self._idle_observe, ready=self.marks is None)
             elif t == m.COPY_IN_RESPONSE:
                 requests.copy_started()
                 scanner.set_observe(_COPY_OBSERVE, ready=False)
             elif t == m.COMMAND_COMPLETE and requests.copy_in:
                 requests.copy_done()
-                scanner.set_observe(_OBSERVE, ready=True)
+                scanner.set_observe(self._idle_observe, ready=self.marks is None)
         scanner.observed.clear()
 
     def idle(self) -> bool:

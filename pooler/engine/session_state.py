@@ -4,20 +4,22 @@ In transaction pooling a client's server goes back to the pool at the end of eac
 transaction, so anything that outlives a transaction on the server (a setting, a
 prepared statement, LISTEN, a temporary table, a WITH HOLD cursor, a session advisory
 lock, SET ROLE, a loaded library) would either vanish for this client or leak to the
-next one. Until such state can be carried over, the client keeps its server: it is
+next one. Settings and protocol-level prepared statements are carried over (see
+``settings`` and ``statements``); for the rest the client keeps its server: it is
 pinned, for the reasons counted here, until DISCARD ALL undoes everything or it leaves.
 """
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 
 from parser_api import Classification, EffectKind
+from pooler.engine.settings import IDENTITY
 
-#: Why a session effect pins, by kind; the kinds absent undo state or leave none.
+#: Why a session effect pins, by kind; the kinds absent undo state, leave none, or are
+#: carried to the next server (settings).
 _PIN_REASONS: dict[EffectKind, str] = {
-    EffectKind.SETTING: "set",
-    EffectKind.RESET_ALL: "set",
     EffectKind.PREPARE: "prepare",
     EffectKind.HOLD_CURSOR: "with hold cursor",
     EffectKind.LISTEN: "listen",
@@ -26,6 +28,8 @@ _PIN_REASONS: dict[EffectKind, str] = {
     EffectKind.LOAD: "load",
     EffectKind.RANDOM_SEED: "setseed",
 }
+log = logging.getLogger(__name__)
+
 #: A DO block may change anything, and its text does not always show what.
 _DO = "utility:DoStmt"
 
@@ -41,8 +45,8 @@ class SessionState:
         # Server errors counted when a DISCARD ALL was sent, None when none is pending.
         self._discard_errors: int | None = None
 
-    def statement(self, classification: Classification, errors: int) -> bool:
-        """A statement text was sent (``errors``: the server's error count so far).
+    def statement(self, classification: Classification, errors: int, sql: str = "") -> bool:
+        """A statement text ``sql`` was sent (``errors``: the server's error count so far).
 
         Returns whether it drops every prepared statement of the session (DEALLOCATE
         ALL, DISCARD ALL), the pooler's own included.
@@ -58,13 +62,23 @@ class SessionState:
                 drops_prepared = True
             elif (reason := _PIN_REASONS.get(kind)) is not None:
                 added.append(reason)
+            elif kind is EffectKind.SETTING and effect.name in IDENTITY:
+                # Who the session is decides what it may see: never carried.
+                added.append("set role")
         if any(s.kind == _DO for s in classification.statements):
             added.append("do block")
-        if added:
-            # State made after a DISCARD ALL is not undone by it.
-            self._discard_errors = None
-            self.pins.update(added)
+        for reason in added:
+            self.pin(reason, sql)
         return drops_prepared
+
+    def pin(self, reason: str, sql: str = "") -> None:
+        """Pin for ``reason`` (state the pooler cannot carry to another server), made by
+        the statement text ``sql``."""
+        self.pins[reason] += 1
+        # State made after a DISCARD ALL is not undone by it.
+        self._discard_errors = None
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("client pinned to its server", extra={"reason": reason, "sql": sql[:200]})
 
     def settled(self, errors: int) -> None:
         """The server is idle outside a transaction: a DISCARD ALL sent since the last

@@ -42,12 +42,15 @@ _COPY_END = frozenset({COPY_DONE, COPY_FAIL})
 class Outstanding:
     """The requests one server connection has not finished answering."""
 
-    __slots__ = ("_queue", "copy_in", "owed", "unsynced")
+    __slots__ = ("_queue", "answered", "copy_in", "owed", "unsynced")
 
     def __init__(self) -> None:
         self._queue: deque[int] = deque()
         #: How many ReadyForQuery messages are still to come.
         self.owed = 0
+        #: How many requests owed one were answered (or, Syncs read in copy-in mode,
+        #: will never be): ``answered + owed`` numbers the requests sent.
+        self.answered = 0
         #: The server answered CopyInResponse and the COPY has not ended.
         self.copy_in = False
         #: Extended-protocol messages were sent after the last Sync.
@@ -71,6 +74,7 @@ class Outstanding:
         while queue:
             if queue.popleft() in _OWES_READY:
                 self.owed -= 1
+                self.answered += 1
                 return
 
     def copy_started(self) -> None:
@@ -97,6 +101,7 @@ class Outstanding:
             del queue[start]
         del queue[start]  # the CopyDone
         self.owed -= end - start
+        self.answered += end - start
 
     def copy_failed(self) -> None:
         """COPY IN ended with an ErrorResponse: keep every Sync counted (see module)."""

@@ -1,8 +1,9 @@
 """Transaction pooling through the pooler's port: many clients on few servers, each
 seeing its own session.
 
-What pins a client (SET, LISTEN, ...) keeps its server until DISCARD ALL or the end;
-protocol-level prepared statements follow the client from server to server.
+What pins a client (LISTEN, temporary tables, ...) keeps its server until DISCARD ALL
+or the end; settings (tests/e2e/test_settings.py) and protocol-level prepared
+statements follow the client from server to server.
 """
 
 from __future__ import annotations
@@ -81,25 +82,20 @@ def test_many_clients_share_two_servers(cluster: LocalCluster, small_pool: Poole
     assert len(_server_pids(cluster)) <= 2
 
 
-def test_a_set_pins_its_client_until_discard_all(small_pool: PoolerProcess) -> None:
+def test_a_listen_pins_its_client_until_discard_all(small_pool: PoolerProcess) -> None:
     with (
-        psycopg.connect(small_pool.dsn(), autocommit=True) as setter,
+        psycopg.connect(small_pool.dsn(), autocommit=True) as listener,
         psycopg.connect(small_pool.dsn(), autocommit=True) as other,
         psycopg.connect(small_pool.dsn()) as holder,
     ):
-        setter.execute("SET application_name = 'pinned'")
-        # Nobody else ever sees the setting, on any server.
-        for _ in range(5):
-            assert other.execute("SHOW application_name").fetchone() == ("",)
-        assert setter.execute("SHOW application_name").fetchone() == ("pinned",)
-        # One server is the setter's; the holder's open transaction takes the other.
+        listener.execute("LISTEN pinned")
+        # One server is the listener's; the holder's open transaction takes the other.
         holder.execute("SELECT 1")
         with pytest.raises(psycopg.OperationalError) as info:
             other.execute("SELECT 'waits'")
         assert info.value.sqlstate == "53300"
-        setter.execute("DISCARD ALL")
-        assert setter.execute("SHOW application_name").fetchone() == ("",)
-        # The setter pools again: a third client gets a server while the holder holds.
+        listener.execute("DISCARD ALL")
+        # The listener pools again: a third client gets a server while the holder holds.
         with psycopg.connect(small_pool.dsn(), autocommit=True) as third:
             assert third.execute("SELECT 3").fetchone() == (3,)
         holder.rollback()

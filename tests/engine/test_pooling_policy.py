@@ -13,8 +13,8 @@ from pooler.protocol.codec import frame
 
 def test_state_that_outlives_a_transaction_pins() -> None:
     for sql, reason in [
-        ("SET search_path TO app", "set"),
-        ("SELECT set_config('work_mem', '64MB', false)", "set"),
+        ("SET ROLE app", "set role"),
+        ("SET SESSION AUTHORIZATION app", "set role"),
         ("LISTEN jobs", "listen"),
         ("CREATE TEMP TABLE scratch (a int)", "temporary object"),
         ("PREPARE q AS SELECT 1", "prepare"),
@@ -24,7 +24,15 @@ def test_state_that_outlives_a_transaction_pins() -> None:
         state = SessionState()
         state.statement(classify(sql), errors=0)
         assert reason in state.pins, sql
-    for sql in ("SELECT 1", "SET LOCAL work_mem = '1MB'", "BEGIN", "UNLISTEN *"):
+    # Settings follow the client to its next server (pooler.engine.settings).
+    for sql in (
+        "SELECT 1",
+        "SET LOCAL work_mem = '1MB'",
+        "SET search_path TO app",
+        "SELECT set_config('work_mem', '64MB', false)",
+        "BEGIN",
+        "UNLISTEN *",
+    ):
         state = SessionState()
         state.statement(classify(sql), errors=0)
         assert not state.pins, sql
@@ -32,14 +40,14 @@ def test_state_that_outlives_a_transaction_pins() -> None:
 
 def test_discard_all_unpins_only_when_it_met_no_error_and_nothing_pinned_after() -> None:
     state = SessionState()
-    state.statement(classify("SET a.b = 1"), errors=0)
+    state.statement(classify("LISTEN y"), errors=0)
     assert state.statement(classify("DISCARD ALL"), errors=0)
     state.settled(errors=1)  # it failed (inside a transaction block, say)
     assert state.pins
     state.statement(classify("DISCARD ALL"), errors=1)
     state.statement(classify("LISTEN x"), errors=1)
     state.settled(errors=1)
-    assert state.pins["listen"] == 1
+    assert state.pins["listen"] == 2
     state.statement(classify("DISCARD ALL"), errors=1)
     state.settled(errors=1)
     assert not state.pins

@@ -164,17 +164,26 @@ def test_where_held_requests_go(data: bytes, target: Target) -> None:
     assert _need(_client(), data) is target
 
 
-def test_state_held_behind_a_standby_goes_to_the_primary() -> None:
+def _held_behind_a_standby(sql: str, tag: bytes) -> ClientEngine:
+    """A client whose ``sql`` was held behind a standby's read, then ran on the primary."""
     engine, server = _standby_unit(query("SELECT 1"))
-    # A SET sent while the standby answers pins the client, on its next server.
-    assert _need(engine, query("SET search_path TO app")) is Target.PRIMARY
+    assert _need(engine, query(sql)) is Target.PRIMARY
     server.feed(ANSWER)
     assert engine.releasable()
     engine.detach()
     primary = ServerEngine({}, b"I")
     engine.attach(primary)
-    primary.feed(msg("C", b"SET\0") + msg("Z", b"I"))
-    assert not engine.releasable()
+    primary.feed(msg("C", tag + b"\0") + msg("Z", b"I"))
+    return engine
+
+
+def test_state_held_behind_a_standby_goes_to_the_primary() -> None:
+    # A SET runs on the primary, and follows the client.
+    engine = _held_behind_a_standby("SET search_path TO app", b"SET")
+    assert engine.releasable()
+    assert engine.settings.committed == {"search_path": "SET search_path TO app"}
+    # A LISTEN pins the client, on its next server.
+    assert not _held_behind_a_standby("LISTEN jobs", b"LISTEN").releasable()
 
 
 def test_a_named_statement_keeps_its_target_across_transactions() -> None:
