@@ -31,9 +31,11 @@ from pooler.engine.settings import ClientSettings, Op, Untracked, alignment, ope
 from pooler.engine.statements import (
     ClientStatements,
     bind_statement,
+    names_statements,
     rewrite_bind,
     rewrite_describe_or_close,
     rewrite_parse,
+    rewrite_sql,
 )
 from pooler.protocol import messages as m
 from pooler.protocol.codec import Event, FramingError, Message, Scanner, frame
@@ -220,10 +222,10 @@ class ClientEngine:
         t = msg.type
         body = msg.body
         if t == m.QUERY:
-            target = self._classified(body[:-1], server)
+            target, rewritten = self._classified(body[:-1], server, rewrite=True)
             if target > self._target:
                 self._target = target
-            return frame(t, body)
+            return m.query(rewritten) if rewritten is not None else frame(t, body)
         if t in _OWING:
             return frame(t, body)
         if t == m.PARSE:
@@ -232,7 +234,7 @@ class ClientEngine:
             raw, text = rewrite_parse(
                 body, self.statements, server.prepared if server is not None else None
             )
-            target = self._classified(text, server)
+            target, _ = self._classified(text, server)
             if self._ops:
                 # It sets something each time a Bind runs it.
                 self.statement_ops[name] = self._ops
@@ -260,14 +262,18 @@ class ClientEngine:
         errors = server.errors if server is not None else None
         return rewrite_describe_or_close(t, body, self.statements, errors)
 
-    def _classified(self, text: bytes, server: ServerEngine | None) -> Target:
-        """Note the session state a statement text leaves; where it may run."""
+    def _classified(
+        self, text: bytes, server: ServerEngine | None, rewrite: bool = False
+    ) -> tuple[Target, str | None]:
+        """Note the session state a statement text leaves; where it may run, and (with
+        ``rewrite``) the text to send instead, naming the pooler's prepared statements,
+        where it names the client's."""
         classify = self._classify
         assert classify is not None
         sql = text.decode("utf-8", "replace")
         classification = classify(sql)
         if classification is None:
-            return Target.PRIMARY
+            return Target.PRIMARY, None
         errors = server.errors if server is not None else 0
         if self.session.statement(classification, errors, sql):
             self.statements.clear()
@@ -282,7 +288,20 @@ class ClientEngine:
                 self._ops = operations(sql, classification, classify)
             except Untracked:
                 self.session.pin("set", sql)
-        return self._target_of(classification, sql)
+        rewritten = None
+        if rewrite and names_statements(classification):
+            if "\ufffd" in sql:
+                # Not UTF-8 (or not as sent): rewritten, it would not be the same text.
+                self.session.pin("prepare", sql)
+                return self._target_of(classification, sql), None
+            rewritten = rewrite_sql(
+                sql,
+                classification,
+                self.statements,
+                server.prepared if server is not None else None,
+                server.errors if server is not None else None,
+            )
+        return self._target_of(classification, sql), rewritten
 
     def _hold(self, events: bytes | list[Event]) -> list[bytes | Action]:
         if self.defer_begin and self.server is None and not self._held:

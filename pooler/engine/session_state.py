@@ -20,7 +20,6 @@ from pooler.engine.settings import IDENTITY
 #: Why a session effect pins, by kind; the kinds absent undo state, leave none, or are
 #: carried to the next server (settings).
 _PIN_REASONS: dict[EffectKind, str] = {
-    EffectKind.PREPARE: "prepare",
     EffectKind.HOLD_CURSOR: "with hold cursor",
     EffectKind.LISTEN: "listen",
     EffectKind.TEMP_OBJECT: "temporary object",

@@ -6,6 +6,11 @@ gets a name of the pooler's, unique across all clients, and its Parse is kept; t
 client's Parse, Bind, Describe and Close name the pooler's statement; and before a
 client's transaction starts on a server, the statements of that client the server
 lacks are parsed there first, in a prelude whose answers the client never sees.
+
+SQL ``PREPARE``, ``EXECUTE`` and ``DEALLOCATE`` share that namespace, as they share
+one on PostgreSQL (``PREPARE q3`` then a protocol Parse of ``q3`` gives 42P05): their
+statement names are rewritten to the pooler's in the text, and a statement made by
+``PREPARE`` is made again on another server by its own rewritten ``PREPARE``.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import itertools
 from collections import OrderedDict
 
+from parser_api import Classification, EffectKind, Token, TokenKind, tokens
 from pooler.protocol import messages as m
 from pooler.protocol.codec import frame
 
@@ -37,10 +43,12 @@ class ClientStatements:
     """One client's named statements: its name -> (pooler name, the Parse body after
     the name: query text and parameter types)."""
 
-    __slots__ = ("_by_name", "_closed", "_closing", "_fresh", "theirs")
+    __slots__ = ("_by_name", "_closed", "_closing", "_fresh", "_sql", "theirs")
 
     def __init__(self) -> None:
         self._by_name: dict[bytes, tuple[bytes, bytes]] = {}
+        # Made by SQL PREPARE: the pooler's name -> that PREPARE, naming it.
+        self._sql: dict[bytes, str] = {}
         #: The pooler's name -> the client's, to say the client's names in errors.
         self.theirs: dict[bytes, bytes] = {}
         # Closed, but an error about them may still be on its way.
@@ -73,6 +81,16 @@ class ClientStatements:
             self._fresh.add(ours)
         return ours
 
+    def prepare(self, name: bytes, before: str, after: str, held: bool) -> bytes:
+        """The client runs SQL PREPARE ``name`` (``held``: while it has no server): the
+        pooler's name for it. The PREPARE's text is ``before``, the name, ``after``."""
+        known = self._by_name.get(name)
+        if known is not None:
+            return known[0]
+        ours = self.parse(name, b"", held)
+        self._sql[ours] = before + ours.decode() + after
+        return ours
+
     def ours(self, name: bytes) -> bytes | None:
         """The pooler's name for the client's ``name``, or None."""
         known = self._by_name.get(name)
@@ -102,12 +120,14 @@ class ClientStatements:
                 known = self._by_name.pop(name, None)
                 if known is not None:
                     self._closed.append(known[0])
+                    self._sql.pop(known[0], None)
         self._closing.clear()
 
     def clear(self) -> None:
         """DEALLOCATE ALL or DISCARD ALL: the client has no statements any more."""
         self._closed.extend(ours for ours, _ in self._by_name.values())
         self._by_name.clear()
+        self._sql.clear()
         self._fresh.clear()
         self._closing.clear()
 
@@ -128,7 +148,11 @@ class ClientStatements:
             elif ours in fresh:
                 prepared[ours] = None
             else:
-                parses.append(frame(m.PARSE, ours + b"\0" + rest) + _SYNC)
+                sql = self._sql.get(ours)
+                if sql is not None:
+                    parses.append(m.query(sql))
+                else:
+                    parses.append(frame(m.PARSE, ours + b"\0" + rest) + _SYNC)
                 names.append(ours)
                 prepared[ours] = None
         fresh.clear()
@@ -189,3 +213,88 @@ def rewrite_describe_or_close(
         if ours is not None:
             return frame(msg_type, b"S" + ours + b"\0")
     return frame(msg_type, body)
+
+
+# Statement kinds whose text names a prepared statement, and the keyword before it.
+_NAMING = {
+    "utility:PrepareStmt": "PREPARE",
+    "utility:ExecuteStmt": "EXECUTE",
+    "utility:DeallocateStmt": "DEALLOCATE",
+    "explain": "EXECUTE",
+    "utility:CreateTableAsStmt": "EXECUTE",
+}
+
+
+def names_statements(classification: Classification) -> bool:
+    """Whether a text names SQL prepared statements (PREPARE, EXECUTE, DEALLOCATE)."""
+    return bool(classification.depends_on) or any(
+        effect.kind is EffectKind.PREPARE
+        or (effect.kind is EffectKind.DEALLOCATE and effect.name is not None)
+        for effect in classification.session_effects
+    )
+
+
+def rewrite_sql(
+    sql: str,
+    classification: Classification,
+    statements: ClientStatements,
+    server: OrderedDict[bytes, None] | None,
+    errors: int | None,
+) -> str:
+    """A statement text naming SQL prepared statements, naming the pooler's instead
+    (``server``: the statements of the server it goes to, None while there is none;
+    ``errors``: that server's error count). A name the client does not have is left
+    as it is, for PostgreSQL to say it does not exist."""
+    out: list[str] = []
+    done = 0
+    for statement in classification.statements:
+        keyword = _NAMING.get(statement.kind)
+        if keyword is None:
+            continue
+        text = sql[statement.start : statement.end]
+        found = _name_token(text, keyword)
+        if found is None:
+            continue
+        name = _folded(found.text).encode()
+        if keyword == "PREPARE":
+            ours = statements.prepare(name, text[: found.start], text[found.end :], server is None)
+            if server is not None:
+                server[ours] = None
+        elif keyword == "EXECUTE":
+            ours_or_none = statements.ours(name)
+            if ours_or_none is None:
+                continue
+            ours = ours_or_none
+        else:
+            closed = statements.close(name, errors)
+            if closed is None:
+                continue
+            ours = closed
+        start = statement.start + found.start
+        out.append(sql[done:start])
+        out.append(ours.decode())
+        done = statement.start + found.end
+    out.append(sql[done:])
+    return "".join(out)
+
+
+def _name_token(text: str, keyword: str) -> Token | None:
+    """The statement name after ``keyword`` in one statement's text (DEALLOCATE's
+    optional PREPARE skipped); None for DEALLOCATE ALL."""
+    words = [token for token in tokens(text) if token.kind is not TokenKind.COMMENT]
+    for i, token in enumerate(words[:-1]):
+        if token.kind is TokenKind.KEYWORD and token.text.upper() == keyword:
+            found = words[i + 1]
+            if keyword == "DEALLOCATE" and found.text.upper() == "PREPARE" and i + 2 < len(words):
+                found = words[i + 2]
+            if keyword == "DEALLOCATE" and found.text.upper() == "ALL":
+                return None
+            return found
+    return None
+
+
+def _folded(name: str) -> str:
+    """A name as PostgreSQL takes it: folded to lower case unless quoted."""
+    if name.startswith('"'):
+        return name[1:-1].replace('""', '"')
+    return name.lower()

@@ -7,7 +7,7 @@ from collections import OrderedDict
 
 from parser_api import classify
 from pooler.engine.session_state import SessionState
-from pooler.engine.statements import ClientStatements, rewrite_bind, rewrite_parse
+from pooler.engine.statements import ClientStatements, rewrite_bind, rewrite_parse, rewrite_sql
 from pooler.protocol.codec import frame
 
 
@@ -17,7 +17,6 @@ def test_state_that_outlives_a_transaction_pins() -> None:
         ("SET SESSION AUTHORIZATION app", "set role"),
         ("LISTEN jobs", "listen"),
         ("CREATE TEMP TABLE scratch (a int)", "temporary object"),
-        ("PREPARE q AS SELECT 1", "prepare"),
         ("SELECT pg_advisory_lock(1)", "advisory lock"),
         ("DO $$ BEGIN PERFORM 1; END $$", "do block"),
     ]:
@@ -30,6 +29,8 @@ def test_state_that_outlives_a_transaction_pins() -> None:
         "SET LOCAL work_mem = '1MB'",
         "SET search_path TO app",
         "SELECT set_config('work_mem', '64MB', false)",
+        # SQL prepared statements follow it too (pooler.engine.statements).
+        "PREPARE q AS SELECT 1",
         "BEGIN",
         "UNLISTEN *",
     ):
@@ -104,3 +105,24 @@ def test_a_close_is_forgotten_only_once_it_ran() -> None:
     assert statements.ours(b"s1") is None
     # Errors about it that were on their way still name it as the client did.
     assert ours is not None and statements.theirs[ours] == b"s1"
+
+
+def test_sql_prepared_statements_take_the_pooler_names() -> None:
+    statements = ClientStatements()
+    server: OrderedDict[bytes, None] = OrderedDict()
+
+    def rewrite(sql: str) -> str:
+        return rewrite_sql(sql, classify(sql), statements, server, 0)
+
+    prepared = rewrite('PREPARE "Q" (int) AS SELECT $1; /* c */ EXECUTE "Q"(1)')
+    ours = statements.ours(b"Q")
+    assert ours is not None and ours in server
+    name = ours.decode()
+    assert prepared == f"PREPARE {name} (int) AS SELECT $1; /* c */ EXECUTE {name}(1)"
+    assert rewrite("EXPLAIN EXECUTE q") == "EXPLAIN EXECUTE q"  # not the client's
+    assert rewrite('DEALLOCATE PREPARE "Q"') == f"DEALLOCATE PREPARE {name}"
+    assert rewrite("DEALLOCATE ALL") == "DEALLOCATE ALL"
+    # Another server lacking it gets the PREPARE, by its own text.
+    prelude, parsed = statements.prelude(OrderedDict())
+    assert parsed == [ours]
+    assert prelude == frame(ord("Q"), f"PREPARE {name} (int) AS SELECT $1\0".encode())
