@@ -5,9 +5,12 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -100,3 +103,70 @@ def backend_alive(cluster: LocalCluster, pid: int) -> bool:
         row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s", [pid]).fetchone()
     assert row is not None
     return bool(row[0])
+
+
+PGJDBC_JAR = Path("/root/.m2/repository/org/postgresql/postgresql/42.7.13/postgresql-42.7.13.jar")
+JDBC_SOURCE = Path(__file__).parent / "jdbc" / "PoolerClient.java"
+#: What tests/jdbc/PoolerClient.java prints when every step went as on PostgreSQL.
+JDBC_EXPECTED = {
+    "server_statements": "1",
+    "prepared_sum": str(sum(i * 2 for i in range(1, 13))),
+    "server_prepare": "true",
+    "fetch_rows": "1000",
+    "fetch_sum": "500500",
+    "open_portals": "1",
+    "batch_updated": "500",
+    "batch_count": "500",
+    "batch_sum": "125250",
+    "done": "true",
+}
+
+
+def run_jdbc(url: str, table: str, workdir: Path, timeout: float = 60.0) -> dict[str, str]:
+    """Compile and run tests/jdbc/PoolerClient.java against ``url`` (user app) with
+    ``table``; what it printed, as key -> value."""
+    classes = workdir / "classes"
+    classes.mkdir(exist_ok=True)
+    compiled = subprocess.run(
+        ["javac", "-d", str(classes), "-cp", str(PGJDBC_JAR), str(JDBC_SOURCE)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert compiled.returncode == 0, compiled.stderr
+    done = subprocess.run(
+        [
+            "java",
+            "-cp",
+            f"{classes}{os.pathsep}{PGJDBC_JAR}",
+            "PoolerClient",
+            url,
+            "app",
+            "app",
+            table,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert done.returncode == 0, done.stderr
+    return dict(line.split("=", 1) for line in done.stdout.split())
+
+
+def run_threads(client: Callable[[int], None], count: int, timeout: float = 120.0) -> None:
+    """``client(n)`` for n in range(count), each in a thread of its own; re-raise the first
+    failure."""
+    errors: list[BaseException] = []
+
+    def guarded(n: int) -> None:
+        try:
+            client(n)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=guarded, args=(n,)) for n in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout)
+    assert not errors, errors[0]

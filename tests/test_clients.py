@@ -23,12 +23,18 @@ import asyncpg
 import psycopg
 import pytest
 from conftest import PoolerProcess, StartPooler
-from helpers_clients import count_rows, direct_dsn, scratch_table, superuser_dsn, unique_name
+from helpers_clients import (
+    JDBC_EXPECTED,
+    count_rows,
+    direct_dsn,
+    run_jdbc,
+    scratch_table,
+    superuser_dsn,
+    unique_name,
+)
 
 from pooler.localcluster import LocalCluster
 
-PGJDBC_JAR = Path("/root/.m2/repository/org/postgresql/postgresql/42.7.13/postgresql-42.7.13.jar")
-JDBC_SOURCE = Path(__file__).parent / "jdbc" / "PoolerClient.java"
 CLIENT_TIMEOUT = 60.0
 
 
@@ -546,46 +552,9 @@ def test_asyncpg_timeout_cancels_the_query(cluster: LocalCluster, pooler: Pooler
 def test_jdbc_prepared_statements_portal_reads_and_batch(
     cluster: LocalCluster, pooler: PoolerProcess, tmp_path: Path
 ) -> None:
-    classes = tmp_path / "classes"
-    classes.mkdir()
-    compiled = subprocess.run(
-        ["javac", "-d", str(classes), "-cp", str(PGJDBC_JAR), str(JDBC_SOURCE)],
-        capture_output=True,
-        text=True,
-        timeout=CLIENT_TIMEOUT,
-    )
-    assert compiled.returncode == 0, compiled.stderr
     with scratch_table(cluster, "id int, v text") as table:
         url = f"jdbc:postgresql://{pooler.host}:{pooler.port}/app?prepareThreshold=5"
-        done = subprocess.run(
-            [
-                "java",
-                "-cp",
-                f"{classes}{os.pathsep}{PGJDBC_JAR}",
-                "PoolerClient",
-                url,
-                "app",
-                "app",
-                table,
-            ],
-            capture_output=True,
-            text=True,
-            timeout=CLIENT_TIMEOUT,
-        )
-        assert done.returncode == 0, done.stderr
-        printed = dict(line.split("=", 1) for line in done.stdout.split())
-        assert printed == {
-            "server_statements": "1",
-            "prepared_sum": str(sum(i * 2 for i in range(1, 13))),
-            "server_prepare": "true",
-            "fetch_rows": "1000",
-            "fetch_sum": "500500",
-            "open_portals": "1",
-            "batch_updated": "500",
-            "batch_count": "500",
-            "batch_sum": "125250",
-            "done": "true",
-        }
+        assert run_jdbc(url, table, tmp_path) == JDBC_EXPECTED
         assert count_rows(cluster, table) == 500
 
 

@@ -14,13 +14,12 @@ import random
 import subprocess
 import threading
 import time
-from collections.abc import Callable
 
 import asyncpg
 import psycopg
 import pytest
 from conftest import PoolerProcess, StartPooler
-from helpers_clients import count_rows, scratch_table, superuser_dsn
+from helpers_clients import count_rows, run_threads, scratch_table, superuser_dsn
 
 from pooler.localcluster import LocalCluster
 
@@ -44,25 +43,6 @@ def _server_pids(cluster: LocalCluster) -> set[int]:
     return {row[0] for row in rows}
 
 
-def _run_clients(client: Callable[[int], None], count: int) -> None:
-    """``client(n)`` for n in range(count), each in a thread of its own; re-raise the first
-    failure."""
-    errors: list[BaseException] = []
-
-    def guarded(n: int) -> None:
-        try:
-            client(n)
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=guarded, args=(n,)) for n in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
-    assert not errors, errors[0]
-
-
 def test_many_clients_share_two_servers(cluster: LocalCluster, small_pool: PoolerProcess) -> None:
     with scratch_table(cluster, "id int PRIMARY KEY, who text") as table:
 
@@ -76,7 +56,7 @@ def test_many_clients_share_two_servers(cluster: LocalCluster, small_pool: Poole
                         ).fetchone()
                         assert row == (i + 1,)
 
-        _run_clients(client, 10)
+        run_threads(client, 10)
         assert count_rows(cluster, table) == 200
     # Ten clients, never more than the pool's two server connections.
     assert len(_server_pids(cluster)) <= 2
@@ -124,7 +104,7 @@ def test_protocol_prepared_statements_follow_the_client(
                     with conn.transaction():
                         conn.execute("SELECT %s::int + 1", [i])
 
-    _run_clients(client, 8)
+    run_threads(client, 8)
 
 
 def test_asyncpg_prepares_everything_and_pools(start_pooler: StartPooler) -> None:
