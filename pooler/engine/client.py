@@ -72,7 +72,6 @@ class ClientEngine:
         "_deferred",
         "_deferred_read_only",
         "_ending",
-        "_forget_prepared",
         "_held",
         "_held_ops",
         "_held_owing",
@@ -128,8 +127,6 @@ class ClientEngine:
         # Bytes waiting for a server, and the ending that came after them.
         self._held: list[bytes] = []
         self._ending: tuple[bytes, bytes] | None = None
-        # A DEALLOCATE ALL or DISCARD ALL is held: the next server drops its statements.
-        self._forget_prepared = False
         #: The server it has takes writes (False: a standby serving a read-only unit).
         self.writable = True
         # Where the held requests, and those run on the server it has, may run: the
@@ -276,11 +273,9 @@ class ClientEngine:
             return Target.PRIMARY, None
         errors = server.errors if server is not None else 0
         if self.session.statement(classification, errors, sql):
-            self.statements.clear()
-            if server is not None:
-                server.prepared.clear()
-            else:
-                self._forget_prepared = True
+            # Forgotten once it is known to have run (in a transaction block, DISCARD
+            # ALL fails and drops nothing).
+            self.statements.drop_all(server.errors if server is not None else None)
         if classification.session_effects or (
             classification.transaction and (self.settings.pending or self._held_ops)
         ):
@@ -471,9 +466,6 @@ class ClientEngine:
             self.writable = True
             self._retryable = False
             self._deferred = []
-        if self._forget_prepared:
-            server.prepared.clear()
-            self._forget_prepared = False
         self.statements.sent_to(server.errors)
         self._tell(server)
         out.extend(self._held)
@@ -537,7 +529,8 @@ class ClientEngine:
             return False
         if self.ended and not self.waiting():
             return False
-        self.statements.settled(server.errors)
+        if self.statements.settled(server.errors):
+            server.prepared.clear()
         settings = self.settings
         if settings.pending and not settings.settle(server.unwatch()):
             # What committed is not known: the server knows, and keeps the client.

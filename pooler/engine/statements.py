@@ -43,7 +43,7 @@ class ClientStatements:
     """One client's named statements: its name -> (pooler name, the Parse body after
     the name: query text and parameter types)."""
 
-    __slots__ = ("_by_name", "_closed", "_closing", "_fresh", "_sql", "theirs")
+    __slots__ = ("_by_name", "_closed", "_closing", "_dropping", "_fresh", "_sql", "theirs")
 
     def __init__(self) -> None:
         self._by_name: dict[bytes, tuple[bytes, bytes]] = {}
@@ -60,6 +60,9 @@ class ClientStatements:
         # Parsed by the client while it had no server: its own Parse, held, will create
         # them on the next server.
         self._fresh: set[bytes] = set()
+        # A DEALLOCATE ALL or DISCARD ALL sent: the names it drops, and the server's
+        # error count then (None: not sent yet).
+        self._dropping: tuple[list[bytes], int | None] | None = None
 
     def __len__(self) -> int:
         return len(self._by_name)
@@ -105,13 +108,30 @@ class ClientStatements:
         self._closing.append((name, errors))
         return known[0]
 
+    def drop_all(self, errors: int | None) -> None:
+        """The client sent DEALLOCATE ALL or DISCARD ALL (``errors``: the server's error
+        count, None while it has no server): its statements are forgotten once it ran."""
+        self._dropping = (list(self._by_name), errors)
+
     def sent_to(self, errors: int) -> None:
         """Held Closes went to a server whose error count is ``errors``."""
         self._closing = [(name, errors if at is None else at) for name, at in self._closing]
+        if self._dropping is not None and self._dropping[1] is None:
+            self._dropping = (self._dropping[0], errors)
 
-    def settled(self, errors: int) -> None:
+    def settled(self, errors: int) -> bool:
         """Nothing is in flight and the server's error count is ``errors``: a Close that
-        met no error ran; names forgotten before are not needed for errors any more."""
+        met no error ran; names forgotten before are not needed for errors any more.
+        True when a DEALLOCATE ALL or DISCARD ALL ran: the server has no prepared
+        statement left."""
+        dropped = False
+        if self._dropping is not None:
+            names, at = self._dropping
+            self._dropping = None
+            if at == errors:
+                dropped = True
+                for name in names:
+                    self._closing.append((name, errors))
         for ours in self._closed:
             self.theirs.pop(ours, None)
         self._closed.clear()
@@ -121,15 +141,9 @@ class ClientStatements:
                 if known is not None:
                     self._closed.append(known[0])
                     self._sql.pop(known[0], None)
+                    self._fresh.discard(known[0])
         self._closing.clear()
-
-    def clear(self) -> None:
-        """DEALLOCATE ALL or DISCARD ALL: the client has no statements any more."""
-        self._closed.extend(ours for ours, _ in self._by_name.values())
-        self._by_name.clear()
-        self._sql.clear()
-        self._fresh.clear()
-        self._closing.clear()
+        return dropped
 
     def prelude(self, prepared: OrderedDict[bytes, None]) -> tuple[bytes, list[bytes]]:
         """What to send a server whose statements are ``prepared`` (updated here)

@@ -141,6 +141,9 @@ def _compare(cluster: LocalCluster, pooler: PoolerProcess, script: list[tuple[st
         ["SELECT set_config('a.x', 'f', false)", "SET search_path TO s1, public", "DISCARD ALL"],
         ["BEGIN", "SAVEPOINT s", "SET a.x = 's'", "ROLLBACK TO SAVEPOINT s", "COMMIT"],
         ["SET a.x = 'c'", "BEGIN", "SET work_mem = '6MB'", "COMMIT AND CHAIN", "ROLLBACK"],
+        # DISCARD ALL fails in a transaction block and drops nothing (psycopg has
+        # prepared the observing query by then: it must still exist).
+        ["SET work_mem = '1MB'"] * 5 + ["BEGIN", "DISCARD ALL", "ROLLBACK", "SET a.x = 'z'"],
         # A read-only transaction runs on a standby: what it sets follows the client.
         ["BEGIN READ ONLY", "SELECT 1", "SET a.x = 'ro'", "SET TimeZone = 'UTC'", "COMMIT"],
     ],
