@@ -68,6 +68,7 @@ class ClientEngine:
     """One client's stream after login."""
 
     __slots__ = (
+        "_begins",
         "_classify",
         "_deferred",
         "_deferred_read_only",
@@ -144,6 +145,8 @@ class ClientEngine:
         self._deferred_read_only = False
         # The held requests may be sent again as they are (see ``_whole_units``).
         self._retryable = False
+        # The held requests start a transaction: it stays on the server they get.
+        self._begins = False
         # What went to a probing standby, and the request types it was counted for.
         self._retry: tuple[list[bytes], list[int]] | None = None
         #: Set by ``detach`` when the server refused what it was sent and it is held
@@ -271,6 +274,8 @@ class ClientEngine:
         classification = classify(sql)
         if classification is None:
             return Target.PRIMARY, None
+        if server is None and classification.transaction:
+            self._begins = True
         errors = server.errors if server is not None else 0
         if self.session.statement(classification, errors, sql):
             # Forgotten once it is known to have run (in a transaction block, DISCARD
@@ -421,6 +426,7 @@ class ClientEngine:
         self._held_ops.clear()
         self._target = Target.ANY
         self._retryable = False
+        self._begins = False
         return b"".join(out)
 
     def waiting(self) -> bool:
@@ -431,8 +437,13 @@ class ClientEngine:
         """A server was assigned (``writable``: it takes writes): what to send it now
         (the held bytes), and the held ending if the stream ended meanwhile."""
         self.server = server
-        self.writable = writable
         server.names = self.statements.theirs
+        if self._begins:
+            # A read-only transaction on a standby: it runs there to its end (a write
+            # in it gets PostgreSQL's own read-only error there).
+            self._begins = False
+            writable = True
+        self.writable = writable
         if not writable and self._retryable and self._ending is None and not self._deferred:
             # A standby may refuse a read the catalog could not foresee: then it runs
             # again on the primary, as it was sent.

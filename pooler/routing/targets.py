@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from enum import IntEnum
 
-from parser_api import Classification, Route
+from parser_api import Classification, Route, TransactionControl
 
 
 class Target(IntEnum):
@@ -52,7 +52,7 @@ def target_of(classification: Classification | None, text: str) -> Target:
     if (
         classification is None
         or classification.route is not Route.READ
-        or classification.transaction
+        or (classification.transaction and not read_only_start(classification.transaction))
         or classification.session_effects
         # A DO block may leave any state behind (it pins its client): on the primary.
         or any(statement.kind == _DO for statement in classification.statements)
@@ -60,6 +60,25 @@ def target_of(classification: Classification | None, text: str) -> Target:
         return Target.PRIMARY
     hint = hint_of(text) if text[:1] in _COMMENT_STARTS else None
     return Target.ANY if hint is None else hint
+
+
+def read_only_start(controls: tuple[TransactionControl, ...]) -> bool:
+    """Transaction control that starts a transaction declared read only (BEGIN READ
+    ONLY, or BEGIN then SET TRANSACTION READ ONLY, not serializable, which a standby
+    refuses), possibly ending it too: a standby may run all of it."""
+    read_only = False
+    for control in controls:
+        action = control.action
+        if action in ("begin", "set"):
+            if control.isolation == "serializable":
+                return False
+            if control.read_only is not None:
+                read_only = control.read_only
+            elif action == "begin":
+                read_only = False
+        elif action not in ("commit", "rollback") or control.chain or not read_only:
+            return False
+    return read_only
 
 
 _DO = "utility:DoStmt"

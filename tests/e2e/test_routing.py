@@ -15,7 +15,7 @@ import psycopg
 import pytest
 from conftest import PoolerProcess, StartPooler
 from helpers_clients import direct_dsn, scratch_table
-from wire import Wire, connect, message
+from wire import Wire, bind, connect, execute, message, parse, sync
 
 from pooler.localcluster import LocalCluster
 
@@ -308,6 +308,41 @@ def test_a_read_only_transaction_runs_on_one_standby(
         with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
             conn.execute("CREATE TABLE no_writes (a int)")
         simple.execute("ROLLBACK")
+
+
+def _batch(*texts: str) -> bytes:
+    return b"".join(parse("", text) + bind() + execute() for text in texts) + sync()
+
+
+def _batch_ports(wire: Wire, *texts: str) -> list[int]:
+    wire.send(_batch(*texts))
+    answers = wire.read_until("Z")
+    assert not [msg for msg in answers if msg.type == "E"], answers
+    rows = [msg.row() for msg in answers if msg.type == "D"]
+    return [int(row[0]) for row in rows if row[0] is not None and row[0] != b"1"]
+
+
+def test_a_read_only_begin_in_a_batch_runs_on_one_standby(
+    cluster: LocalCluster, routed: PoolerProcess
+) -> None:
+    """JDBC's shape (setReadOnly(true), autocommit off): BEGIN READ ONLY goes in one
+    extended batch with the transaction's first statement; the transaction runs on a
+    standby and stays there to its end, and a plain BEGIN stays on the primary."""
+    standbys = {node.port for node in cluster.standbys}
+    used: Counter[int] = Counter()
+    with connect((routed.host, routed.port)) as wire:
+        for _ in range(12):
+            # (inet_server_port() names the node: where the transaction starts, a read
+            # that may run anywhere places it.)
+            assert _batch_ports(wire, "BEGIN READ ONLY", "SELECT 1") == []
+            ports = _batch_ports(wire, PORT_SQL)
+            ports += _batch_ports(wire, PORT_SQL, "COMMIT")
+            assert len(set(ports)) == 1, ports
+            used[ports[0]] += 1
+        assert set(used) & standbys, used
+        for _ in range(3):
+            ports = _batch_ports(wire, "BEGIN", PORT_SQL, "COMMIT")
+            assert ports == [cluster.primary.port]
 
 
 def test_a_read_only_transaction_that_locks_runs_on_the_primary(

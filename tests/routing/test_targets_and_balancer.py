@@ -28,7 +28,14 @@ from pooler.routing.targets import Target, hint_of, target_of
         ("/*NO LOAD BALANCE*/ SELECT 1", Target.PRIMARY),
         ("/* pooler: standby */ INSERT INTO t VALUES (1)", Target.PRIMARY),
         ("/* other comment */ SELECT 1", Target.ANY),
-        ("BEGIN READ ONLY", Target.PRIMARY),
+        # A transaction declared read only may run on a standby, start to end.
+        ("BEGIN READ ONLY", Target.ANY),
+        ("BEGIN READ ONLY; SELECT 1; COMMIT", Target.ANY),
+        ("BEGIN; SET TRANSACTION READ ONLY", Target.ANY),
+        ("BEGIN", Target.PRIMARY),
+        ("BEGIN READ ONLY ISOLATION LEVEL SERIALIZABLE", Target.PRIMARY),
+        ("COMMIT", Target.PRIMARY),
+        ("BEGIN READ ONLY; COMMIT AND CHAIN", Target.PRIMARY),
         ("SET search_path TO x", Target.PRIMARY),
         ("SELECT nextval('s')", Target.PRIMARY),
         ("DECLARE c CURSOR WITH HOLD FOR SELECT 1", Target.PRIMARY),
@@ -328,8 +335,21 @@ def test_what_places_a_deferred_transaction(texts: list[str], target: Target) ->
 
 
 def test_begin_with_more_is_not_deferred() -> None:
-    assert _need(_deferring(), query("BEGIN READ ONLY; SELECT 1")) is Target.PRIMARY
-    assert _need(_client(), query("BEGIN READ ONLY")) is Target.PRIMARY
+    # Not deferred, but placed as a whole: read only, with reads only, on any node.
+    assert _need(_deferring(), query("BEGIN READ ONLY; SELECT 1")) is Target.ANY
+    assert _need(_deferring(), query("BEGIN; SELECT 1")) is Target.PRIMARY
+    assert _need(_client(), query("BEGIN READ ONLY")) is Target.ANY
+
+
+def test_a_read_only_transaction_placed_on_a_standby_stays_there() -> None:
+    engine = _client()
+    assert _need(engine, parse("", "BEGIN READ ONLY") + bind() + EXECUTE + SYNC) is Target.ANY
+    standby = ServerEngine({}, b"I")
+    engine.attach(standby, writable=False)
+    assert engine.writable
+    standby.feed(msg("1") + msg("2") + msg("C", b"BEGIN\0") + msg("Z", b"T"))
+    # Its next request goes to the same server, not behind it.
+    assert engine.feed(query("SELECT 1")) == [query("SELECT 1")]
 
 
 def test_requests_no_node_can_run_get_errors_and_the_client_stays() -> None:
