@@ -21,7 +21,7 @@ until it is done, and go wherever they may run.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 from parser_api import Classification, TokenKind, tokens
 from pooler.engine.actions import Action, Close, HandOver, NeedServer, Reply
@@ -119,12 +119,12 @@ class ClientEngine:
         self.settings = ClientSettings()
         # What the last text classified sets (see pooler.engine.settings); for a Parse,
         # kept by statement name until a Bind runs it.
-        self._ops: list[Op] = []
-        self.statement_ops: dict[bytes, list[Op]] = {}
+        self._ops: Sequence[Op] = ()
+        self.statement_ops: dict[bytes, Sequence[Op]] | None = None
         # Held requests owed a ReadyForQuery, and what those that set something set
         # (numbered among them; the next server numbers them its way).
         self._held_owing = 0
-        self._held_ops: list[tuple[int, list[Op]]] = []
+        self._held_ops: list[tuple[int, Sequence[Op]]] | None = None
         # Bytes waiting for a server, and the ending that came after them.
         self._held: list[bytes] = []
         self._ending: tuple[bytes, bytes] | None = None
@@ -204,7 +204,7 @@ class ClientEngine:
         requests = server.requests
         number = requests.answered + requests.owed - later + (t == m.BIND)
         self.settings.record(number, self._ops)
-        self._ops = []
+        self._ops = ()
         server.watch()
 
     def _tell(self, server: ServerEngine) -> None:
@@ -237,8 +237,10 @@ class ClientEngine:
             target, _ = self._classified(text, server)
             if self._ops:
                 # It sets something each time a Bind runs it.
+                if self.statement_ops is None:
+                    self.statement_ops = {}
                 self.statement_ops[name] = self._ops
-                self._ops = []
+                self._ops = ()
             elif self.statement_ops:
                 self.statement_ops.pop(name, None)
             if not name:
@@ -257,7 +259,7 @@ class ClientEngine:
             if target > self._target:
                 self._target = target
             if self.statement_ops:
-                self._ops = list(self.statement_ops.get(name, ()))
+                self._ops = self.statement_ops.get(name, ())
             return rewrite_bind(body, self.statements)
         errors = server.errors if server is not None else None
         return rewrite_describe_or_close(t, body, self.statements, errors)
@@ -320,8 +322,10 @@ class ClientEngine:
                     if t in _OWING:
                         self._held_owing += 1
                     if self._ops:
+                        if self._held_ops is None:
+                            self._held_ops = []
                         self._held_ops.append((self._held_owing + (t == m.BIND), self._ops))
-                        self._ops = []
+                        self._ops = ()
                 else:
                     self._ending = _ending_of(event)  # type: ignore[arg-type]
                     self.ended = True
@@ -423,7 +427,7 @@ class ClientEngine:
         self._held.clear()
         self.scanner.tracked.clear()
         self._held_owing = 0
-        self._held_ops.clear()
+        self._held_ops = None
         self._target = Target.ANY
         self._retryable = False
         self._begins = False
@@ -468,7 +472,7 @@ class ClientEngine:
             base = requests.answered + requests.owed
             for number, ops in self._held_ops:
                 self.settings.record(base + number, ops)
-            self._held_ops.clear()
+            self._held_ops = None
             server.watch()
         self._held_owing = 0
         if deferred:
@@ -519,7 +523,8 @@ class ClientEngine:
                 self.scanner.tracked[:0] = tracked
                 owing = sum(1 for t in tracked if t in _OWING)
                 self._held_owing += owing
-                self._held_ops = [(number + owing, ops) for number, ops in self._held_ops]
+                if self._held_ops:
+                    self._held_ops = [(number + owing, ops) for number, ops in self._held_ops]
                 self._target = Target.PRIMARY
                 if server.refused is not None:
                     self.refusal = (server.refused, _first_text(held))

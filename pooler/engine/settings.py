@@ -20,7 +20,7 @@ left on the server, and the client stays on it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 from parser_api import Classification, EffectKind, TokenKind, tokens
 
@@ -153,16 +153,18 @@ class ClientSettings:
         #: its login.
         self.reported: dict[str, str] | None = None
         # Request number on its server -> the operations that ran in it.
-        self._journal: dict[int, list[Op]] = {}
+        self._journal: dict[int, list[Op]] | None = None
 
     @property
     def pending(self) -> bool:
         """Requests that set something wait for their answers."""
         return bool(self._journal)
 
-    def record(self, number: int, ops: list[Op]) -> None:
+    def record(self, number: int, ops: Sequence[Op]) -> None:
         """The request ``number`` (counting every request owed a ReadyForQuery on the
         server) runs ``ops``."""
+        if self._journal is None:
+            self._journal = {}
         self._journal.setdefault(number, []).extend(ops)
 
     def settle(self, marks: list[Mark]) -> bool:
@@ -170,7 +172,7 @@ class ClientSettings:
         marks cannot say what did (the client must then stay on its server, which
         holds the truth)."""
         journal = self._journal
-        self._journal = {}
+        self._journal = None
         if not journal:
             return True
         by_number = {number: (status, errors) for number, status, errors in marks}

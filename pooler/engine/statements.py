@@ -48,7 +48,7 @@ class ClientStatements:
     def __init__(self) -> None:
         self._by_name: dict[bytes, tuple[bytes, bytes]] = {}
         # Made by SQL PREPARE: the pooler's name -> that PREPARE, naming it.
-        self._sql: dict[bytes, str] = {}
+        self._sql: dict[bytes, str] | None = None
         #: The pooler's name -> the client's, to say the client's names in errors.
         self.theirs: dict[bytes, bytes] = {}
         # Closed, but an error about them may still be on its way.
@@ -91,6 +91,8 @@ class ClientStatements:
         if known is not None:
             return known[0]
         ours = self.parse(name, b"", held)
+        if self._sql is None:
+            self._sql = {}
         self._sql[ours] = before + ours.decode() + after
         return ours
 
@@ -140,7 +142,8 @@ class ClientStatements:
                 known = self._by_name.pop(name, None)
                 if known is not None:
                     self._closed.append(known[0])
-                    self._sql.pop(known[0], None)
+                    if self._sql:
+                        self._sql.pop(known[0], None)
                     self._fresh.discard(known[0])
         self._closing.clear()
         return dropped
@@ -162,7 +165,7 @@ class ClientStatements:
             elif ours in fresh:
                 prepared[ours] = None
             else:
-                sql = self._sql.get(ours)
+                sql = self._sql.get(ours) if self._sql else None
                 if sql is not None:
                     parses.append(m.query(sql))
                 else:
