@@ -43,6 +43,7 @@ from pooler.protocol.outstanding import FUNCTION_CALL, NEUTRAL, TRACKED, UNSYNCE
 from pooler.routing.targets import Target, target_of
 
 _STOP = frozenset({m.TERMINATE})
+_SYNC_BYTES = frame(m.SYNC, b"")
 _TERMINATE = b"X\x00\x00\x00\x04"
 # Transaction pooling looks inside these: statement texts to classify, statement names
 # to rewrite, and the requests owed a ReadyForQuery, to number those that set something.
@@ -226,6 +227,8 @@ class ClientEngine:
             if target > self._target:
                 self._target = target
             return m.query(rewritten) if rewritten is not None else frame(t, body)
+        if t == m.SYNC:
+            return _SYNC_BYTES
         if t in _OWING:
             return frame(t, body)
         if t == m.PARSE:
@@ -291,7 +294,11 @@ class ClientEngine:
             except Untracked:
                 self.session.pin("set", sql)
         rewritten = None
-        if rewrite and names_statements(classification):
+        if (
+            rewrite
+            and (classification.depends_on or classification.session_effects)
+            and names_statements(classification)
+        ):
             if "\ufffd" in sql:
                 # Not UTF-8 (or not as sent): rewritten, it would not be the same text.
                 self.session.pin("prepare", sql)
@@ -375,8 +382,9 @@ class ClientEngine:
         target = self._target
         scanner = self.scanner
         self._retryable = False
-        if self._deferred and not self._deferred_read_only:
-            # Nothing says the transaction will not write.
+        if (self._deferred and not self._deferred_read_only) or self.settings.unsafe:
+            # Nothing says the transaction will not write; or the client's settings
+            # would have a standby refuse it.
             target = self._target = Target.PRIMARY
         if target is Target.PRIMARY:
             return _NEED[target]

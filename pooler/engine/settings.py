@@ -60,7 +60,9 @@ _NOT_SET = frozenset(
 IDENTITY = frozenset({"role", "session_authorization"})
 
 # Operations of a request, in text order: (kind, parameter, statement that sets it).
-SET, RESET, RESET_ALL, BEGIN, COMMIT, ROLLBACK, SAVEPOINT, ROLLBACK_TO, PREPARE = range(9)
+# (UNSAFE_SET: a value with which a hot standby refuses later statements.)
+SET, UNSAFE_SET, RESET, RESET_ALL = range(4)
+BEGIN, COMMIT, ROLLBACK, SAVEPOINT, ROLLBACK_TO, PREPARE = range(4, 10)
 Op = tuple[int, str, str]
 _TRANSACTION_OPS = {
     "begin": (BEGIN,),
@@ -103,30 +105,39 @@ def operations(sql: str, classification: Classification, classify: Classify) -> 
                 ops.append((kind, "", ""))
             if control.chain:
                 ops.append((BEGIN, "", ""))
+        unsafe = {
+            effect.name
+            for effect in facts.session_effects
+            if effect.kind is EffectKind.STANDBY_UNSAFE
+        }
         for effect in facts.session_effects:
             if effect.kind is EffectKind.RESET_ALL or (
                 effect.kind is EffectKind.DISCARD and effect.name == "all"
             ):
                 ops.append((RESET_ALL, "", ""))
             elif effect.kind is EffectKind.SETTING:
-                op = _setting(effect.name, effect.value, statement.kind, text)
+                op = _setting(effect.name, effect.value, statement.kind, text, unsafe)
                 if op is not None:
                     ops.append(op)
     return ops
 
 
-def _setting(name: str | None, value: str | None, kind: str, text: str) -> Op | None:
+def _setting(
+    name: str | None, value: str | None, kind: str, text: str, unsafe: set[str | None]
+) -> Op | None:
     if name is None:
         raise Untracked(text)
     if name in REPORTED or name in IDENTITY:
         return None
+    set_kind = UNSAFE_SET if name in unsafe else SET
     if kind == _SET_STATEMENT:
         if _first_word(text) == "RESET":
             return (RESET, name, "")
-        return (SET, name, text.strip().rstrip(";"))
+        return (set_kind, name, text.strip().rstrip(";"))
     if value is None:
         raise Untracked(text)
-    return (SET, name, f"SELECT pg_catalog.set_config({_literal(name)}, {_literal(value)}, false)")
+    statement = f"SELECT pg_catalog.set_config({_literal(name)}, {_literal(value)}, false)"
+    return (set_kind, name, statement)
 
 
 def _first_word(sql: str) -> str:
@@ -144,11 +155,15 @@ class ClientSettings:
     """One client's settings: those its committed transactions made (as the statements
     to make them again), and the requests sent since its server was last idle."""
 
-    __slots__ = ("_journal", "committed", "reported")
+    __slots__ = ("_journal", "committed", "reported", "unsafe")
 
     def __init__(self) -> None:
         #: Parameter -> the statement that sets it as the client has it, oldest first.
         self.committed: dict[str, str] = {}
+        #: Parameters set to a value with which a hot standby refuses later statements
+        #: (default_transaction_isolation = serializable): the client's reads stay on
+        #: the primary while there are any.
+        self.unsafe: set[str] | None = None
         #: ParameterStatus values as the client was last told them; None: those of
         #: its login.
         self.reported: dict[str, str] | None = None
@@ -180,7 +195,7 @@ class ClientSettings:
         last = marks[-1][0]
         if first - 1 not in by_number or max(journal) > last:
             return False
-        replay = _Replay(self.committed, by_number[first - 1][0] != b"I")
+        replay = _Replay(self, by_number[first - 1][0] != b"I")
         for number in range(first, last + 1):
             before_status, before_errors = by_number[number - 1]
             after = by_number.get(number)
@@ -199,10 +214,10 @@ class ClientSettings:
 class _Replay:
     """Requests replayed against their ReadyForQuery marks."""
 
-    __slots__ = ("committed", "in_transaction", "pending", "savepoints")
+    __slots__ = ("in_transaction", "pending", "savepoints", "settings")
 
-    def __init__(self, committed: dict[str, str], in_transaction: bool) -> None:
-        self.committed = committed
+    def __init__(self, settings: ClientSettings, in_transaction: bool) -> None:
+        self.settings = settings
         self.in_transaction = in_transaction
         # Settings made in the open transaction, in order.
         self.pending: list[Op] = []
@@ -254,14 +269,20 @@ class _Replay:
         self.savepoints = False
 
     def _apply(self, ops: list[Op]) -> None:
-        committed = self.committed
+        settings = self.settings
+        committed = settings.committed
         for kind, name, text in ops:
             if kind == RESET_ALL:
                 committed.clear()
+                settings.unsafe = None
                 continue
             committed.pop(name, None)
-            if kind == SET:
+            if kind in (SET, UNSAFE_SET):
                 committed[name] = text
+            if kind == UNSAFE_SET:
+                settings.unsafe = (settings.unsafe or set()) | {name}
+            elif settings.unsafe:
+                settings.unsafe.discard(name)
 
 
 def alignment(

@@ -345,6 +345,21 @@ def test_a_read_only_begin_in_a_batch_runs_on_one_standby(
             assert ports == [cluster.primary.port]
 
 
+def test_a_serializable_session_reads_on_the_primary(
+    cluster: LocalCluster, routed: PoolerProcess
+) -> None:
+    """default_transaction_isolation = serializable: a standby would refuse every read, so
+    the client's reads stay on the primary until it resets it."""
+    standbys = {node.port for node in cluster.standbys}
+    with psycopg.connect(routed.dsn(), autocommit=True) as conn:
+        conn.execute("SET default_transaction_isolation = 'serializable'")
+        assert {_port_of(conn, "extended") for _ in range(20)} == {cluster.primary.port}
+        assert conn.execute("SHOW transaction_isolation").fetchone() == ("serializable",)
+        conn.execute("RESET default_transaction_isolation")
+        assert {_port_of(conn, "extended") for _ in range(30)} & standbys
+    assert "standby refused a read" not in routed.log_path.read_text()
+
+
 def test_a_read_only_transaction_that_locks_runs_on_the_primary(
     cluster: LocalCluster, routed: PoolerProcess, table: str
 ) -> None:

@@ -116,3 +116,15 @@ def test_alignment_is_only_the_difference() -> None:
         "RESET \"search_path\"; SET a.b = 1; SELECT pg_catalog.set_config('TimeZone', 'UTC', false)"
     )
     assert alignment(want, dict(want), reported, dict(reported)) == ""
+
+
+def test_a_value_a_standby_refuses_is_marked_until_reset() -> None:
+    s = _settle([("SET default_transaction_isolation = 'serializable'", b"I", False)])
+    assert s.unsafe == {"default_transaction_isolation"}
+    s = _settle(
+        [
+            ("SET default_transaction_isolation = 'serializable'", b"I", False),
+            ("SET default_transaction_isolation = 'read committed'", b"I", False),
+        ]
+    )
+    assert not s.unsafe
