@@ -78,8 +78,10 @@ class ClientEngine:
         "_held_ops",
         "_held_owing",
         "_ops",
+        "_parse_check",
         "_retry",
         "_retryable",
+        "_seg_parses",
         "_target",
         "_target_of",
         "_targets",
@@ -125,7 +127,11 @@ class ClientEngine:
         # Held requests owed a ReadyForQuery, and what those that set something set
         # (numbered among them; the next server numbers them its way).
         self._held_owing = 0
-        self._held_ops: list[tuple[int, Sequence[Op]]] | None = None
+        self._held_ops: list[tuple[int, Sequence[Op], tuple[bytes, int] | None]] | None = None
+        # A Parse that first names a statement, and its place among the Parses of its
+        # request (counted in ``_seg_parses``): confirmed by the server's answers.
+        self._parse_check: tuple[bytes, int] | None = None
+        self._seg_parses = 0
         # Bytes waiting for a server, and the ending that came after them.
         self._held: list[bytes] = []
         self._ending: tuple[bytes, bytes] | None = None
@@ -188,7 +194,7 @@ class ClientEngine:
                 out.append(event)
             elif type(event) is Message and event.type != m.TERMINATE:
                 out.append(self._pooled(event, server))
-                if self._ops:
+                if self._ops or self._parse_check is not None:
                     self._record(server, events, i, event.type)
             else:
                 to_server, reply = _ending_of(event)  # type: ignore[arg-type]
@@ -196,17 +202,24 @@ class ClientEngine:
         return out
 
     def _record(self, server: ServerEngine, events: list[Event], i: int, t: int) -> None:
-        """The message ``events[i]`` (a Query, or a Bind of a statement that sets
-        something) was forwarded: note what it sets under the number of the request
-        that will answer it."""
+        """The message ``events[i]`` (a Query, a Bind of a statement that sets
+        something, a Parse that first names a statement) was forwarded: note what it
+        does under the number of the request that will answer it."""
         later = sum(
             1 for event in events[i + 1 :] if type(event) is Message and event.type in _OWING
         )
         requests = server.requests
-        number = requests.answered + requests.owed - later + (t == m.BIND)
-        self.settings.record(number, self._ops)
+        number = requests.answered + requests.owed - later + (t != m.QUERY)
+        self._note(number, self._ops, self._parse_check)
         self._ops = ()
+        self._parse_check = None
         server.watch()
+
+    def _note(self, number: int, ops: Sequence[Op], parse: tuple[bytes, int] | None) -> None:
+        if ops:
+            self.settings.record(number, ops)
+        if parse is not None:
+            self.statements.parsed(number, parse[1], parse[0])
 
     def _tell(self, server: ServerEngine) -> None:
         """Tell the server's queue what was scanned for it since the last time."""
@@ -226,14 +239,21 @@ class ClientEngine:
             target, rewritten = self._classified(body[:-1], server, rewrite=True)
             if target > self._target:
                 self._target = target
+            self._seg_parses = 0
             return m.query(rewritten) if rewritten is not None else frame(t, body)
         if t == m.SYNC:
+            self._seg_parses = 0
             return _SYNC_BYTES
         if t in _OWING:
             return frame(t, body)
         if t == m.PARSE:
             name = body[: body.find(b"\0")]
             known = self.statements.ours(name) is not None
+            index = self._seg_parses
+            self._seg_parses = index + 1
+            if name and not known:
+                # A statement exists only once the server said ParseComplete.
+                self._parse_check = (name, index)
             raw, text = rewrite_parse(
                 body, self.statements, server.prepared if server is not None else None
             )
@@ -328,11 +348,13 @@ class ClientEngine:
                     self._held.append(self._pooled(event, None))
                     if t in _OWING:
                         self._held_owing += 1
-                    if self._ops:
+                    if self._ops or self._parse_check is not None:
                         if self._held_ops is None:
                             self._held_ops = []
-                        self._held_ops.append((self._held_owing + (t == m.BIND), self._ops))
+                        number = self._held_owing + (t != m.QUERY)
+                        self._held_ops.append((number, self._ops, self._parse_check))
                         self._ops = ()
+                        self._parse_check = None
                 else:
                     self._ending = _ending_of(event)  # type: ignore[arg-type]
                     self.ended = True
@@ -478,8 +500,8 @@ class ClientEngine:
         if self._held_ops:
             requests = server.requests
             base = requests.answered + requests.owed
-            for number, ops in self._held_ops:
-                self.settings.record(base + number, ops)
+            for number, ops, parse in self._held_ops:
+                self._note(base + number, ops, parse)
             self._held_ops = None
             server.watch()
         self._held_owing = 0
@@ -532,7 +554,7 @@ class ClientEngine:
                 owing = sum(1 for t in tracked if t in _OWING)
                 self._held_owing += owing
                 if self._held_ops:
-                    self._held_ops = [(number + owing, ops) for number, ops in self._held_ops]
+                    self._held_ops = [(n + owing, ops, p) for n, ops, p in self._held_ops]
                 self._target = Target.PRIMARY
                 if server.refused is not None:
                     self.refusal = (server.refused, _first_text(held))
@@ -553,12 +575,16 @@ class ClientEngine:
             return False
         if self.ended and not self.waiting():
             return False
+        settings = self.settings
+        if server.marks is not None:
+            marks = server.unwatch()
+            if settings.pending and not settings.settle(marks):
+                # What committed is not known: the server knows, and keeps the client.
+                self.session.pin("set")
+            for ours in self.statements.confirm(marks):
+                server.prepared.pop(ours, None)
         if self.statements.settled(server.errors):
             server.prepared.clear()
-        settings = self.settings
-        if settings.pending and not settings.settle(server.unwatch()):
-            # What committed is not known: the server knows, and keeps the client.
-            self.session.pin("set")
         if server.alignment_failed:
             server.alignment_failed = False
             self.session.pin("settings not made again")

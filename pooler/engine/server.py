@@ -23,8 +23,10 @@ _OBSERVE = frozenset({m.PARAMETER_STATUS, m.ERROR_RESPONSE, m.COPY_IN_RESPONSE})
 # While COPY IN runs, its end (CommandComplete or ErrorResponse) must be seen in order
 # with ReadyForQuery rather than ReadyForQuery only counted.
 _COPY_OBSERVE = _OBSERVE | {m.COMMAND_COMPLETE, m.READY_FOR_QUERY}
-# Watching (``watch``): each ReadyForQuery in order with the errors before it.
-_WATCH_OBSERVE = _OBSERVE | {m.READY_FOR_QUERY}
+# Watching (``watch``): each ReadyForQuery in order with the errors and ParseCompletes
+# before it.
+_PARSE_COMPLETE = ord("1")
+_WATCH_OBSERVE = _OBSERVE | {m.READY_FOR_QUERY, _PARSE_COMPLETE}
 # The prelude entry of the statements that align a server's settings to its client's.
 _ALIGNMENT = b"\0settings"
 _PAUSE = frozenset({m.COPY_IN_RESPONSE})
@@ -60,6 +62,7 @@ class ServerEngine:
         "owners",
         "params",
         "params_changed",
+        "parsed",
         "prepared",
         "probing",
         "refused",
@@ -83,8 +86,11 @@ class ServerEngine:
         self.settings: dict[str, str] = {}
         #: The statements that aligned its settings to its client's failed.
         self.alignment_failed = False
-        #: While watched, each ReadyForQuery as (request number, status, errors).
-        self.marks: list[tuple[int, bytes, int]] | None = None
+        #: While watched, each ReadyForQuery as (request number, status, errors,
+        #: ParseCompletes): see ``pooler.engine.settings.Mark``.
+        self.marks: list[tuple[int, bytes, int, int]] | None = None
+        #: ParseCompletes of the client's Parses counted while watched.
+        self.parsed = 0
         self._idle_observe = _OBSERVE
         #: Transaction status of the last ReadyForQuery.
         self.status = status
@@ -235,15 +241,16 @@ class ServerEngine:
 
     def watch(self) -> None:
         """Note every ReadyForQuery from now on in ``marks``, with the transaction
-        status it gives and the errors counted when it came (settings to settle)."""
+        status it gives, and the errors and ParseCompletes counted when it came
+        (settings to settle, statements to confirm)."""
         if self.marks is not None:
             return
-        self.marks = [(self.requests.answered, self.status, self.errors)]
+        self.marks = [(self.requests.answered, self.status, self.errors, self.parsed)]
         self._idle_observe = _WATCH_OBSERVE
         if not self.requests.copy_in:
             self.scanner.set_observe(_WATCH_OBSERVE, ready=False)
 
-    def unwatch(self) -> list[tuple[int, bytes, int]]:
+    def unwatch(self) -> list[tuple[int, bytes, int, int]]:
         """Stop watching; the marks noted."""
         marks = self.marks or []
         self.marks = None
@@ -273,7 +280,8 @@ class ServerEngine:
                 self.status = bytes(buf[pos + 5 : end])
                 self.requests.ready()
                 if self.marks is not None:
-                    self.marks.append((self.requests.answered, self.status, self.errors))
+                    mark = (self.requests.answered, self.status, self.errors, self.parsed)
+                    self.marks.append(mark)
                 name = self._prelude.pop(0)
                 if self._prelude_error:
                     if name == _ALIGNMENT:
@@ -319,7 +327,9 @@ class ServerEngine:
                 self.status = msg.body
                 requests.ready()
                 if self.marks is not None:
-                    self.marks.append((requests.answered, msg.body, self.errors))
+                    self.marks.append((requests.answered, msg.body, self.errors, self.parsed))
+            elif t == _PARSE_COMPLETE:
+                self.parsed += 1
             elif t == m.PARAMETER_STATUS:
                 name, value = m.parse_parameter_status(msg.body)
                 self.params[name] = value

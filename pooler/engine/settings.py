@@ -77,8 +77,9 @@ _SET_STATEMENT = "utility:VariableSetStmt"
 
 Classify = Callable[[str], Classification | None]
 #: A ReadyForQuery as ``ServerEngine.watch`` notes it: its number on that server, the
-#: transaction status it gave, and the server's error count when it came.
-Mark = tuple[int, bytes, int]
+#: transaction status it gave, and the server's error and ParseComplete counts when it
+#: came.
+Mark = tuple[int, bytes, int, int]
 
 
 class Untracked(Exception):
@@ -190,7 +191,7 @@ class ClientSettings:
         self._journal = None
         if not journal:
             return True
-        by_number = {number: (status, errors) for number, status, errors in marks}
+        by_number = {number: (status, errors) for number, status, errors, _ in marks}
         first = min(journal)
         last = marks[-1][0]
         if first - 1 not in by_number or max(journal) > last:

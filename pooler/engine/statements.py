@@ -43,7 +43,16 @@ class ClientStatements:
     """One client's named statements: its name -> (pooler name, the Parse body after
     the name: query text and parameter types)."""
 
-    __slots__ = ("_by_name", "_closed", "_closing", "_dropping", "_fresh", "_sql", "theirs")
+    __slots__ = (
+        "_by_name",
+        "_closed",
+        "_closing",
+        "_dropping",
+        "_fresh",
+        "_sql",
+        "theirs",
+        "unconfirmed",
+    )
 
     def __init__(self) -> None:
         self._by_name: dict[bytes, tuple[bytes, bytes]] = {}
@@ -63,6 +72,9 @@ class ClientStatements:
         # A DEALLOCATE ALL or DISCARD ALL sent: the names it drops, and the server's
         # error count then (None: not sent yet).
         self._dropping: tuple[list[bytes], int | None] | None = None
+        #: Names first parsed by requests not answered yet: request number on the
+        #: server -> (the Parse's place among that request's Parses, the name).
+        self.unconfirmed: dict[int, list[tuple[int, bytes]]] | None = None
 
     def __len__(self) -> int:
         return len(self._by_name)
@@ -95,6 +107,35 @@ class ClientStatements:
             self._sql = {}
         self._sql[ours] = before + ours.decode() + after
         return ours
+
+    def parsed(self, number: int, index: int, name: bytes) -> None:
+        """The Parse that first named ``name`` is the ``index``-th Parse of the request
+        ``number`` (counting every request owed a ReadyForQuery on the server)."""
+        if self.unconfirmed is None:
+            self.unconfirmed = {}
+        self.unconfirmed.setdefault(number, []).append((index, name))
+
+    def confirm(self, marks: list[tuple[int, bytes, int, int]]) -> list[bytes]:
+        """The server is idle (``marks``: see ``ServerEngine.watch``): forget the names
+        whose first Parse failed, or was skipped after an error before its Sync, as
+        PostgreSQL has no such statement. The pooler's names forgotten."""
+        unconfirmed = self.unconfirmed
+        self.unconfirmed = None
+        parsed = {number: completes for number, _, _, completes in marks}
+        gone: list[bytes] = []
+        for number, entries in (unconfirmed or {}).items():
+            before, after = parsed.get(number - 1), parsed.get(number)
+            if before is None or after is None:
+                continue
+            for index, name in entries:
+                known = self._by_name.get(name)
+                if index >= after - before and known is not None:
+                    del self._by_name[name]
+                    self._closed.append(known[0])
+                    if self._sql:
+                        self._sql.pop(known[0], None)
+                    gone.append(known[0])
+        return gone
 
     def ours(self, name: bytes) -> bytes | None:
         """The pooler's name for the client's ``name``, or None."""

@@ -52,7 +52,7 @@ def _settle(requests: list[tuple[str, bytes, bool]], start: bytes = b"I") -> Cli
     after it and whether it failed; returns the settings (pending False when the marks
     could not decide)."""
     settings = ClientSettings()
-    marks = [(0, start, 0)]
+    marks = [(0, start, 0, 0)]
     errors = 0
     for number, (sql, status, failed) in enumerate(requests, start=1):
         found = classify(sql)
@@ -60,7 +60,7 @@ def _settle(requests: list[tuple[str, bytes, bool]], start: bytes = b"I") -> Cli
         if ops:
             settings.record(number, ops)
         errors += failed
-        marks.append((number, status, errors))
+        marks.append((number, status, errors, 0))
     settings.committed["_decided"] = str(settings.settle(marks))
     return settings
 

@@ -375,3 +375,30 @@ def test_a_read_whose_standby_died_before_answering_runs_on_the_primary() -> Non
     engine, server = _standby_unit(query("SELECT 1"))
     server.probed(server.feed(ANSWER[:-6]))
     assert not engine.detach(lost=True) and not engine.waiting()
+
+
+@pytest.mark.parametrize("held", [True, False])
+def test_a_statement_whose_parse_got_no_parse_complete_is_forgotten(held: bool) -> None:
+    """A Parse skipped after an error before its Sync (or one that failed) leaves no
+    statement on PostgreSQL: the pooler must not make it on the client's next server."""
+    engine = _client()
+    server = ServerEngine({}, b"I")
+    batch = parse("ok", "SELECT 1") + parse("e1", "SELECT 1/0") + bind("e1") + EXECUTE
+    batch += parse("skipped", "SELECT 2") + SYNC
+    if held:
+        engine.feed(batch)
+        engine.attach(server)
+    else:
+        engine.feed(query("SELECT 0"))
+        engine.attach(server)
+        engine.feed(batch)
+        server.feed(msg("C", b"SELECT 1\0") + msg("Z", b"I"))
+    error = msg("E", b"SERROR\0C22012\0Mdivision by zero\0\0")
+    server.feed(msg("1") + msg("1") + msg("2") + error + msg("Z", b"I"))
+    assert engine.releasable()
+    assert engine.statements.ours(b"ok") is not None
+    assert engine.statements.ours(b"e1") is not None
+    assert engine.statements.ours(b"skipped") is None
+    engine.detach()
+    prelude, parsed = engine.statements.prelude(ServerEngine({}, b"I").prepared)
+    assert len(parsed) == 2 and b"SELECT 2" not in prelude
