@@ -230,6 +230,14 @@ class Tls:
 
 
 @dataclass(frozen=True, slots=True)
+class Admin:
+    """Admin commands (pooler.admin)."""
+
+    #: The read-only pgpool-II views (SHOW POOL_NODES, ...) only for admin_users.
+    restrict_show: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Log:
     """Logging to stderr."""
 
@@ -247,6 +255,7 @@ class Config:
     users: Mapping[str, str]
     #: Users allowed to run admin commands; each is in ``users``.
     admin_users: frozenset[str] = frozenset()
+    admin: Admin = Admin()
     auth: Auth = Auth()
     pool: Pool = Pool()
     limits: Limits = Limits()
@@ -802,6 +811,7 @@ def parse_config(
         backends=_backends(top, base),
         users=users,
         admin_users=_admin_users(top, users),
+        admin=top.section("admin").read(Admin, restrict_show=_BOOLEAN),
         auth=top.section("auth").read(
             Auth,
             method=_choice(_AUTH_METHODS),

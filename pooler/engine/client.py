@@ -22,6 +22,7 @@ until it is done, and go wherever they may run.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
 
 from parser_api import Classification, TokenKind, tokens
 from pooler.engine.actions import Action, Close, HandOver, NeedServer, Reply
@@ -38,6 +39,9 @@ from pooler.protocol import messages as m
 from pooler.protocol.codec import Event, FramingError, Message, Scanner, frame
 from pooler.protocol.outstanding import NEUTRAL, TRACKED, UNSYNCED
 from pooler.routing.targets import Target, target_of
+
+if TYPE_CHECKING:
+    from pooler.admin.port import AdminPort
 
 _STOP = frozenset({m.TERMINATE})
 _TERMINATE = b"X\x00\x00\x00\x04"
@@ -65,6 +69,8 @@ class ClientEngine:
     """One client's stream after login."""
 
     __slots__ = (
+        "_admin",
+        "_admin_wait",
         "_classify",
         "_deferred",
         "_deferred_read_only",
@@ -92,10 +98,22 @@ class ClientEngine:
         limits: Mapping[int, int],
         classify: Classify | None = None,
         target_of: TargetOf = target_of,
+        admin: AdminPort | None = None,
     ) -> None:
         split = _POOLED if classify is not None else frozenset()
+        # The pooler's own commands (pooler.admin), answered here rather than forwarded,
+        # and the bytes from one of them on while what came before is still owed.
+        self._admin = admin
+        self._admin_wait: bytearray | None = None
+        if admin is not None:
+            split |= admin.types
         self.scanner = Scanner(
-            split=split, limits=limits, track=TRACKED, stop=_STOP, transparent=NEUTRAL
+            split=split,
+            limits=limits,
+            track=TRACKED,
+            stop=_STOP,
+            transparent=NEUTRAL,
+            divert=admin.claims if admin is not None else None,
         )
         self._classify = classify
         self._target_of = target_of
@@ -147,8 +165,16 @@ class ClientEngine:
 
         Returns the input itself when all of it is to be forwarded (the common case).
         """
+        if self._admin_wait is not None:
+            self._admin_wait += data
+            return self.admin_turn()
+        events = self.scanner.feed(data)
+        if self.scanner.diverted:
+            return self._admin_unit(events)  # type: ignore[arg-type]
+        return self._forward(events)
+
+    def _forward(self, events: bytes | list[Event]) -> bytes | list[bytes | Action]:
         scanner = self.scanner
-        events = scanner.feed(data)
         server = self.server
         if server is None:
             return self._hold(events)
@@ -174,6 +200,49 @@ class ClientEngine:
                 out.append(self._end(server, to_server, reply))
         return out
 
+    def _admin_unit(self, events: list[Event]) -> list[bytes | Action]:
+        """The scanner stopped at an admin command: what came before it goes its way,
+        and the command is answered once nothing before it is owed."""
+        command = events.pop()
+        assert type(command) is Message
+        self._admin_wait = bytearray(command.raw() + self.scanner.take_rest())
+        out = self._forward(events) if events else []
+        if type(out) is bytes:
+            out = [out]
+        out.extend(self.admin_turn())  # type: ignore[union-attr]
+        return out  # type: ignore[return-value]
+
+    @property
+    def admin_waiting(self) -> bool:
+        """An admin command waits for the answers owed before it (see ``admin_turn``)."""
+        return self._admin_wait is not None
+
+    def admin_turn(self) -> list[bytes | Action]:
+        """Answer the admin command waiting, once no server owes answers to what came
+        before it and nothing is held: its answer (ending in ReadyForQuery with this
+        client's transaction status), then whatever followed it, scanned as usual."""
+        wait = self._admin_wait
+        server = self.server
+        if wait is None or self._held or (server is not None and not server.requests.idle()):
+            return []
+        assert self._admin is not None
+        # A lone BEGIN the pooler answered opened the client's transaction.
+        deferred = b"T" if self._deferred else b"I"
+        status = server.status if server is not None else deferred
+        reply, rest = self._admin.answer(wait, status)
+        out: list[bytes | Action] = [Reply(reply)] if reply else []
+        if rest is None:
+            # An extended batch goes on until its Sync (what it took is gone from wait).
+            return out
+        self._admin_wait = None
+        if rest:
+            more = self.feed(rest)
+            if isinstance(more, bytes):
+                out.append(more)
+            else:
+                out.extend(more)
+        return out
+
     def _tell(self, server: ServerEngine) -> None:
         """Tell the server's queue what was scanned for it since the last time."""
         scanner = self.scanner
@@ -188,6 +257,9 @@ class ClientEngine:
         statement; the bytes to forward."""
         t = msg.type
         body = msg.body
+        if self._classify is None:
+            # Session mode splits messages only for the admin port to look at.
+            return frame(t, body)
         if t == m.QUERY:
             target = self._classified(body[:-1], server)
             if target > self._target:

@@ -9,8 +9,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import time
 from typing import TYPE_CHECKING, cast
 
+from pooler.admin.state import ADMIN_DATABASES, CONSOLE_PARAMETERS
 from pooler.engine.actions import Action, Close, HandOver, NeedServer, Reply
 from pooler.engine.client import ClientEngine
 from pooler.net.client_auth import AuthClosed
@@ -84,6 +86,10 @@ class ClientConnection(asyncio.Protocol):
         self._auth_timer: asyncio.TimerHandle | None = None
         #: Counted against pool.max_clients (set by the registry's ``admit``).
         self.counted = False
+        #: When it connected (time.time()), for the admin views.
+        self.connected_at = time.time()
+        # Its requests wait for an admin RESUME (PAUSE).
+        self._held_by_pause = False
 
     # --- asyncio.Protocol ---------------------------------------------------------
 
@@ -193,6 +199,12 @@ class ClientConnection(asyncio.Protocol):
             # Behind a standby's answers: nothing more is read until they are done.
             self._pause()
             self.server_answered()
+            return
+        admin = self.app.admin
+        if admin.paused and admin.is_paused(self.database):
+            # PAUSE: nothing more is read until RESUME (paused_requests_go_on).
+            self._pause()
+            self._held_by_pause = True
             return
         floor = _UNPLACED if self._writes_unplaced else self._wrote_up_to
         node = self.app.pick_node(need.target, floor)
@@ -310,6 +322,18 @@ class ClientConnection(asyncio.Protocol):
                 self.app.standby_refused(node, *self.engine.refusal)
             if self.engine.waiting():
                 self._need_server(self.engine.need())
+        if self.engine.admin_waiting:
+            self.admin_turn()
+
+    def admin_turn(self) -> None:
+        """An admin command waits for what its client's server owed before it: answer it
+        if that is done."""
+        self._carry_out(self.server, self.engine.admin_turn())
+
+    @property
+    def admin_waiting(self) -> bool:
+        """An admin command waits for its turn (``admin_turn``)."""
+        return self.engine.admin_waiting
 
     def _write_placed(self, lsn: int) -> None:
         self._writes_unplaced -= 1
@@ -454,8 +478,15 @@ class ClientConnection(asyncio.Protocol):
             raise ClientAuthError(
                 "0A000", "replication connections are not supported through the pooler"
             )
-        self.engine = app.client_engine(self.database)
+        self.engine = app.client_engine(self.database, self)
         creds = await app.authenticator.authenticate(self.reader, self.transport, self.user)
+        if self.database in ADMIN_DATABASES:
+            self._console_login()
+            return
+        if self.database in app.admin.disabled:
+            raise ClientAuthError(
+                "55000", f'database "{self.database}" is not currently accepting connections'
+            )
         if app.catalogs is not None:
             # The first client of a database waits for its catalog: until it is read,
             # every statement would run on the primary.
@@ -506,6 +537,27 @@ class ClientConnection(asyncio.Protocol):
         self._handshake_task = None
         rest = self.reader.take_rest()
         self.transport.resume_reading()
+        if rest:
+            self.data_received(rest)
+
+    def _console_login(self) -> None:
+        """The admin database: only admin_users, answered by the pooler alone."""
+        if self.user not in self.app.config.admin_users:
+            raise ClientAuthError(
+                "42501",
+                f'permission denied for database "{self.database}"',
+                "Only the users in admin_users may connect to it.",
+            )
+        self.pid = self.app.clients.new_pid()
+        self.key = self.app.clients.register(self)
+        out = [m.auth_request(m.AUTH_OK)]
+        out += [m.parameter_status(k, v) for k, v in CONSOLE_PARAMETERS]
+        out += [m.backend_key_data(self.pid, self.key), m.ready_for_query(b"I")]
+        self.transport.writelines(out)
+        self._cancel_auth_timer()
+        self.logged_in = True
+        self._handshake_task = None
+        rest = self.reader.take_rest()
         if rest:
             self.data_received(rest)
 
@@ -597,6 +649,22 @@ class ClientConnection(asyncio.Protocol):
         )
 
     # --- administration -------------------------------------------------------------
+
+    def read_nodes(self) -> list[int]:
+        """The nodes this client's next read may go to now (SHOW POOL_NODES)."""
+        floor = _UNPLACED if self._writes_unplaced else self._wrote_up_to
+        return self.app.balancer.candidates(self.app.cluster.view, Target.ANY, floor or None)
+
+    @property
+    def application_name(self) -> str:
+        """The application_name it logged in with ("" if none)."""
+        return dict(self._params).get("application_name", "")
+
+    def paused_requests_go_on(self) -> None:
+        """RESUME: requests held by PAUSE look for a server again."""
+        if self._held_by_pause and not self.app.admin.is_paused(self.database):
+            self._held_by_pause = False
+            self._need_server(self.engine.need())
 
     def cancel(self) -> None:
         """Relay a cancel request to whatever this client's server runs now.

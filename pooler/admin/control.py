@@ -1,0 +1,121 @@
+"""Control commands of the admin database: PgBouncer's PAUSE, RESUME, DISABLE, ENABLE,
+RECONNECT, KILL and SHUTDOWN, and node control (ATTACH NODE, DETACH NODE)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from typing import TYPE_CHECKING
+
+from pooler.admin.state import Context, clients
+from pooler.admin.wire import AdminError, Result
+
+if TYPE_CHECKING:
+    from pooler.cluster.monitor import Monitor
+
+log = logging.getLogger("pooler.admin")
+
+#: A database argument left out: the command is for every database.
+ALL = "*"
+
+
+def _done(ctx: Context, command: str, database: str | None = None) -> Result:
+    log.info(
+        "admin command",
+        extra={"command": command, "user": ctx.client.user, "database": database or ALL},
+    )
+    return Result((), command)
+
+
+def pause(ctx: Context, database: str = ALL) -> Result:
+    """PAUSE [db]: requests that need a server wait from now on, until RESUME (what runs
+    already goes on)."""
+    ctx.app.admin.paused.add(database)
+    return _done(ctx, "PAUSE", database)
+
+
+def resume(ctx: Context, database: str = ALL) -> Result:
+    """RESUME [db]: requests held by PAUSE or KILL go on."""
+    state = ctx.app.admin
+    if database == ALL:
+        state.paused.clear()
+    elif database not in state.paused:
+        raise AdminError("55000", f'database "{database}" is not paused')
+    else:
+        state.paused.discard(database)
+    for client in clients(ctx.app):
+        client.paused_requests_go_on()
+    return _done(ctx, "RESUME", database)
+
+
+def disable(ctx: Context, database: str) -> Result:
+    """DISABLE db: new client connections to the database are refused; those connected
+    go on."""
+    ctx.app.admin.disabled.add(database)
+    return _done(ctx, "DISABLE", database)
+
+
+def enable(ctx: Context, database: str) -> Result:
+    """ENABLE db: the database takes new client connections again."""
+    ctx.app.admin.disabled.discard(database)
+    return _done(ctx, "ENABLE", database)
+
+
+def reconnect(ctx: Context, database: str = ALL) -> Result:
+    """RECONNECT [db]: idle server connections are closed now, so that the next request
+    opens a new one (those serving a client now are left to finish)."""
+    for key, pool in ctx.app.pools.pools.items():
+        if database in (ALL, key.database):
+            pool.close_idle()
+    return _done(ctx, "RECONNECT", database)
+
+
+def kill(ctx: Context, database: str) -> Result:
+    """KILL db: its clients are disconnected at once (FATAL 57P01), its idle servers
+    closed, and new requests wait for RESUME, as PgBouncer does."""
+    ctx.app.admin.paused.add(database)
+    for client in clients(ctx.app):
+        if client.database == database and client is not ctx.client:
+            client.shut_down()
+    reconnect(ctx, database)
+    return _done(ctx, "KILL", database)
+
+
+def shutdown(ctx: Context) -> Result:
+    """SHUTDOWN: as SIGTERM: stop accepting, let running queries finish for
+    shutdown_timeout, then close everything."""
+    os.kill(os.getpid(), signal.SIGTERM)
+    return _done(ctx, "SHUTDOWN")
+
+
+def _monitor(ctx: Context) -> Monitor:
+    monitor = ctx.app.monitor
+    if monitor is None:
+        raise AdminError(
+            "55000",
+            "node control needs the cluster monitor",
+            hint="Set health_check.period above 0.",
+        )
+    return monitor
+
+
+def detach_node(ctx: Context, node: int) -> Result:
+    """DETACH NODE n: the node gets no more queries and is not checked until ATTACH NODE;
+    the primary is not detached (a switchover moves it first)."""
+    monitor = _monitor(ctx)
+    if node == ctx.app.cluster.view.primary:
+        raise AdminError(
+            "55000",
+            f"node {node} is the primary",
+            hint="Detach a standby; the primary would leave writes nowhere to go.",
+        )
+    monitor.detach(node)
+    return _done(ctx, "DETACH NODE", str(node))
+
+
+def attach_node(ctx: Context, node: int) -> Result:
+    """ATTACH NODE n: a detached node is checked at once and takes queries again once
+    the check finds it up."""
+    _monitor(ctx).attach(node)
+    return _done(ctx, "ATTACH NODE", str(node))

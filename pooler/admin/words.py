@@ -1,0 +1,76 @@
+"""Admin command texts as words, by PostgreSQL's own scanner (``parser_api.tokens``).
+
+pglast takes ``SHOW POOL_NODES`` for a SHOW of a setting and ``PAUSE`` or ``PGPOOL ...``
+for nothing at all, so commands are recognised by their words, not by a parse tree;
+never by regular expressions, which would take a comment or a string for a command.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from parser_api import ParseError, TokenKind, tokens
+
+#: Longest text looked at in the cheap pre-check: no admin command is longer.
+LONGEST = 512
+_SPACE_OR_COMMENT = frozenset(b" \t\r\n\f/-")
+_S = frozenset(b"Ss")
+
+
+@dataclass(frozen=True, slots=True)
+class Word:
+    """One token of a command: its text, and where it starts (1-based, PostgreSQL's
+    error position)."""
+
+    text: str
+    position: int
+    kind: TokenKind
+
+    @property
+    def upper(self) -> str:
+        """The word without case (an identifier or keyword)."""
+        return self.text.upper()
+
+
+@dataclass(frozen=True, slots=True)
+class Statement:
+    """One statement of a text: its words (comments left out), and the position of the
+    end of the text, for an error at the end of input."""
+
+    words: tuple[Word, ...]
+    end: int
+
+
+def may_be_pool_show(body: bytes) -> bool:
+    """The cheap pre-check for a statement text seen on every connection: could it be
+    ``SHOW POOL_...``? One byte and a short slice for most texts; no allocation of the
+    whole text unless it starts with white space or a comment and is short."""
+    if not body:
+        return False
+    first = body[0]
+    if first in _S:
+        return body[1:4].upper() == b"HOW"
+    return first in _SPACE_OR_COMMENT and len(body) <= LONGEST and b"POOL_" in body.upper()
+
+
+def statements(sql: str) -> list[Statement] | None:
+    """The statements of ``sql`` split at semicolons, or None when it does not scan (an
+    unterminated quote or comment)."""
+    try:
+        found = tokens(sql)
+    except ParseError:
+        return None
+    out: list[Statement] = []
+    current: list[Word] = []
+    for token in found:
+        if token.kind is TokenKind.COMMENT:
+            continue
+        if token.text == ";":
+            if current:
+                out.append(Statement(tuple(current), token.start + 1))
+            current = []
+            continue
+        current.append(Word(token.text, token.start + 1, token.kind))
+    if current:
+        out.append(Statement(tuple(current), len(sql) + 1))
+    return out

@@ -1,0 +1,234 @@
+"""Admin SQL through the pooler's port, on the shared primary + 2 standbys: pgpool-II's
+SHOW POOL_* views on ordinary connections (simple, extended, prepared; session and
+transaction pooling), and the admin database with PgBouncer's commands and node
+control."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from typing import Any
+
+import psycopg
+import pytest
+from conftest import PoolerProcess, StartPooler
+from wire import Wire, connect, message
+
+from pooler.localcluster import SUPERUSER, LocalCluster
+
+#: pgpool-II 4.3's, in its order (pool_process_reporting.c).
+NODE_COLUMNS = (  # noqa: SIM905 (one line per name would hide the order)
+    "node_id hostname port status pg_status lb_weight role pg_role select_cnt"
+    " load_balance_node replication_delay replication_state replication_sync_state"
+    " last_status_change"
+).split()
+FAST_CHECKS = {"period": 0.2, "timeout": 2, "retry_delay": 0.2}
+
+
+def _admin_dsn(pooler: PoolerProcess, cluster: LocalCluster, dbname: str = "pooler") -> str:
+    return pooler.dsn(SUPERUSER, cluster.users[SUPERUSER], dbname)
+
+
+def _answers(wire: Wire, ready: int) -> str:
+    """The types of the messages up to the ``ready``-th ReadyForQuery, with its status."""
+    types = ""
+    for _ in range(ready):
+        msgs = wire.read_until("Z")
+        types += "".join(msg.type for msg in msgs) + msgs[-1].body.decode()
+    return types
+
+
+def _nodes(conn: psycopg.Connection[Any], how: str) -> tuple[list[str], list[tuple[Any, ...]]]:
+    if how == "simple":
+        cur: psycopg.Cursor[Any] = psycopg.ClientCursor(conn)
+        cur.execute("SHOW POOL_NODES")
+    else:
+        cur = conn.execute("show pool_nodes;", prepare=how == "prepared")
+    assert cur.description is not None
+    return [col.name for col in cur.description], cur.fetchall()
+
+
+@pytest.mark.parametrize("how", ["simple", "extended", "prepared"])
+def test_pool_nodes_on_any_connection(
+    cluster: LocalCluster, pooler: PoolerProcess, how: str
+) -> None:
+    with psycopg.connect(pooler.dsn(), autocommit=True) as conn:
+        for _ in range(3):  # prepared: the statement is parsed once, bound again
+            names, rows = _nodes(conn, how)
+        assert names == NODE_COLUMNS
+        assert [row[0] for row in rows] == ["0", "1", "2"]
+        assert [int(row[2]) for row in rows] == [node.port for node in cluster.nodes]
+        assert [row[6] for row in rows] == ["primary", "standby", "standby"]
+        assert [row[3] for row in rows] == ["up", "up", "up"]
+        # Still an ordinary connection afterwards.
+        assert conn.execute("SELECT 41 + 1").fetchone() == (42,)
+
+
+def test_pool_nodes_after_owed_answers_and_in_a_transaction(pooler: PoolerProcess) -> None:
+    with connect((pooler.host, pooler.port)) as wire:
+        # Pipelined: the server still owes the first answer when the admin one is due.
+        wire.send(
+            message("Q", b"SELECT pg_sleep(0.3), 'first'\0")
+            + message("Q", b"SHOW POOL_VERSION\0")
+            + message("Q", b"BEGIN\0")
+            + message("Q", b"SHOW POOL_VERSION\0")
+            + message("Q", b"ROLLBACK\0")
+        )
+        assert _answers(wire, 5) == "TDCZITDCZICZTTDCZTCZI"
+
+
+def test_extended_batch_answers_as_postgresql(pooler: PoolerProcess) -> None:
+    with connect((pooler.host, pooler.port)) as wire:
+        wire.send(
+            message("P", b"s1\0SHOW POOL_VERSION\0\0\0")
+            + message("D", b"Ss1\0")
+            + message("B", b"\0s1\0\0\0\0\0\0\0")
+            + message("D", b"P\0")
+            + message("E", b"\0\0\0\0\0")
+            + message("C", b"Ss1\0")
+            + message("S")
+        )
+        assert _answers(wire, 1) == "1tT2TDC3ZI"
+
+
+def test_select_cnt_counts_the_reads_each_node_served(
+    cluster: LocalCluster, start_pooler: StartPooler
+) -> None:
+    pooler = start_pooler()
+    ports = [node.port for node in cluster.nodes]
+    served: Counter[int] = Counter()
+    with psycopg.connect(pooler.dsn(), autocommit=True) as conn:
+        for _ in range(60):
+            row = conn.execute("SELECT inet_server_port()").fetchone()
+            assert row is not None
+            served[ports.index(row[0])] += 1
+        _, rows = _nodes(conn, "extended")
+    counts = [int(row[8]) for row in rows]
+    assert served[1] > 0 and served[2] > 0
+    # select_cnt counts reads routed to a node; a read routed to a standby may still
+    # run on the primary (a retry), so the counts may exceed what each node served.
+    for node in (0, 1, 2):
+        assert served[node] <= counts[node] <= served[node] + 2, (counts, served)
+    assert [row[9] for row in rows] == ["true", "true", "true"]
+
+
+def test_admin_database_lists_its_own_client(cluster: LocalCluster, pooler: PoolerProcess) -> None:
+    with (
+        psycopg.connect(pooler.dsn(), application_name="the-app", autocommit=True),
+        psycopg.connect(_admin_dsn(pooler, cluster), autocommit=True) as admin,
+    ):
+        for how in ("simple", "extended"):
+            cur: psycopg.Cursor[Any] = (
+                psycopg.ClientCursor(admin) if how == "simple" else admin.cursor()
+            )
+            cur.execute("SHOW CLIENTS")
+            assert cur.description is not None
+            names = [col.name for col in cur.description]
+            clients = [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+            apps = {(c["user"], c["database"], c["application_name"]) for c in clients}
+            assert ("app", "app", "the-app") in apps
+            assert (SUPERUSER, "pooler", "") in apps
+        for command in ("SHOW POOLS", "SHOW SERVERS", "SHOW STATS", "SHOW DATABASES"):
+            admin.execute(command)
+        config = {row[0]: row[1] for row in admin.execute("SHOW CONFIG")}
+        assert config["pool.mode"] in ("transaction", "session")
+        assert not any("password" in key or key == "users" for key in config)
+        lists = {row[0]: row[1] for row in admin.execute("SHOW LISTS")}
+        assert lists["used_clients"] == 2
+
+
+def test_non_admin_users_get_42501(cluster: LocalCluster, start_pooler: StartPooler) -> None:
+    pooler = start_pooler(admin={"restrict_show": True})
+    with pytest.raises(psycopg.OperationalError, match='permission denied for database "pooler"'):
+        psycopg.connect(pooler.dsn(dbname="pooler"))
+    with psycopg.connect(pooler.dsn(), autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("SHOW POOL_NODES")
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+    with psycopg.connect(_admin_dsn(pooler, cluster, "app"), autocommit=True) as conn:
+        assert len(conn.execute("SHOW POOL_NODES").fetchall()) == 3
+
+
+@pytest.mark.parametrize(
+    ("command", "position"),
+    [("PAUSE a b", 9), ("DETACH NODE", 12), ("DETACH NODE x", 13), ("SHOW POOL_NODES 1", 17)],
+)
+def test_malformed_admin_commands_get_42601(
+    cluster: LocalCluster, start_pooler: StartPooler, command: str, position: int
+) -> None:
+    pooler = start_pooler()
+    dsn = _admin_dsn(pooler, cluster)
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        with pytest.raises(psycopg.errors.SyntaxError) as caught:
+            psycopg.ClientCursor(admin).execute(command)
+        assert caught.value.diag.statement_position == str(position)
+        with pytest.raises(psycopg.errors.SyntaxError):
+            admin.execute("SELEC 1")
+        assert admin.execute("SHOW POOL_VERSION").fetchone() is not None
+
+
+def test_pause_holds_new_queries_until_resume(
+    cluster: LocalCluster, start_pooler: StartPooler
+) -> None:
+    pooler = start_pooler()
+    done = threading.Event()
+    with (
+        psycopg.connect(_admin_dsn(pooler, cluster), autocommit=True) as admin,
+        psycopg.connect(pooler.dsn(), autocommit=True) as conn,
+    ):
+        admin.execute("PAUSE app")
+
+        def query() -> None:
+            conn.execute("SELECT 1")
+            done.set()
+
+        thread = threading.Thread(target=query)
+        thread.start()
+        assert not done.wait(1.0)
+        admin.execute("RESUME app")
+        assert done.wait(5.0)
+        thread.join()
+
+
+def test_disable_refuses_new_connections_only(
+    cluster: LocalCluster, start_pooler: StartPooler
+) -> None:
+    pooler = start_pooler()
+    with (
+        psycopg.connect(_admin_dsn(pooler, cluster), autocommit=True) as admin,
+        psycopg.connect(pooler.dsn(), autocommit=True) as conn,
+    ):
+        admin.execute("DISABLE app")
+        with pytest.raises(psycopg.OperationalError, match="not currently accepting connections"):
+            psycopg.connect(pooler.dsn())
+        assert conn.execute("SELECT 2").fetchone() == (2,)
+        disabled = [row for row in admin.execute("SHOW DATABASES") if row[0] == "app"]
+        assert disabled[0][12] == 1
+        admin.execute("ENABLE app")
+        with psycopg.connect(pooler.dsn()) as again:
+            assert again.execute("SELECT 3").fetchone() == (3,)
+
+
+def test_detached_node_shows_down_and_gets_no_queries(
+    cluster: LocalCluster, start_pooler: StartPooler
+) -> None:
+    pooler = start_pooler(health_check=FAST_CHECKS)
+    ports = [node.port for node in cluster.nodes]
+    with (
+        psycopg.connect(_admin_dsn(pooler, cluster), autocommit=True) as admin,
+        psycopg.connect(pooler.dsn(), autocommit=True) as conn,
+    ):
+        admin.execute("DETACH NODE 2")
+        _, rows = _nodes(admin, "extended")
+        assert rows[2][3] == "down"
+        assert rows[2][9] == "false"
+        served = Counter(conn.execute("SELECT inet_server_port()").fetchone()[0] for _ in range(40))  # type: ignore[index]
+        assert served[ports[2]] == 0 and served[ports[1]] > 0
+        with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState):
+            admin.execute("DETACH NODE 0")
+        admin.execute("ATTACH NODE 2")
+        deadline = time.monotonic() + 5
+        while _nodes(admin, "extended")[1][2][3] != "up":
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
