@@ -69,12 +69,13 @@ class AdminPort:
         if t == _Q:
             return may_be_pool_show(body) and self._prepared(_text(body)) is not None
         if t == _P:
-            name, text = _parse(body)
-            if may_be_pool_show(text) and self._prepared(_text(text)) is not None:
+            # The text follows the statement name; most texts fail at their first bytes.
+            text_at = body.find(b"\0") + 1
+            if may_be_pool_show(body, text_at) and self._prepared(_text(_parse(body)[1])):
                 return True
-            # The name now stands for the server's statement.
             if self._named:
-                self._named.pop(name, None)
+                # The name now stands for the server's statement.
+                self._named.pop(_parse(body)[0], None)
             return False
         if t == _B and self._named:
             return _bind_names(body)[1] in self._named

@@ -41,16 +41,21 @@ class Statement:
     end: int
 
 
-def may_be_pool_show(body: bytes) -> bool:
-    """The cheap pre-check for a statement text seen on every connection: could it be
-    ``SHOW POOL_...``? One byte and a short slice for most texts; no allocation of the
-    whole text unless it starts with white space or a comment and is short."""
-    if not body:
+def may_be_pool_show(body: bytes, start: int = 0) -> bool:
+    """The cheap pre-check for a statement text (from ``start`` in ``body``) seen on
+    every connection: could it be ``SHOW POOL_...``? One byte and a short slice for
+    most texts; no copy of the whole text unless it starts with white space or a
+    comment and is short."""
+    if start >= len(body):
         return False
-    first = body[0]
+    first = body[start]
     if first in _S:
-        return body[1:4].upper() == b"HOW"
-    return first in _SPACE_OR_COMMENT and len(body) <= LONGEST and b"POOL_" in body.upper()
+        return body[start + 1 : start + 4].upper() == b"HOW"
+    return (
+        first in _SPACE_OR_COMMENT
+        and len(body) - start <= LONGEST
+        and b"POOL_" in body[start:].upper()
+    )
 
 
 def statements(sql: str) -> list[Statement] | None:
