@@ -68,6 +68,7 @@ _COMMANDS = (
     Command(("SHUTDOWN",), (), control.shutdown, control=True),
     Command(("ATTACH", "NODE"), (), control.attach_node, (NODE,), control=True),
     Command(("DETACH", "NODE"), (), control.detach_node, (NODE,), control=True),
+    Command(("PROMOTE", "NODE"), (), control.promote_node, (NODE,), control=True),
 )
 TABLE: dict[tuple[str, ...], Command] = {command.words: command for command in _COMMANDS}
 

@@ -8,16 +8,18 @@ import os
 import signal
 from typing import TYPE_CHECKING
 
-from pooler.admin.state import Context, clients
-from pooler.admin.wire import AdminError, Result
+from pooler.admin.state import ALL, SWITCHOVER, Context, clients, release_held
+from pooler.admin.wire import AdminError, Result, notice
+from pooler.cluster.promote import Failover, SwitchoverError
 
 if TYPE_CHECKING:
     from pooler.cluster.monitor import Monitor
 
 log = logging.getLogger("pooler.admin")
 
-#: A database argument left out: the command is for every database.
-ALL = "*"
+#: Seconds a switchover waits for the transactions running on the old primary to end,
+#: and again for the new one to replay all of the old one's WAL.
+SWITCHOVER_TIMEOUT = 30.0
 
 
 def _done(ctx: Context, command: str, database: str | None = None) -> Result:
@@ -39,13 +41,13 @@ def resume(ctx: Context, database: str = ALL) -> Result:
     """RESUME [db]: requests held by PAUSE or KILL go on."""
     state = ctx.app.admin
     if database == ALL:
-        state.paused.clear()
+        # A switchover's hold is the switchover's to lift.
+        state.paused &= {SWITCHOVER}
     elif database not in state.paused:
         raise AdminError("55000", f'database "{database}" is not paused')
     else:
         state.paused.discard(database)
-    for client in clients(ctx.app):
-        client.paused_requests_go_on()
+    release_held(ctx.app)
     return _done(ctx, "RESUME", database)
 
 
@@ -119,3 +121,36 @@ def attach_node(ctx: Context, node: int) -> Result:
     the check finds it up."""
     _monitor(ctx).attach(node)
     return _done(ctx, "ATTACH NODE", str(node))
+
+
+def promote_node(ctx: Context, node: int) -> Result:
+    """PROMOTE NODE n: a switchover to standby n, in the background (its end is in the
+    log and SHOW POOL_NODES): new requests wait, running transactions on the primary
+    end, n replays all of the primary's WAL, the old primary is detached (fenced until
+    ATTACH NODE, once rebuilt as a standby), n is promoted and the other standbys follow
+    it; then the requests go on, to the new primary."""
+    app = ctx.app
+    _monitor(ctx)
+    failover = app.failover
+    assert failover is not None  # there is one whenever there is a monitor
+    if not app.cluster.view.nodes[node].is_standby:
+        raise AdminError("55000", f"node {node} is not a standby that is up")
+    if SWITCHOVER in app.admin.paused:
+        raise AdminError("55006", "a switchover is under way")
+    app.admin.paused.add(SWITCHOVER)
+    app.spawn(_switchover(ctx, failover, node))
+    log.warning("switchover started", extra={"node": node, "user": ctx.client.user})
+    detail = f"New requests wait until node {node} is the primary; the log says when."
+    return Result((), "PROMOTE NODE", notice("switchover started", detail))
+
+
+async def _switchover(ctx: Context, failover: Failover, node: int) -> None:
+    app = ctx.app
+    inflight = app.balancer.inflight
+    try:
+        await failover.switchover(node, lambda old: inflight[old] == 0, SWITCHOVER_TIMEOUT)
+    except SwitchoverError as exc:
+        log.error("switchover failed; requests go on", extra={"node": node, "why": str(exc)})
+    finally:
+        app.admin.paused.discard(SWITCHOVER)
+        release_held(app)

@@ -127,16 +127,20 @@ def _pg_status(state: NodeState) -> str:
     return "up" if state.status is NodeStatus.UP else "down"
 
 
-def _role(state: NodeState) -> str:
-    """The role the pooler gives the node: a second primary is treated as a standby."""
-    if state.role is NodeRole.FALSE_PRIMARY:
+def _role(state: NodeState, primary: int | None) -> str:
+    """The role the pooler gives the node: primary for the one writes go to; a node
+    that claims to be one besides it (fenced, or detached at a switchover) is not."""
+    if state.node == primary:
+        return "primary"
+    if primary is not None and state.role in (NodeRole.PRIMARY, NodeRole.FALSE_PRIMARY):
         return "standby"
     return str(state.role)
 
 
 def _pg_role(state: NodeState) -> str:
-    """The role the node itself reported at its last check."""
-    if state.status is NodeStatus.DOWN:
+    """The role the node itself reported at its last check (none when it is down or
+    detached, and so not checked)."""
+    if state.status is not NodeStatus.UP:
         return "unknown"
     if state.role is NodeRole.FALSE_PRIMARY:
         return "primary"
@@ -170,7 +174,7 @@ def show_nodes(ctx: Context) -> Result:
                 _status(state),
                 _pg_status(state),
                 weights[state.node],
-                _role(state),
+                _role(state, view.primary),
                 _pg_role(state),
                 app.balancer.reads[state.node],
                 "true" if state.node in reads else "false",
@@ -241,7 +245,8 @@ def _node_rows(ctx: Context, *more: Callable[[NodeState], Value]) -> Result:
     """One row per node: id, host, port, status, role, then ``more`` of each node."""
     rows: list[list[Value]] = []
     for backend, state in zip(ctx.app.config.backends, ctx.app.cluster.view.nodes, strict=True):
-        head: list[Value] = [state.node, backend.host, backend.port, _status(state), _role(state)]
+        role = _role(state, ctx.app.cluster.view.primary)
+        head: list[Value] = [state.node, backend.host, backend.port, _status(state), role]
         rows.append(head + [column(state) for column in more])
     return Result(rows, "SELECT")
 

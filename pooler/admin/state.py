@@ -17,6 +17,10 @@ if TYPE_CHECKING:
 #: Databases a client names to reach the admin console (PgBouncer's name is an alias
 #: for the exporters that use it).
 ADMIN_DATABASES = frozenset({"pooler", "pgbouncer"})
+#: In ``AdminState.paused``: every database (PAUSE without one) ...
+ALL = "*"
+#: ... and every database while a switchover (PROMOTE NODE) runs.
+SWITCHOVER = "PROMOTE NODE"
 #: What the admin database reports at login (drivers need an encoding and a version).
 CONSOLE_PARAMETERS = (
     ("server_version", "15.0"),
@@ -40,9 +44,10 @@ class AdminState:
     disabled: set[str] = field(default_factory=set)
 
     def is_paused(self, database: str) -> bool:
-        """New requests of ``database``'s clients wait for RESUME."""
+        """New requests of ``database``'s clients wait (for RESUME, or the end of a
+        switchover)."""
         paused = self.paused
-        return bool(paused) and ("*" in paused or database in paused)
+        return bool(paused) and (ALL in paused or SWITCHOVER in paused or database in paused)
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,3 +110,9 @@ def activity(client: ClientConnection) -> str:
     if server.engine.requests.idle():
         return "Idle in transaction" if server.engine.status != b"I" else "Idle"
     return "Execute command"
+
+
+def release_held(app: Pooler) -> None:
+    """Requests held by PAUSE, KILL or a switchover go on where nothing holds them now."""
+    for client in clients(app):
+        client.paused_requests_go_on()

@@ -12,7 +12,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import PoolerProcess, StartPooler
+from conftest import ClusterFactory, PoolerProcess, StartPooler
 from wire import Wire, connect, message
 
 from pooler.localcluster import SUPERUSER, LocalCluster
@@ -231,3 +231,35 @@ def test_detached_node_shows_down_and_gets_no_queries(
         while _nodes(admin, "extended")[1][2][3] != "up":
             assert time.monotonic() < deadline
             time.sleep(0.1)
+
+
+def test_promote_node_switches_over_without_losing_a_write(
+    cluster_factory: ClusterFactory, start_pooler: StartPooler
+) -> None:
+    local = cluster_factory(synchronous=1)
+    local.primary.psql("CREATE TABLE t (id int PRIMARY KEY)", user="app", dbname="app")
+    ports = [node.port for node in local.nodes]
+    pooler = start_pooler(local, health_check=FAST_CHECKS)
+    with (
+        psycopg.connect(_admin_dsn(pooler, local), autocommit=True) as admin,
+        psycopg.connect(pooler.dsn(), autocommit=True) as conn,
+    ):
+        conn.execute("INSERT INTO t VALUES (1)")
+        with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState):
+            admin.execute("PROMOTE NODE 0")
+        cur = psycopg.ClientCursor(admin).execute("PROMOTE NODE 1")
+        assert cur.statusmessage == "PROMOTE NODE"
+        # Held until node 1 is the primary, then written there.
+        written = conn.execute("INSERT INTO t VALUES (2) RETURNING inet_server_port()")
+        assert written.fetchone() == (ports[1],)
+        _, rows = _nodes(admin, "extended")
+        assert [(row[3], row[6], row[7]) for row in rows] == [
+            ("down", "standby", "unknown"),
+            ("up", "primary", "primary"),
+            ("up", "standby", "standby"),
+        ]
+        assert conn.execute("SELECT count(*) FROM t /* pooler: primary */").fetchone() == (2,)
+        deadline = time.monotonic() + 10
+        while _nodes(admin, "extended")[1][2][11] != "streaming":
+            assert time.monotonic() < deadline, "node 2 does not follow the new primary"
+            time.sleep(0.2)
