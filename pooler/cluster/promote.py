@@ -284,17 +284,9 @@ class Failover:
         else:
             log.warning("the primary is down: promoting a standby", extra=fields)
             started = time.monotonic()
-            try:
-                async with asyncio.timeout(PROMOTE_TIMEOUT + self._health.timeout):
-                    async with self._connected(node) as conn:
-                        done = await conn.fetchval(
-                            "SELECT pg_promote(wait => true, wait_seconds => $1)", PROMOTE_TIMEOUT
-                        )
-            except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
-                log.error("promotion failed; retrying", extra={"node": node, "why": str(exc)})
-                return
-            if not done:
-                log.error("promotion did not finish in time; retrying", extra={"node": node})
+            failed = await self._pg_promote(node)
+            if failed is not None:
+                log.error("promotion failed; retrying", extra={"node": node, "why": failed})
                 return
             log.info(
                 "promoted", extra={"node": node, "seconds": round(time.monotonic() - started, 3)}
@@ -351,18 +343,10 @@ class Failover:
         except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
             raise SwitchoverError(f"node {new} did not catch up with node {old}: {exc}") from exc
         self._monitor.detach(old)
-        why = "it did not finish in time"
-        try:
-            async with asyncio.timeout(PROMOTE_TIMEOUT + self._health.timeout):
-                async with self._connected(new) as conn:
-                    done = await conn.fetchval(
-                        "SELECT pg_promote(wait => true, wait_seconds => $1)", PROMOTE_TIMEOUT
-                    )
-        except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
-            done, why = False, str(exc)
-        if not done:
+        failed = await self._pg_promote(new)
+        if failed is not None:
             self._monitor.attach(old)
-            raise SwitchoverError(f"node {new} was not promoted: {why}")
+            raise SwitchoverError(f"node {new} was not promoted: {failed}")
         self._replaced.add(old)
         await self._monitor.check_now(new)
         if self._cluster.view.primary != new:
@@ -370,6 +354,18 @@ class Failover:
         log.warning("switchover: new primary", extra={"node": new, "old_primary": old})
         if self._policy.follow_primary:
             await self._follow_all(new)
+
+    async def _pg_promote(self, node: int) -> str | None:
+        """Promote ``node`` with pg_promote(); None when done, else why not."""
+        try:
+            async with asyncio.timeout(PROMOTE_TIMEOUT + self._health.timeout):
+                async with self._connected(node) as conn:
+                    done = await conn.fetchval(
+                        "SELECT pg_promote(wait => true, wait_seconds => $1)", PROMOTE_TIMEOUT
+                    )
+        except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+            return str(exc)
+        return None if done else "the promotion did not finish in time"
 
     async def _run_command(self, values: CommandValues) -> None:
         """Run failover.command for one node that went down, as pgpool-II would."""
