@@ -11,13 +11,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from pooler.admin import control, pgbouncer, pgpool
+from pooler.admin import control, explain, pgbouncer, pgpool
 from pooler.admin.state import Context
-from pooler.admin.wire import AdminError, Column, Result, syntax_error
+from pooler.admin.wire import AdminError, Column, Result, notice, syntax_error
 from pooler.admin.words import Statement, Word
 
-#: Argument kinds: a database name, the same left out, a node id.
-DATABASE, OPTIONAL_DATABASE, NODE = "database", "optional database", "node"
+#: Argument kinds: a database name, the same left out, a node id, the rest of the text.
+DATABASE, OPTIONAL_DATABASE, NODE, TEXT = "database", "optional database", "node", "text"
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +32,16 @@ class Command:
     control: bool = False
     #: Answered on every connection, not only in the admin database.
     anywhere: bool = False
+
+
+#: How SHOW HELP writes each argument kind.
+_ARGUMENT_HELP = {DATABASE: " <db>", OPTIONAL_DATABASE: " [<db>]", NODE: " <n>", TEXT: " <sql>"}
+
+
+def show_help(ctx: Context) -> Result:
+    """SHOW HELP: every command of the table, in a NOTICE as PgBouncer sends it."""
+    usage = [" ".join(c.words) + "".join(_ARGUMENT_HELP[a] for a in c.args) for c in _COMMANDS]
+    return Result((), "SHOW", notice("Console usage", "\n\t" + "\n\t".join(usage)))
 
 
 _COMMANDS = (
@@ -51,7 +61,8 @@ _COMMANDS = (
         pgpool.show_backend_stats,
         anywhere=True,
     ),
-    Command(("SHOW", "HELP"), (), pgbouncer.show_help),
+    Command(("EXPLAIN", "ROUTE"), explain.COLUMNS, explain.explain_route, (TEXT,), anywhere=True),
+    Command(("SHOW", "HELP"), (), show_help),
     Command(("SHOW", "POOLS"), pgbouncer.POOLS, pgbouncer.show_pools),
     Command(("SHOW", "CLIENTS"), pgbouncer.SOCKETS, pgbouncer.show_clients),
     Command(("SHOW", "SERVERS"), pgbouncer.SOCKETS, pgbouncer.show_servers),
@@ -95,6 +106,7 @@ class Bound:
         """Run it for the client of ``ctx``; raises AdminError."""
         command = self.command
         if command.control or (command.anywhere and ctx.app.config.admin.restrict_show):
+            # (EXPLAIN ROUTE is restricted with the views: it shows the same state.)
             ctx.require_admin(" ".join(command.words))
         if command.args == (NODE,):
             return command.run(ctx, ctx.node(int(self.args[0])))
@@ -115,6 +127,10 @@ def bind(statement: Statement, console: bool) -> Bound | None:
             if kind == OPTIONAL_DATABASE:
                 break
             raise syntax_error(None, statement.end)
+        if kind == TEXT:
+            args.append(statement.text_after(words[len(command.words) - 1]))
+            rest = []
+            break
         word = rest.pop(0)
         args.append(_argument(word, kind))
     if rest:

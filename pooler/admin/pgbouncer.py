@@ -14,25 +14,11 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from pooler.admin.state import ADMIN_DATABASES, Context, clients, servers
-from pooler.admin.wire import INT4, NUMERIC, Result, Value, columns, notice
+from pooler.admin.wire import INT4, NUMERIC, Result, Value, columns
 
 if TYPE_CHECKING:
     from pooler.net.client import ClientConnection
     from pooler.net.server import ServerConnection
-
-HELP_TEXT = """
-\tSHOW HELP|CONFIG|DATABASES|POOLS|CLIENTS|SERVERS|STATS|LISTS
-\tSHOW POOL_NODES|POOL_VERSION|POOL_POOLS|POOL_PROCESSES
-\tSHOW POOL_HEALTH_CHECK_STATS|POOL_BACKEND_STATS
-\tPAUSE [<db>]
-\tRESUME [<db>]
-\tDISABLE <db>
-\tENABLE <db>
-\tRECONNECT [<db>]
-\tKILL <db>
-\tSHUTDOWN
-\tATTACH NODE <n>
-\tDETACH NODE <n>"""
 
 _SOCKET_TYPES = {"port": INT4, "local_port": INT4, "wait": INT4, "wait_us": INT4}
 _SOCKET_TYPES |= {"close_needed": INT4, "remote_pid": INT4}
@@ -116,11 +102,6 @@ CONFIG = columns("key", "value", "default", "changeable")
 LISTS = columns("list", "items", types={"items": INT4})
 # Keys whose values are secrets: never shown.
 _SECRET_WORDS = ("password", "secret", "users")
-
-
-def show_help(ctx: Context) -> Result:
-    """SHOW HELP: the commands, in a NOTICE as PgBouncer sends them."""
-    return Result((), "SHOW", notice("Console usage", HELP_TEXT))
 
 
 def _stamp(when: float) -> str:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pooler.admin.commands import Bound, bind, unknown
 from pooler.admin.state import Context
 from pooler.admin.wire import AdminError, empty_query, row_description
-from pooler.admin.words import LONGEST, Statement, may_be_pool_show, statements
+from pooler.admin.words import Statement, may_be_admin, statements
 from pooler.protocol import messages as m
 from pooler.protocol.outstanding import UNSYNCED
 
@@ -67,11 +67,11 @@ class AdminPort:
         if before in UNSYNCED:
             return False
         if t == _Q:
-            return may_be_pool_show(body) and self._prepared(_text(body)) is not None
+            return may_be_admin(body) and self._prepared(_text(body)) is not None
         if t == _P:
             # The text follows the statement name; most texts fail at their first bytes.
             text_at = body.find(b"\0") + 1
-            if may_be_pool_show(body, text_at) and self._prepared(_text(_parse(body)[1])):
+            if may_be_admin(body, text_at) and self._prepared(_text(_parse(body)[1])):
                 return True
             if self._named:
                 # The name now stands for the server's statement.
@@ -84,7 +84,7 @@ class AdminPort:
     def _prepared(self, sql: str) -> Prepared | None:
         """The command ``sql`` is (or its error), or None when it is not one (on an
         ordinary connection: not a single admin statement, which goes to the server)."""
-        found = statements(sql) if len(sql) <= LONGEST or self.console else None
+        found = statements(sql)
         if found is None or len(found) != 1:
             return None
         return self._statement(found[0])

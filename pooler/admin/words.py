@@ -15,6 +15,7 @@ from parser_api import ParseError, TokenKind, tokens
 LONGEST = 512
 _SPACE_OR_COMMENT = frozenset(b" \t\r\n\f/-")
 _S = frozenset(b"Ss")
+_E = frozenset(b"Ee")
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +26,8 @@ class Word:
     text: str
     position: int
     kind: TokenKind
+    #: Where it ends (0-based, exclusive).
+    end: int
 
     @property
     def upper(self) -> str:
@@ -39,23 +42,30 @@ class Statement:
 
     words: tuple[Word, ...]
     end: int
+    #: The whole text it was split from.
+    sql: str
+
+    def text_after(self, word: Word) -> str:
+        """The statement's text after ``word`` (comments included) to its end."""
+        return self.sql[word.end : self.end - 1].strip()
 
 
-def may_be_pool_show(body: bytes, start: int = 0) -> bool:
+def may_be_admin(body: bytes, start: int = 0) -> bool:
     """The cheap pre-check for a statement text (from ``start`` in ``body``) seen on
-    every connection: could it be ``SHOW POOL_...``? One byte and a short slice for
-    most texts; no copy of the whole text unless it starts with white space or a
-    comment and is short."""
+    every connection: could it be ``SHOW POOL_...`` or ``EXPLAIN ROUTE ...``? One byte
+    and a short slice for most texts; no copy of the whole text unless it starts with
+    white space or a comment and is short."""
     if start >= len(body):
         return False
     first = body[start]
     if first in _S:
         return body[start + 1 : start + 4].upper() == b"HOW"
-    return (
-        first in _SPACE_OR_COMMENT
-        and len(body) - start <= LONGEST
-        and b"POOL_" in body[start:].upper()
-    )
+    if first in _E:
+        return body[start + 1 : start + 7].upper() == b"XPLAIN"
+    if first not in _SPACE_OR_COMMENT or len(body) - start > LONGEST:
+        return False
+    text = body[start:].upper()
+    return b"POOL_" in text or b"ROUTE" in text
 
 
 def statements(sql: str) -> list[Statement] | None:
@@ -72,10 +82,10 @@ def statements(sql: str) -> list[Statement] | None:
             continue
         if token.text == ";":
             if current:
-                out.append(Statement(tuple(current), token.start + 1))
+                out.append(Statement(tuple(current), token.start + 1, sql))
             current = []
             continue
-        current.append(Word(token.text, token.start + 1, token.kind))
+        current.append(Word(token.text, token.start + 1, token.kind, token.end))
     if current:
-        out.append(Statement(tuple(current), len(sql) + 1))
+        out.append(Statement(tuple(current), len(sql) + 1, sql))
     return out

@@ -217,6 +217,14 @@ class ClientEngine:
         """An admin command waits for the answers owed before it (see ``admin_turn``)."""
         return self._admin_wait is not None
 
+    @property
+    def transaction_status(self) -> bytes:
+        """The client's transaction status, as its next ReadyForQuery says it."""
+        if self.server is not None:
+            return self.server.status
+        # A lone BEGIN the pooler answered opened a transaction.
+        return b"T" if self._deferred else b"I"
+
     def admin_turn(self) -> list[bytes | Action]:
         """Answer the admin command waiting, once no server owes answers to what came
         before it and nothing is held: its answer (ending in ReadyForQuery with this
@@ -226,10 +234,7 @@ class ClientEngine:
         if wait is None or self._held or (server is not None and not server.requests.idle()):
             return []
         assert self._admin is not None
-        # A lone BEGIN the pooler answered opened the client's transaction.
-        deferred = b"T" if self._deferred else b"I"
-        status = server.status if server is not None else deferred
-        reply, rest = self._admin.answer(wait, status)
+        reply, rest = self._admin.answer(wait, self.transaction_status)
         out: list[bytes | Action] = [Reply(reply)] if reply else []
         if rest is None:
             # An extended batch goes on until its Sync (what it took is gone from wait).

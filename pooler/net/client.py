@@ -650,10 +650,11 @@ class ClientConnection(asyncio.Protocol):
 
     # --- administration -------------------------------------------------------------
 
-    def read_nodes(self) -> list[int]:
-        """The nodes this client's next read may go to now (SHOW POOL_NODES)."""
+    def read_nodes(self, target: Target = Target.ANY) -> list[int]:
+        """The nodes this client's next read (of ``target``) may go to now (admin
+        views)."""
         floor = _UNPLACED if self._writes_unplaced else self._wrote_up_to
-        return self.app.balancer.candidates(self.app.cluster.view, Target.ANY, floor or None)
+        return self.app.balancer.candidates(self.app.cluster.view, target, floor or None)
 
     @property
     def application_name(self) -> str:

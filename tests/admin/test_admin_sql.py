@@ -8,6 +8,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -37,6 +38,22 @@ def _answers(wire: Wire, ready: int) -> str:
         msgs = wire.read_until("Z")
         types += "".join(msg.type for msg in msgs) + msgs[-1].body.decode()
     return types
+
+
+def _held_until(conn: psycopg.Connection[Any], release: Callable[[], object]) -> None:
+    """A query on ``conn`` waits until ``release()``, then runs."""
+    done = threading.Event()
+
+    def query() -> None:
+        conn.execute("SELECT 1")
+        done.set()
+
+    thread = threading.Thread(target=query)
+    thread.start()
+    assert not done.wait(1.0)
+    release()
+    assert done.wait(5.0)
+    thread.join()
 
 
 def _nodes(conn: psycopg.Connection[Any], how: str) -> tuple[list[str], list[tuple[Any, ...]]]:
@@ -171,23 +188,12 @@ def test_pause_holds_new_queries_until_resume(
     cluster: LocalCluster, start_pooler: StartPooler
 ) -> None:
     pooler = start_pooler()
-    done = threading.Event()
     with (
         psycopg.connect(_admin_dsn(pooler, cluster), autocommit=True) as admin,
         psycopg.connect(pooler.dsn(), autocommit=True) as conn,
     ):
         admin.execute("PAUSE app")
-
-        def query() -> None:
-            conn.execute("SELECT 1")
-            done.set()
-
-        thread = threading.Thread(target=query)
-        thread.start()
-        assert not done.wait(1.0)
-        admin.execute("RESUME app")
-        assert done.wait(5.0)
-        thread.join()
+        _held_until(conn, lambda: admin.execute("RESUME app"))
 
 
 def test_disable_refuses_new_connections_only(
@@ -263,3 +269,107 @@ def test_promote_node_switches_over_without_losing_a_write(
         while _nodes(admin, "extended")[1][2][11] != "streaming":
             assert time.monotonic() < deadline, "node 2 does not follow the new primary"
             time.sleep(0.2)
+
+
+def test_kill_disconnects_a_database_and_holds_it_until_resume(
+    cluster: LocalCluster, start_pooler: StartPooler
+) -> None:
+    pooler = start_pooler()
+    with psycopg.connect(_admin_dsn(pooler, cluster), autocommit=True) as admin:
+        victim = psycopg.connect(pooler.dsn(), autocommit=True)
+        victim.execute("SELECT 1")
+        assert any(row[1] == "app" for row in admin.execute("SHOW SERVERS"))
+        admin.execute("KILL app")
+        with pytest.raises(psycopg.errors.AdminShutdown):
+            victim.execute("SELECT 1")
+        victim.close()
+        # Its idle servers are closed too.
+        assert not any(row[1] == "app" for row in admin.execute("SHOW SERVERS"))
+        with psycopg.connect(pooler.dsn(), autocommit=True) as conn:
+            _held_until(conn, lambda: admin.execute("RESUME"))
+
+
+def test_reconnect_closes_idle_servers(cluster: LocalCluster, start_pooler: StartPooler) -> None:
+    pooler = start_pooler()
+    with (
+        psycopg.connect(_admin_dsn(pooler, cluster), autocommit=True) as admin,
+        psycopg.connect(pooler.dsn(), autocommit=True) as conn,
+    ):
+        conn.execute("SELECT 1")
+        before = {row[15] for row in admin.execute("SHOW SERVERS")}
+        assert before
+        admin.execute("RECONNECT app")
+        assert not list(admin.execute("SHOW SERVERS"))
+        conn.execute("SELECT 1")
+        after = {row[15] for row in admin.execute("SHOW SERVERS")}
+        assert after and not after & before
+
+
+def test_show_help_and_shutdown(cluster: LocalCluster, start_pooler: StartPooler) -> None:
+    pooler = start_pooler()
+    notices: list[str] = []
+    with psycopg.connect(_admin_dsn(pooler, cluster), autocommit=True) as admin:
+        admin.add_notice_handler(lambda diag: notices.append(str(diag.message_detail)))
+        cur = psycopg.ClientCursor(admin).execute("SHOW HELP")
+        assert cur.statusmessage == "SHOW"
+        assert "PROMOTE NODE" in notices[0]
+        admin.execute("SHUTDOWN")
+        assert pooler.proc.wait(10) == 0
+
+
+def _explain(conn: psycopg.Connection[Any], sql: str) -> dict[str, str]:
+    return {row[0]: row[1] for row in conn.execute(f"EXPLAIN ROUTE {sql}")}
+
+
+def _named(explained: dict[str, str]) -> set[int]:
+    """The nodes EXPLAIN ROUTE says may run the statement."""
+    if "node" in explained:
+        return {int(explained["node"].split(":")[0])}
+    return {int(key.split()[1]) for key in explained if key.startswith("candidate ")}
+
+
+def test_explain_route_names_where_the_statement_runs(
+    cluster: LocalCluster, start_pooler: StartPooler
+) -> None:
+    pooler = start_pooler()
+    ports = [node.port for node in cluster.nodes]
+    read = "SELECT inet_server_port()"
+    write = "SELECT txid_current(), inet_server_port()"
+    hinted = "/* pooler: primary */ SELECT inet_server_port()"
+
+    def ran_on(conn: psycopg.Connection[Any], sql: str) -> int:
+        row = conn.execute(sql, prepare=False).fetchone()
+        assert row is not None
+        return ports.index(row[-1])
+
+    with psycopg.connect(pooler.dsn(), autocommit=True) as conn:
+        explained = _explain(conn, read)
+        assert explained["target"] == "any: a plain read"
+        assert _named(explained) == {0, 1, 2}
+        assert "weighted random" in explained["rule"]
+        assert explained["cache"].endswith("reads server state")
+        assert {ran_on(conn, read) for _ in range(10)} <= _named(explained)
+
+        explained = _explain(conn, write)
+        assert explained["route"] == "write"
+        assert explained["target"] == "primary: a write statement"
+        assert explained["node"] == "0: the statement runs on the primary"
+        assert ran_on(conn, write) == 0
+
+        explained = _explain(conn, hinted)
+        assert explained["target"] == "primary: its hint asks for the primary"
+        assert ran_on(conn, hinted) == 0
+
+        assert _explain(conn, "SELECT 1")["cache"].startswith("cacheable")
+
+        conn.execute("BEGIN")
+        ran_on(conn, write)
+        explained = _explain(conn, read)
+        assert explained["node"] == "0: inside a transaction, which runs on one node"
+        assert ran_on(conn, read) == 0
+        conn.execute("COMMIT")
+
+        conn.execute("SET application_name = 'pinned'")
+        explained = _explain(conn, read)
+        assert "pinned to its server" in explained["node"]
+        assert {ran_on(conn, read)} == _named(explained)

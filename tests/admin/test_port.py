@@ -10,7 +10,7 @@ from test_config import problems, with_minimal
 
 from pooler.admin.port import AdminPort
 from pooler.admin.state import Context
-from pooler.admin.words import may_be_pool_show
+from pooler.admin.words import may_be_admin
 from pooler.config import parse_config
 from pooler.protocol.codec import frame
 
@@ -41,12 +41,15 @@ def _fields(answer: bytes) -> dict[str, str]:
         (b"  /* x */ SHOW pool_version\0", True),
         (b"SELECT 1\0", False),
         (b"SET x = 1\0", False),
+        (b"explain route SELECT 1\0", True),
+        (b"EXPLAIN SELECT 1\0", True),
+        (b"EXECUTE s\0", False),
         (b"/* pooler: standby */ SELECT 1\0", False),
         (b"", False),
     ],
 )
 def test_pre_check(text: bytes, maybe: bool) -> None:
-    assert may_be_pool_show(text) is maybe
+    assert may_be_admin(text) is maybe
 
 
 @pytest.mark.parametrize(
