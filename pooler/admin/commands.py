@@ -10,14 +10,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
-from pooler.admin import control, explain, pgbouncer, pgpool
+from pooler.admin import control, explain, pgbouncer, pgpool, settings
 from pooler.admin.state import Context
 from pooler.admin.wire import AdminError, Column, Result, notice, syntax_error
 from pooler.admin.words import Statement, Word
 
-#: Argument kinds: a database name, the same left out, a node id, the rest of the text.
+#: Argument kinds: a database name, the same left out, a node id, the rest of the text,
+#: the rest of the words (and where the text ends, for an error there).
 DATABASE, OPTIONAL_DATABASE, NODE, TEXT = "database", "optional database", "node", "text"
+WORDS = "words"
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,10 +35,18 @@ class Command:
     control: bool = False
     #: Answered on every connection, not only in the admin database.
     anywhere: bool = False
+    #: Changes only the caller's own session: anyone may.
+    session: bool = False
 
 
 #: How SHOW HELP writes each argument kind.
-_ARGUMENT_HELP = {DATABASE: " <db>", OPTIONAL_DATABASE: " [<db>]", NODE: " <n>", TEXT: " <sql>"}
+_ARGUMENT_HELP = {
+    DATABASE: " <db>",
+    OPTIONAL_DATABASE: " [<db>]",
+    NODE: " <n>",
+    TEXT: " <sql>",
+    WORDS: " ...",
+}
 
 
 def show_help(ctx: Context) -> Result:
@@ -62,6 +73,9 @@ _COMMANDS = (
         anywhere=True,
     ),
     Command(("EXPLAIN", "ROUTE"), explain.COLUMNS, explain.explain_route, (TEXT,), anywhere=True),
+    Command(("PGPOOL", "SHOW"), settings.COLUMNS, settings.pgpool_show, (WORDS,), anywhere=True),
+    Command(("PGPOOL", "SET"), (), settings.pgpool_set, (WORDS,), anywhere=True, session=True),
+    Command(("PGPOOL", "RESET"), (), settings.pgpool_reset, (WORDS,), anywhere=True, session=True),
     Command(("SHOW", "HELP"), (), show_help),
     Command(("SHOW", "POOLS"), pgbouncer.POOLS, pgbouncer.show_pools),
     Command(("SHOW", "CLIENTS"), pgbouncer.SOCKETS, pgbouncer.show_clients),
@@ -100,16 +114,17 @@ class Bound:
     """A recognised command with its arguments, ready to run (a prepared statement)."""
 
     command: Command
-    args: tuple[str | int, ...]
+    args: tuple[object, ...]
 
     def run(self, ctx: Context) -> Result:
         """Run it for the client of ``ctx``; raises AdminError."""
         command = self.command
-        if command.control or (command.anywhere and ctx.app.config.admin.restrict_show):
-            # (EXPLAIN ROUTE is restricted with the views: it shows the same state.)
+        restricted = command.anywhere and not command.session
+        if command.control or (restricted and ctx.app.config.admin.restrict_show):
+            # (EXPLAIN ROUTE and PGPOOL SHOW go with the views: they show the same state.)
             ctx.require_admin(" ".join(command.words))
         if command.args == (NODE,):
-            return command.run(ctx, ctx.node(int(self.args[0])))
+            return command.run(ctx, ctx.node(cast(int, self.args[0])))
         return command.run(ctx, *self.args)
 
 
@@ -121,12 +136,16 @@ def bind(statement: Statement, console: bool) -> Bound | None:
     if command is None:
         return None
     rest = list(words[len(command.words) :])
-    args: list[str | int] = []
+    args: list[object] = []
     for kind in command.args:
         if not rest:
             if kind == OPTIONAL_DATABASE:
                 break
             raise syntax_error(None, statement.end)
+        if kind == WORDS:
+            args += [tuple(rest), statement.end]
+            rest = []
+            break
         if kind == TEXT:
             args.append(statement.text_after(words[len(command.words) - 1]))
             rest = []

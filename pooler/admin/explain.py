@@ -80,6 +80,8 @@ def explain_route(ctx: Context, sql: str) -> Result:
     why = _why(classification, sql, target)
     if app.catalogs is not None and not catalog_read:
         target, why = Target.PRIMARY, "the database's catalog is not read yet"
+    elif client.route is not None and target is not Target.PRIMARY:
+        target, why = client.route, "this session's PGPOOL SET"
     rows.append(["target", f"{target.name.lower()}: {why}"])
     view = app.cluster.view
     server = client.engine.server

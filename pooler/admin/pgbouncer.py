@@ -272,8 +272,16 @@ def show_databases(ctx: Context) -> Result:
     return Result(rows)
 
 
-def _settings(value: Any, default: Any, prefix: str) -> Iterator[list[Value]]:
-    """Rows of SHOW CONFIG for a config section, nested sections flattened with dots."""
+def config_rows(ctx: Context) -> list[tuple[str, str | None, str | None]]:
+    """Every setting in effect but secrets: key (sections joined with dots), value,
+    default."""
+    return list(_settings(ctx.app.config, None, ""))
+
+
+def _settings(
+    value: Any, default: Any, prefix: str
+) -> Iterator[tuple[str, str | None, str | None]]:
+    """The settings of a config section, nested sections flattened with dots."""
     for field in dataclasses.fields(value):
         name = f"{prefix}{field.name}"
         if any(word in field.name for word in _SECRET_WORDS):
@@ -283,7 +291,7 @@ def _settings(value: Any, default: Any, prefix: str) -> Iterator[list[Value]]:
             yield from _settings(current, _default_of(current), f"{name}.")
             continue
         initial = getattr(default, field.name, None) if default is not None else None
-        yield [name, _config_text(current), _config_text(initial), "no"]
+        yield name, _config_text(current), _config_text(initial)
 
 
 def _default_of(section: Any) -> Any:
@@ -306,7 +314,7 @@ def _config_text(value: Any) -> str | None:
 
 def show_config(ctx: Context) -> Result:
     """SHOW CONFIG: every setting in effect but secrets; nothing changes live yet."""
-    return Result(list(_settings(ctx.app.config, None, "")))
+    return Result([[key, value, default, "no"] for key, value, default in config_rows(ctx)])
 
 
 def show_lists(ctx: Context) -> Result:

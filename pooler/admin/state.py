@@ -56,6 +56,8 @@ class Context:
 
     app: Pooler
     client: ClientConnection
+    #: This session's PGPOOL SET values (pooler.admin.settings).
+    settings: dict[str, str] = field(default_factory=dict)
 
     @property
     def is_admin(self) -> bool:

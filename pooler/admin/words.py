@@ -16,6 +16,7 @@ LONGEST = 512
 _SPACE_OR_COMMENT = frozenset(b" \t\r\n\f/-")
 _S = frozenset(b"Ss")
 _E = frozenset(b"Ee")
+_P = frozenset(b"Pp")
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +53,8 @@ class Statement:
 
 def may_be_admin(body: bytes, start: int = 0) -> bool:
     """The cheap pre-check for a statement text (from ``start`` in ``body``) seen on
-    every connection: could it be ``SHOW POOL_...`` or ``EXPLAIN ROUTE ...``? One byte
+    every connection: could it be ``SHOW POOL_...``, ``PGPOOL ...`` or ``EXPLAIN ROUTE
+    ...``? One byte
     and a short slice for most texts; no copy of the whole text unless it starts with
     white space or a comment and is short."""
     if start >= len(body):
@@ -62,10 +64,12 @@ def may_be_admin(body: bytes, start: int = 0) -> bool:
         return body[start + 1 : start + 4].upper() == b"HOW"
     if first in _E:
         return body[start + 1 : start + 7].upper() == b"XPLAIN"
+    if first in _P:
+        return body[start + 1 : start + 6].upper() == b"GPOOL"
     if first not in _SPACE_OR_COMMENT or len(body) - start > LONGEST:
         return False
     text = body[start:].upper()
-    return b"POOL_" in text or b"ROUTE" in text
+    return b"POOL_" in text or b"PGPOOL" in text or b"ROUTE" in text
 
 
 def statements(sql: str) -> list[Statement] | None:

@@ -90,6 +90,9 @@ class ClientConnection(asyncio.Protocol):
         self.connected_at = time.time()
         # Its requests wait for an admin RESUME (PAUSE).
         self._held_by_pause = False
+        #: Where this session's reads go instead of where routing sends them (PGPOOL
+        #: SET: the primary, or a standby first); None: as routed.
+        self.route: Target | None = None
 
     # --- asyncio.Protocol ---------------------------------------------------------
 
@@ -206,10 +209,14 @@ class ClientConnection(asyncio.Protocol):
             self._pause()
             self._held_by_pause = True
             return
+        target = need.target
+        if self.route is not None and target != Target.PRIMARY:
+            # PGPOOL SET for this session (pooler.admin.settings).
+            target = self.route
         floor = _UNPLACED if self._writes_unplaced else self._wrote_up_to
-        node = self.app.pick_node(need.target, floor)
+        node = self.app.pick_node(target, floor)
         if node is None:
-            self._no_node(need.target)
+            self._no_node(target)
             return
         pool = self._pool_of(node)
         idle = pool.take_idle(self._params)
@@ -220,9 +227,7 @@ class ClientConnection(asyncio.Protocol):
         # Nothing more is read until a server takes what is held: a waiting client
         # costs no CPU.
         self._pause()
-        self._checkout = asyncio.get_running_loop().create_task(
-            self._take_server(node, need.target)
-        )
+        self._checkout = asyncio.get_running_loop().create_task(self._take_server(node, target))
 
     async def _take_server(self, node: int, target: int) -> None:
         while True:

@@ -24,6 +24,7 @@ NODE_COLUMNS = (  # noqa: SIM905 (one line per name would hide the order)
     " load_balance_node replication_delay replication_state replication_sync_state"
     " last_status_change"
 ).split()
+SESSION_HELP = "off: this session's reads stay on the primary"
 FAST_CHECKS = {"period": 0.2, "timeout": 2, "retry_delay": 0.2}
 
 
@@ -373,3 +374,40 @@ def test_explain_route_names_where_the_statement_runs(
         explained = _explain(conn, read)
         assert "pinned to its server" in explained["node"]
         assert {ran_on(conn, read)} == _named(explained)
+
+
+def test_pgpool_set_keeps_this_sessions_reads_on_the_primary(
+    cluster: LocalCluster, start_pooler: StartPooler
+) -> None:
+    pooler = start_pooler()
+    ports = [node.port for node in cluster.nodes]
+
+    def nodes_read(conn: psycopg.Connection[Any]) -> set[int]:
+        rows = [conn.execute("SELECT inet_server_port()").fetchone() for _ in range(20)]
+        return {ports.index(row[0]) for row in rows if row is not None}
+
+    with (
+        psycopg.connect(pooler.dsn(), autocommit=True) as conn,
+        psycopg.connect(pooler.dsn(), autocommit=True) as other,
+    ):
+        shown = conn.execute("PGPOOL SHOW load_balance_mode").fetchall()
+        assert shown == [("load_balance_mode", "on", SESSION_HELP)]
+        psycopg.ClientCursor(conn).execute("PGPOOL SET load_balance_mode = off")
+        assert nodes_read(conn) == {0}
+        assert "PGPOOL SET" in _explain(conn, "SELECT 1")["target"]
+        assert len(nodes_read(other)) > 1
+        conn.execute("PGPOOL SET default_hint TO 'standby'")
+        assert nodes_read(conn) == {0}
+        conn.execute("PGPOOL RESET load_balance_mode")
+        assert nodes_read(conn) <= {1, 2}
+        conn.execute("PGPOOL RESET ALL")
+        assert len(nodes_read(conn)) > 1
+        assert {row[0]: row[1] for row in conn.execute("PGPOOL SHOW ALL")}["pool.size"] == "20"
+        with pytest.raises(psycopg.errors.InvalidParameterValue):
+            conn.execute("PGPOOL SET default_hint = sideways")
+        with pytest.raises(psycopg.errors.CantChangeRuntimeParam):
+            conn.execute("PGPOOL SET pool.size = 3")
+        with pytest.raises(psycopg.errors.UndefinedObject):
+            conn.execute("PGPOOL SHOW nonsense")
+        with pytest.raises(psycopg.errors.SyntaxError):
+            conn.execute("PGPOOL SET default_hint")

@@ -44,6 +44,8 @@ def _fields(answer: bytes) -> dict[str, str]:
         (b"explain route SELECT 1\0", True),
         (b"EXPLAIN SELECT 1\0", True),
         (b"EXECUTE s\0", False),
+        (b"pgpool show all\0", True),
+        (b" PGPOOL SET x = 1\0", True),
         (b"/* pooler: standby */ SELECT 1\0", False),
         (b"", False),
     ],
