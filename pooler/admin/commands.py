@@ -14,7 +14,7 @@ from typing import cast
 
 from pooler.admin import control, explain, pgbouncer, pgpool, settings
 from pooler.admin.state import Context
-from pooler.admin.wire import AdminError, Column, Result, notice, syntax_error
+from pooler.admin.wire import AdminError, Column, Later, Result, notice, syntax_error
 from pooler.admin.words import Statement, Word
 
 #: Argument kinds: a database name, the same left out, a node id, the rest of the text,
@@ -29,7 +29,7 @@ class Command:
 
     words: tuple[str, ...]
     columns: tuple[Column, ...]
-    run: Callable[..., Result]
+    run: Callable[..., Result | Later]
     args: tuple[str, ...] = ()
     #: Changes something: only admin_users.
     control: bool = False
@@ -116,7 +116,7 @@ class Bound:
     command: Command
     args: tuple[object, ...]
 
-    def run(self, ctx: Context) -> Result:
+    def run(self, ctx: Context) -> Result | Later:
         """Run it for the client of ``ctx``; raises AdminError."""
         command = self.command
         restricted = command.anywhere and not command.session

@@ -3,13 +3,14 @@ RECONNECT, KILL and SHUTDOWN, and node control (ATTACH NODE, DETACH NODE)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import signal
 from typing import TYPE_CHECKING
 
 from pooler.admin.state import ALL, SWITCHOVER, Context, clients, release_held
-from pooler.admin.wire import AdminError, Result, notice
+from pooler.admin.wire import AdminError, Later, Result
 from pooler.cluster.promote import Failover, SwitchoverError
 
 if TYPE_CHECKING:
@@ -17,6 +18,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pooler.admin")
 
+#: Seconds between two looks at whether what a command waits for is done.
+_POLL = 0.05
 #: Seconds a switchover waits for the transactions running on the old primary to end,
 #: and again for the new one to replay all of the old one's WAL.
 SWITCHOVER_TIMEOUT = 30.0
@@ -30,11 +33,22 @@ def _done(ctx: Context, command: str, database: str | None = None) -> Result:
     return Result((), command)
 
 
-def pause(ctx: Context, database: str = ALL) -> Result:
-    """PAUSE [db]: requests that need a server wait from now on, until RESUME (what runs
-    already goes on)."""
+def pause(ctx: Context, database: str = ALL) -> Later:
+    """PAUSE [db]: new requests (and new sessions) wait from now on, until RESUME; the
+    answer comes once no client of the database holds a server (PgBouncer's rule: in
+    session mode, once its clients have left)."""
     ctx.app.admin.paused.add(database)
-    return _done(ctx, "PAUSE", database)
+    done = _done(ctx, "PAUSE", database)
+
+    async def servers_released() -> Result:
+        while any(
+            client.server is not None and database in (ALL, client.database)
+            for client in clients(ctx.app)
+        ):
+            await asyncio.sleep(_POLL)
+        return done
+
+    return Later(asyncio.ensure_future(servers_released()))
 
 
 def resume(ctx: Context, database: str = ALL) -> Result:
@@ -123,12 +137,12 @@ def attach_node(ctx: Context, node: int) -> Result:
     return _done(ctx, "ATTACH NODE", str(node))
 
 
-def promote_node(ctx: Context, node: int) -> Result:
-    """PROMOTE NODE n: a switchover to standby n, in the background (its end is in the
-    log and SHOW POOL_NODES): new requests wait, running transactions on the primary
-    end, n replays all of the primary's WAL, the old primary is detached (fenced until
-    ATTACH NODE, once rebuilt as a standby), n is promoted and the other standbys follow
-    it; then the requests go on, to the new primary."""
+def promote_node(ctx: Context, node: int) -> Later:
+    """PROMOTE NODE n: a switchover to standby n, answered when it is over: new requests
+    wait, running transactions on the primary end, n replays all of the primary's WAL,
+    the old primary is detached (fenced until ATTACH NODE, once rebuilt as a standby), n
+    is promoted and the other standbys follow it; then the requests go on, to the new
+    primary. A switchover that fails says why (55000), and requests go on as before."""
     app = ctx.app
     _monitor(ctx)
     failover = app.failover
@@ -138,19 +152,19 @@ def promote_node(ctx: Context, node: int) -> Result:
     if SWITCHOVER in app.admin.paused:
         raise AdminError("55006", "a switchover is under way")
     app.admin.paused.add(SWITCHOVER)
-    app.spawn(_switchover(ctx, failover, node))
     log.warning("switchover started", extra={"node": node, "user": ctx.client.user})
-    detail = f"New requests wait until node {node} is the primary; the log says when."
-    return Result((), "PROMOTE NODE", notice("switchover started", detail))
+    return Later(asyncio.ensure_future(_switchover(ctx, failover, node)))
 
 
-async def _switchover(ctx: Context, failover: Failover, node: int) -> None:
+async def _switchover(ctx: Context, failover: Failover, node: int) -> Result:
     app = ctx.app
     inflight = app.balancer.inflight
     try:
         await failover.switchover(node, lambda old: inflight[old] == 0, SWITCHOVER_TIMEOUT)
     except SwitchoverError as exc:
         log.error("switchover failed; requests go on", extra={"node": node, "why": str(exc)})
+        raise AdminError("55000", f"switchover failed: {exc}") from exc
     finally:
         app.admin.paused.discard(SWITCHOVER)
         release_held(app)
+    return _done(ctx, "PROMOTE NODE", str(node))

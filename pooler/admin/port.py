@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from pooler.admin.commands import Bound, bind, unknown
 from pooler.admin.state import Context
-from pooler.admin.wire import AdminError, empty_query, row_description
+from pooler.admin.wire import AdminError, Later, empty_query, row_description
 from pooler.admin.words import Statement, may_be_admin, statements
 from pooler.protocol import messages as m
 from pooler.protocol.outstanding import UNSYNCED
@@ -37,6 +37,10 @@ _INT32 = struct.Struct("!i")
 Prepared = Bound | AdminError
 
 
+class _NotYet(Exception):
+    """The command running answers later (``Later``): its unit waits, unconsumed."""
+
+
 @dataclass(slots=True)
 class AdminPort:
     """Recognises and answers one client's admin commands (``ClientEngine``'s
@@ -52,6 +56,10 @@ class AdminPort:
     _portal: Prepared | None = None
     # An error in the batch: skip to its Sync.
     _failed: bool = False
+    # The command whose answer is on its way, and the answers of the statements of a
+    # simple Query that ran before it.
+    _later: Later | None = None
+    _done: list[bytes] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.console:
@@ -122,7 +130,10 @@ class AdminPort:
                 # A batch left without its Sync: what follows is scanned as usual.
                 return _taken(out, data, pos)
             if t == _Q:
-                out.append(self._query(_text(body), status))
+                try:
+                    out.append(self._query(_text(body), status))
+                except _NotYet:
+                    return _waiting(out, data, pos)
                 return _taken(out, data, stop)
             if t == _F:
                 error = AdminError("0A000", "function calls are not supported here")
@@ -130,7 +141,7 @@ class AdminPort:
                 return _taken(out, data, stop)
             if t not in _EXTENDED:
                 return _taken(out, data, pos)
-            pos = stop
+            start, pos = pos, stop
             if t == _S:
                 self._failed = False
                 self._portal = None
@@ -142,6 +153,8 @@ class AdminPort:
                 except AdminError as exc:
                     self._failed = True
                     out.append(exc.response())
+                except _NotYet:
+                    return _waiting(out, data, start)
         del data[:pos]
         return b"".join(out), None
 
@@ -149,22 +162,24 @@ class AdminPort:
         """A simple Query: each statement's answer in turn, up to the first error, then
         ReadyForQuery."""
         found = statements(sql)
-        out: list[bytes] = []
+        # After a statement that answered later, the query goes on from there.
+        done = self._done
         try:
             if found is None:
                 raise AdminError("42601", "unterminated quoted string or comment")
             if not found:
-                out.append(empty_query())
-            for statement in found:
+                done.append(empty_query())
+            for statement in found[len(done) :]:
                 _check_status(status)
                 prepared = self._statement(statement)
                 if prepared is None:
                     raise unknown(statement)
-                out.append(self._describe(prepared) + self._run(prepared))
+                done.append(self._describe(prepared) + self._run(prepared))
         except AdminError as exc:
-            out.append(exc.response())
-        out.append(m.ready_for_query(status))
-        return b"".join(out)
+            done.append(exc.response())
+        done.append(m.ready_for_query(status))
+        self._done = []
+        return b"".join(done)
 
     def _extended(self, t: int, body: bytes, status: bytes) -> bytes:
         _check_status(status)
@@ -217,9 +232,35 @@ class AdminPort:
         return row_description(prepared.command.columns)
 
     def _run(self, prepared: Prepared) -> bytes:
+        """Run a command; raises _NotYet while the answer of one that answers later is
+        on its way (then the same call, made again, gives it)."""
         if isinstance(prepared, AdminError):
             raise prepared
-        return prepared.run(self.ctx).rows_and_tag(prepared.command.columns)
+        later = self._later
+        if later is None:
+            result = prepared.run(self.ctx)
+            if isinstance(result, Later):
+                self._later = result
+                result.future.add_done_callback(self._answer_now)
+                raise _NotYet
+        elif not later.future.done():
+            raise _NotYet
+        else:
+            self._later = None
+            result = later.future.result()
+        return result.rows_and_tag(prepared.command.columns)
+
+    def _answer_now(self, future: object) -> None:
+        # The answer is ready: the client's waiting unit goes on.
+        client = self.ctx.client
+        if not client.transport.is_closing():
+            client.admin_turn()
+
+
+def _waiting(out: list[bytes], data: bytearray, pos: int) -> tuple[bytes, None]:
+    """The answers so far; what came from ``pos`` on waits (a command answers later)."""
+    del data[:pos]
+    return b"".join(out), None
 
 
 def _taken(out: list[bytes], data: bytearray, pos: int) -> tuple[bytes, bytes]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -138,6 +139,15 @@ def notice(message: str, detail: str) -> bytes:
 def _fields(msg_type: int, fields: list[bytes]) -> bytes:
     """An ErrorResponse or NoticeResponse of ``fields`` (each its code letter first)."""
     return frame(msg_type, b"\0".join(fields) + b"\0\0")
+
+
+@dataclass(frozen=True, slots=True)
+class Later:
+    """A command whose answer comes once ``future`` is done: its Result, or an
+    AdminError (PAUSE waits for the transactions running, PROMOTE NODE for the
+    switchover)."""
+
+    future: asyncio.Future[Result]
 
 
 def empty_query() -> bytes:

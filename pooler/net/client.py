@@ -45,6 +45,8 @@ _UNPLACED = 1 << 64
 _OWNERS_KEPT = 10_000
 #: Seconds a client may take to close its side after the pooler ended the session.
 _LINGER = 5.0
+#: Seconds between two looks at whether a paused database was resumed, at login.
+_PAUSED_LOGIN_POLL = 0.05
 
 # Startup parameters that say who connects, not how the session is set up.
 _IDENTITY = frozenset({"user", "database"})
@@ -492,6 +494,9 @@ class ClientConnection(asyncio.Protocol):
             raise ClientAuthError(
                 "55000", f'database "{self.database}" is not currently accepting connections'
             )
+        while app.admin.is_paused(self.database):
+            # PAUSE, KILL or a switchover: a new session waits too (PgBouncer's rule).
+            await asyncio.sleep(_PAUSED_LOGIN_POLL)
         if app.catalogs is not None:
             # The first client of a database waits for its catalog: until it is read,
             # every statement would run on the primary.

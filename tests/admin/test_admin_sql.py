@@ -41,15 +41,15 @@ def _answers(wire: Wire, ready: int) -> str:
     return types
 
 
-def _held_until(conn: psycopg.Connection[Any], release: Callable[[], object]) -> None:
-    """A query on ``conn`` waits until ``release()``, then runs."""
+def _held_until(action: Callable[[], object], release: Callable[[], object]) -> None:
+    """``action()`` waits until ``release()``, then is done."""
     done = threading.Event()
 
-    def query() -> None:
-        conn.execute("SELECT 1")
+    def act() -> None:
+        action()
         done.set()
 
-    thread = threading.Thread(target=query)
+    thread = threading.Thread(target=act)
     thread.start()
     assert not done.wait(1.0)
     release()
@@ -194,7 +194,13 @@ def test_pause_holds_new_queries_until_resume(
         psycopg.connect(pooler.dsn(), autocommit=True) as conn,
     ):
         admin.execute("PAUSE app")
-        _held_until(conn, lambda: admin.execute("RESUME app"))
+        _held_until(lambda: conn.execute("SELECT 1"), lambda: admin.execute("RESUME app"))
+        # PAUSE answers once the transactions running have ended.
+        conn.execute("BEGIN")
+        conn.execute("SELECT 1")
+        _held_until(lambda: admin.execute("PAUSE"), lambda: conn.execute("COMMIT"))
+        # A new session waits too.
+        _held_until(lambda: psycopg.connect(pooler.dsn()).close(), lambda: admin.execute("RESUME"))
 
 
 def test_disable_refuses_new_connections_only(
@@ -286,8 +292,7 @@ def test_kill_disconnects_a_database_and_holds_it_until_resume(
         victim.close()
         # Its idle servers are closed too.
         assert not any(row[1] == "app" for row in admin.execute("SHOW SERVERS"))
-        with psycopg.connect(pooler.dsn(), autocommit=True) as conn:
-            _held_until(conn, lambda: admin.execute("RESUME"))
+        _held_until(lambda: psycopg.connect(pooler.dsn()).close(), lambda: admin.execute("RESUME"))
 
 
 def test_reconnect_closes_idle_servers(cluster: LocalCluster, start_pooler: StartPooler) -> None:
