@@ -9,7 +9,7 @@ import os
 import signal
 from typing import TYPE_CHECKING
 
-from pooler.admin.state import ALL, SWITCHOVER, Context, clients, release_held
+from pooler.admin.state import ALL, SWITCHOVER, Context, clients, release_held, servers
 from pooler.admin.wire import AdminError, Later, Result
 from pooler.cluster.promote import Failover, SwitchoverError
 
@@ -79,11 +79,15 @@ def enable(ctx: Context, database: str) -> Result:
 
 
 def reconnect(ctx: Context, database: str = ALL) -> Result:
-    """RECONNECT [db]: idle server connections are closed now, so that the next request
-    opens a new one (those serving a client now are left to finish)."""
-    for key, pool in ctx.app.pools.pools.items():
+    """RECONNECT [db]: server connections are closed, idle ones now and those serving a
+    client once it releases them, so that the next requests open new ones."""
+    app = ctx.app
+    for key, pool in app.pools.pools.items():
         if database in (ALL, key.database):
             pool.close_idle()
+    for server, client in servers(app):
+        if client is not None and database in (ALL, server.pool_key.database):
+            app.pools.get(server.pool_key).retiring.add(server)
     return _done(ctx, "RECONNECT", database)
 
 

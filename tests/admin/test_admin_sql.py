@@ -307,8 +307,14 @@ def test_reconnect_closes_idle_servers(cluster: LocalCluster, start_pooler: Star
         admin.execute("RECONNECT app")
         assert not list(admin.execute("SHOW SERVERS"))
         conn.execute("SELECT 1")
+        # One in use is closed once its client releases it.
+        conn.execute("BEGIN")
+        busy = conn.execute("SELECT pg_backend_pid()").fetchone()
+        admin.execute("RECONNECT")
+        conn.execute("COMMIT")
         after = {row[15] for row in admin.execute("SHOW SERVERS")}
-        assert after and not after & before
+        assert busy is not None and busy[0] not in after and not after & before
+        assert conn.execute("SELECT 1").fetchone() == (1,)
 
 
 def test_show_help_and_shutdown(cluster: LocalCluster, start_pooler: StartPooler) -> None:
