@@ -9,6 +9,7 @@ from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 from parser_api import Classification, Classifier, ParseError, Route
+from pooler.admin.metrics import serve_metrics
 from pooler.admin.port import AdminPort
 from pooler.admin.state import ADMIN_DATABASES, AdminState, Context
 from pooler.clients import ClientRegistry
@@ -144,6 +145,7 @@ class Pooler:
         self._janitor_task: asyncio.Task[None] | None = None
         #: What admin commands keep: paused and disabled databases (pooler.admin).
         self.admin = AdminState()
+        self._metrics: asyncio.Server | None = None
 
     def primary_node(self) -> int:
         """The node that takes writes (while there is none, node 0, whose refusal
@@ -260,6 +262,8 @@ class Pooler:
             await self.failover.start()
         if self.catalogs is not None:
             self.catalogs.start()
+        if cfg.metrics.port:
+            self._metrics = await serve_metrics(self, cfg.metrics.host, cfg.metrics.port)
         factory = lambda: ClientConnection(self)  # noqa: E731
         self._server = await listen(cfg.listen.host, cfg.listen.port, factory)
         if cfg.pool.idle_timeout:
@@ -281,6 +285,8 @@ class Pooler:
         """Stop accepting, let running queries finish for ``timeout`` s, then close all."""
         if self._server is not None:
             self._server.close()
+        if self._metrics is not None:
+            self._metrics.close()
         clients = self._client_connections()
         for client in clients:
             client.drain()

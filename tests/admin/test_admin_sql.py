@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -14,9 +16,10 @@ from typing import Any
 import psycopg
 import pytest
 from conftest import ClusterFactory, PoolerProcess, StartPooler
+from prometheus_client.parser import text_string_to_metric_families
 from wire import Wire, connect, message
 
-from pooler.localcluster import SUPERUSER, LocalCluster
+from pooler.localcluster import SUPERUSER, LocalCluster, find_free_ports
 
 #: pgpool-II 4.3's, in its order (pool_process_reporting.c).
 NODE_COLUMNS = (  # noqa: SIM905 (one line per name would hide the order)
@@ -381,7 +384,7 @@ def test_explain_route_names_where_the_statement_runs(
         assert ran_on(conn, read) == 0
         conn.execute("COMMIT")
 
-        conn.execute("SET application_name = 'pinned'")
+        conn.execute("LISTEN admin_test")
         explained = _explain(conn, read)
         assert "pinned to its server" in explained["node"]
         assert {ran_on(conn, read)} == _named(explained)
@@ -422,3 +425,45 @@ def test_pgpool_set_keeps_this_sessions_reads_on_the_primary(
             conn.execute("PGPOOL SHOW nonsense")
         with pytest.raises(psycopg.errors.SyntaxError):
             conn.execute("PGPOOL SET default_hint")
+
+
+def test_metrics_endpoint_moves_with_the_traffic(
+    cluster: LocalCluster, start_pooler: StartPooler
+) -> None:
+    port = find_free_ports(1)[0]
+    pooler = start_pooler(metrics={"port": port})
+    url = f"http://127.0.0.1:{port}/metrics"
+
+    def scrape() -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            text = response.read().decode()
+        found: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                found.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = (
+                    sample.value
+                )
+        return found
+
+    before = scrape()
+    with psycopg.connect(pooler.dsn(), autocommit=True) as conn:
+        served: Counter[str] = Counter()
+        ports = [node.port for node in cluster.nodes]
+        for _ in range(30):
+            row = conn.execute("SELECT inet_server_port()", prepare=False).fetchone()
+            assert row is not None
+            served[str(ports.index(row[0]))] += 1
+        # (LISTEN pins; SET may not, once settings follow a client.)
+        conn.execute("LISTEN admin_test")
+        after = scrape()
+    for node in ("0", "1", "2"):
+        key = (("node", node),)
+        assert after["pooler_reads_total"][key] - before["pooler_reads_total"][key] == served[node]
+        assert after["pooler_node_up"][key] == 1
+        assert key in after["pooler_replication_lag_bytes"]
+    assert after["pooler_clients"][()] == 1
+    assert sum(after["pooler_servers"].values()) >= 1
+    assert after["pooler_pinned_clients"][(("reason", "listen"),)] == 1
+    assert any(labels for labels in after["pooler_server_connections_opened_total"])
+    with pytest.raises(urllib.error.HTTPError):
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5)

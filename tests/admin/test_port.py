@@ -132,7 +132,9 @@ def test_describe_of_a_missing_statement_is_26000() -> None:
     assert b"C26000" in answer
 
 
-def test_restrict_show_is_validated() -> None:
+def test_admin_and_metrics_keys_are_validated() -> None:
     assert parse_config(with_minimal(admin={"restrict_show": True})).admin.restrict_show
-    found: Any = problems(with_minimal(admin={"restrict_show": "maybe"}))
+    assert parse_config(with_minimal()).metrics.port == 0
+    found: Any = problems(with_minimal(admin={"restrict_show": "maybe"}, metrics={"port": -1}))
     assert any(problem.startswith("admin.restrict_show: ") for problem in found)
+    assert any(problem.startswith("metrics.port: ") for problem in found)
