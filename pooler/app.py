@@ -146,6 +146,8 @@ class Pooler:
         #: What admin commands keep: paused and disabled databases (pooler.admin).
         self.admin = AdminState()
         self._metrics: asyncio.Server | None = None
+        #: The file the config came from, read again by RELOAD and SIGHUP.
+        self.config_path: str | None = None
 
     def primary_node(self) -> int:
         """The node that takes writes (while there is none, node 0, whose refusal

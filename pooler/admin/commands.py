@@ -90,6 +90,7 @@ _COMMANDS = (
     Command(("ENABLE",), (), control.enable, (DATABASE,), control=True),
     Command(("RECONNECT",), (), control.reconnect, (OPTIONAL_DATABASE,), control=True),
     Command(("KILL",), (), control.kill, (DATABASE,), control=True),
+    Command(("RELOAD",), (), control.reload_config, control=True),
     Command(("SHUTDOWN",), (), control.shutdown, control=True),
     Command(("ATTACH", "NODE"), (), control.attach_node, (NODE,), control=True),
     Command(("DETACH", "NODE"), (), control.detach_node, (NODE,), control=True),

@@ -1,5 +1,6 @@
 """Control commands of the admin database: PgBouncer's PAUSE, RESUME, DISABLE, ENABLE,
-RECONNECT, KILL and SHUTDOWN, and node control (ATTACH NODE, DETACH NODE)."""
+RECONNECT, KILL, RELOAD and SHUTDOWN, and node control (ATTACH NODE, DETACH NODE,
+PROMOTE NODE)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ import os
 import signal
 from typing import TYPE_CHECKING
 
+from pooler.admin.reload import reload
 from pooler.admin.state import ALL, SWITCHOVER, Context, clients, release_held, servers
-from pooler.admin.wire import AdminError, Later, Result
+from pooler.admin.wire import AdminError, Later, Result, notice
 from pooler.cluster.promote import Failover, SwitchoverError
+from pooler.config import ConfigError
 
 if TYPE_CHECKING:
     from pooler.cluster.monitor import Monitor
@@ -100,6 +103,24 @@ def kill(ctx: Context, database: str) -> Result:
             client.shut_down()
     reconnect(ctx, database)
     return _done(ctx, "KILL", database)
+
+
+def reload_config(ctx: Context) -> Result:
+    """RELOAD: read the config file again, as SIGHUP does; what waits for a restart is
+    said in a NOTICE."""
+    if ctx.app.config_path is None:
+        raise AdminError("55000", "the pooler was not started from a config file")
+    try:
+        waiting = reload(ctx.app)
+    except ConfigError as exc:
+        raise AdminError(
+            "F0000", "the config file has problems; nothing changed", detail=str(exc)
+        ) from exc
+    _done(ctx, "RELOAD")
+    if not waiting:
+        return Result((), "RELOAD")
+    detail = "Changed, applied at the next start: " + ", ".join(waiting)
+    return Result((), "RELOAD", notice("config reloaded in part", detail))
 
 
 def shutdown(ctx: Context) -> Result:

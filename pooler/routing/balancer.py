@@ -80,6 +80,13 @@ class Balancer:
         # The less busy of the two; on a tie, the first: the weights decide.
         return second if self.inflight[second] < self.inflight[first] else first
 
+    def configure(self, weights: Sequence[float], limits: Limits) -> None:
+        """New weights (as many nodes) and limits, from a reload: picks use them now."""
+        self.weights = tuple(weights)
+        self.limits = limits
+        self._cached_view = None
+        self._cache.clear()
+
     def candidates(self, view: ClusterView, target: Target, min_lsn: int | None) -> list[int]:
         """The nodes ``pick`` chooses among now for a request of ``target``."""
         if target is Target.PRIMARY:

@@ -5,6 +5,7 @@ control."""
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 import urllib.error
@@ -15,6 +16,7 @@ from typing import Any
 
 import psycopg
 import pytest
+import yaml
 from conftest import ClusterFactory, PoolerProcess, StartPooler
 from prometheus_client.parser import text_string_to_metric_families
 from wire import Wire, connect, message
@@ -467,3 +469,46 @@ def test_metrics_endpoint_moves_with_the_traffic(
     assert any(labels for labels in after["pooler_server_connections_opened_total"])
     with pytest.raises(urllib.error.HTTPError):
         urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5)
+
+
+def test_reload_changes_the_spread_and_names_what_waits(
+    cluster: LocalCluster, start_pooler: StartPooler
+) -> None:
+    backends = [
+        {"name": node.name, "host": node.host, "port": node.port, "weight": weight}
+        for node, weight in zip(cluster.nodes, (1, 0, 0), strict=True)
+    ]
+    pooler = start_pooler(backends=backends)
+    ports = [node.port for node in cluster.nodes]
+
+    def nodes_read(conn: psycopg.Connection[Any]) -> set[int]:
+        rows = [conn.execute("SELECT inet_server_port()").fetchone() for _ in range(30)]
+        return {ports.index(row[0]) for row in rows if row is not None}
+
+    def rewrite(weights: tuple[int, ...], **more: Any) -> None:
+        config = yaml.safe_load(pooler.config_path.read_text())
+        for backend, weight in zip(config["backends"], weights, strict=True):
+            backend["weight"] = weight
+        config.update(more)
+        pooler.config_path.write_text(yaml.safe_dump(config))
+
+    notices: list[str] = []
+    with (
+        psycopg.connect(_admin_dsn(pooler, cluster), autocommit=True) as admin,
+        psycopg.connect(pooler.dsn(), autocommit=True) as conn,
+    ):
+        admin.add_notice_handler(lambda diag: notices.append(str(diag.message_detail)))
+        assert nodes_read(conn) == {0}
+        rewrite((0, 1, 1), pool={"size": 7})
+        assert admin.execute("RELOAD").statusmessage == "RELOAD"
+        assert notices == ["Changed, applied at the next start: pool.size"]
+        assert nodes_read(conn) == {1, 2}
+        rewrite((0, 0, 1))
+        pooler.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 5
+        while nodes_read(conn) != {2}:
+            assert time.monotonic() < deadline, "SIGHUP did not reload"
+        pooler.config_path.write_text("backends: nonsense\n")
+        with pytest.raises(psycopg.errors.ConfigFileError):
+            admin.execute("RELOAD")
+        assert nodes_read(conn) == {2}

@@ -9,6 +9,7 @@ import pytest
 from test_config import problems, with_minimal
 
 from pooler.admin.port import AdminPort
+from pooler.admin.reload import merged
 from pooler.admin.state import Context
 from pooler.admin.words import may_be_admin
 from pooler.config import parse_config
@@ -138,3 +139,24 @@ def test_admin_and_metrics_keys_are_validated() -> None:
     found: Any = problems(with_minimal(admin={"restrict_show": "maybe"}, metrics={"port": -1}))
     assert any(problem.startswith("admin.restrict_show: ") for problem in found)
     assert any(problem.startswith("metrics.port: ") for problem in found)
+
+
+def test_reload_merges_live_keys_and_names_the_others() -> None:
+    old = parse_config(with_minimal(backends=[{"host": "a", "weight": 1}]))
+    new = parse_config(
+        with_minimal(
+            backends=[{"host": "a", "weight": 3}],
+            users={"app": "app", "b": "b"},
+            pool={"size": 3, "checkout_timeout": 2},
+            admin={"restrict_show": True},
+        )
+    )
+    running, waiting = merged(old, new)
+    assert waiting == ["pool.size"]
+    assert running.backends[0].weight == 3
+    assert set(running.users) == {"app", "b"}
+    assert (running.pool.size, running.pool.checkout_timeout) == (old.pool.size, 2)
+    assert running.admin.restrict_show
+    moved = parse_config(with_minimal(backends=[{"host": "b"}]))
+    running, waiting = merged(old, moved)
+    assert waiting == ["backends"] and running.backends == old.backends
