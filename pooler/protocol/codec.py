@@ -122,11 +122,13 @@ class Scanner:
         A message of a ``stop`` type is split out too, and ends the stream: nothing after
         it is read (a Terminate, after which PostgreSQL reads nothing more).
 
-        ``divert(type, body, type_before)`` is asked about each split message that arrived
-        whole in one feed; when it says True the scanner stops right after that message,
-        which is the last event, sets ``diverted``, and keeps the rest of the input for
-        ``take_rest``. A diverted message counts as never scanned: it is not in ``tracked``
-        and ``last_type`` stays the type before it (the caller answers it itself).
+        ``divert(type, body, type_before)`` is asked about each split message once it is
+        whole; when it says True the scanner stops right after that message, which is the
+        last event, sets ``diverted``, and keeps the rest of the input for ``take_rest``. A
+        diverted message counts as never scanned: it is not in ``tracked`` and
+        ``last_type`` stays the type before it (the caller answers it itself). With
+        ``divert`` set, a split message received across feeds is put in ``tracked`` only
+        once whole (nothing of it was passed on before).
 
         Cheaper ways to watch messages that stay inside the runs, for the data path:
         ``observe`` types are appended whole to ``observed``; ``track`` types have their
@@ -143,6 +145,7 @@ class Scanner:
 
     __slots__ = (
         "_acc",
+        "_before",
         "_broken",
         "_divert",
         "_floor",
@@ -184,6 +187,8 @@ class Scanner:
     ) -> None:
         self._split = split | stop
         self._divert = divert
+        # The type before a split message received across feeds (for ``divert``).
+        self._before = -1
         #: The last feed stopped after a message ``divert`` claimed.
         self.diverted = False
         self._stop = stop
@@ -243,8 +248,10 @@ class Scanner:
         self.diverted = False
         return rest
 
-    def _diverted(self, out: list[Event], t: int, before: int, rest: bytes) -> list[Event]:
-        if t in self._track:
+    def _diverted(
+        self, out: list[Event], t: int, before: int, rest: bytes, tracked: bool
+    ) -> list[Event]:
+        if tracked and t in self._track:
             self.tracked.pop()
         self.last_type = before
         self.diverted = True
@@ -307,6 +314,13 @@ class Scanner:
                         if self._type in self._stop:
                             self._broken = True
                             return out
+                        if self._divert is not None:
+                            t = self._type
+                            if self._divert(t, msg.body, self._before):
+                                return self._diverted(out, t, self._before, data[pos:], False)
+                            # Counted only now that it is not diverted (see below).
+                            if t in self._track:
+                                self.tracked.append(t)
                         if self._type in self._observe:
                             self.observed.append(msg)
                     elif self._type == _READY_FOR_QUERY and self.ready:
@@ -360,18 +374,20 @@ class Scanner:
                 else:
                     before = last
                     last = t
-                    if t in self._track:
+                    # One that may be diverted once it is whole is counted then.
+                    if t in self._track and (end <= n or self._divert is None):
                         self.tracked.append(t)
                 if end <= n:
                     msg = Message(t, data[pos + 5 : end])
                     out.append(msg)
                     if self._divert is not None and self._divert(t, msg.body, before):
-                        return self._diverted(out, t, before, data[end:])
+                        return self._diverted(out, t, before, data[end:], True)
                     if t in self._observe:
                         self.observed.append(msg)
                     pos = run = end
                     continue
                 self._start_partial(data, pos, t, 1, end)
+                self._before = before
                 self.last_type = last
                 return out
             if t not in self._transparent:

@@ -3,6 +3,7 @@ the config key it adds."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
@@ -13,7 +14,9 @@ from pooler.admin.reload import merged
 from pooler.admin.state import Context
 from pooler.admin.words import may_be_admin
 from pooler.config import parse_config
-from pooler.protocol.codec import frame
+from pooler.engine.actions import NeedServer, Reply
+from pooler.engine.client import ClientEngine
+from pooler.protocol.codec import frame, frontend_limits
 
 
 def _port(console: bool = False) -> AdminPort:
@@ -160,3 +163,19 @@ def test_reload_merges_live_keys_and_names_the_others() -> None:
     moved = parse_config(with_minimal(backends=[{"host": "b"}]))
     running, waiting = merged(old, moved)
     assert waiting == ["backends"] and running.backends == old.backends
+
+
+def test_an_admin_query_cut_across_reads_is_answered_and_not_owed() -> None:
+    config = SimpleNamespace(admin=SimpleNamespace(restrict_show=False))
+    ctx = cast(Context, SimpleNamespace(app=SimpleNamespace(config=config)))
+    engine = ClientEngine(frontend_limits(1 << 20), admin=AdminPort(ctx, False))
+    show = frame(ord("Q"), b"SHOW POOL_VERSION\0")
+    assert engine.feed(show[:9]) == []
+    assert engine.scanner.tracked == []
+    out = engine.feed(show[9:] + frame(ord("Q"), b"SELECT 1\0"))
+    assert isinstance(out, list) and len(out) == 2
+    reply, need = out
+    assert isinstance(reply, Reply) and _types(reply.data) == "TDCZ"
+    assert isinstance(need, NeedServer)
+    # Only the SELECT is owed by the server that takes it.
+    assert engine.scanner.tracked == [ord("Q")]
