@@ -84,6 +84,8 @@ _COMMANDS = (
     Command(("SHOW", "DATABASES"), pgbouncer.DATABASES, pgbouncer.show_databases),
     Command(("SHOW", "CONFIG"), pgbouncer.CONFIG, pgbouncer.show_config),
     Command(("SHOW", "LISTS"), pgbouncer.LISTS, pgbouncer.show_lists),
+    Command(("SHOW", "USERS"), pgbouncer.USERS, pgbouncer.show_users),
+    Command(("SHOW", "VERSION"), pgbouncer.VERSION, pgbouncer.show_version),
     Command(("PAUSE",), (), control.pause, (OPTIONAL_DATABASE,), control=True),
     Command(("RESUME",), (), control.resume, (OPTIONAL_DATABASE,), control=True),
     Command(("DISABLE",), (), control.disable, (DATABASE,), control=True),

@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from pooler import __version__
 from pooler.admin.state import ADMIN_DATABASES, Context, clients, servers
 from pooler.admin.wire import INT4, NUMERIC, Result, Value, columns
 
@@ -99,6 +100,8 @@ DATABASES = columns(
     types=dict.fromkeys(_DATABASE_NUMBERS, INT4),
 )
 CONFIG = columns("key", "value", "default", "changeable")
+VERSION = columns("version")
+USERS = columns("name", "pool_mode")
 LISTS = columns("list", "items", types={"items": INT4})
 # Keys whose values are secrets: never shown.
 _SECRET_WORDS = ("password", "secret", "users")
@@ -315,6 +318,16 @@ def _config_text(value: Any) -> str | None:
 def show_config(ctx: Context) -> Result:
     """SHOW CONFIG: every setting in effect but secrets; nothing changes live yet."""
     return Result([[key, value, default, "no"] for key, value, default in config_rows(ctx)])
+
+
+def show_version(ctx: Context) -> Result:
+    """SHOW VERSION: one row, as PgBouncer answers it."""
+    return Result([[f"pooler {__version__}"]])
+
+
+def show_users(ctx: Context) -> Result:
+    """SHOW USERS: the configured users (no user has a pool mode of its own)."""
+    return Result([[name, None] for name in sorted(ctx.app.config.users)])
 
 
 def show_lists(ctx: Context) -> Result:

@@ -21,6 +21,7 @@ from conftest import ClusterFactory, PoolerProcess, StartPooler
 from prometheus_client.parser import text_string_to_metric_families
 from wire import Wire, connect, message
 
+from pooler import __version__
 from pooler.localcluster import SUPERUSER, LocalCluster, find_free_ports
 
 #: pgpool-II 4.3's, in its order (pool_process_reporting.c).
@@ -158,6 +159,8 @@ def test_admin_database_lists_its_own_client(cluster: LocalCluster, pooler: Pool
         assert not any("password" in key or key == "users" for key in config)
         lists = {row[0]: row[1] for row in admin.execute("SHOW LISTS")}
         assert lists["used_clients"] == 2
+        assert admin.execute("SHOW VERSION").fetchone() == (f"pooler {__version__}",)
+        assert ("app", None) in admin.execute("SHOW USERS").fetchall()
 
 
 def test_non_admin_users_get_42501(cluster: LocalCluster, start_pooler: StartPooler) -> None:
