@@ -70,7 +70,6 @@ class ClientEngine:
 
     __slots__ = (
         "_admin",
-        "_admin_wait",
         "_classify",
         "_deferred",
         "_deferred_read_only",
@@ -83,6 +82,7 @@ class ClientEngine:
         "_target_of",
         "_targets",
         "_unnamed",
+        "admin_wait",
         "defer_begin",
         "ended",
         "refusal",
@@ -101,10 +101,11 @@ class ClientEngine:
         admin: AdminPort | None = None,
     ) -> None:
         split = _POOLED if classify is not None else frozenset()
-        # The pooler's own commands (pooler.admin), answered here rather than forwarded,
-        # and the bytes from one of them on while what came before is still owed.
+        # The pooler's own commands (pooler.admin), answered here rather than forwarded.
         self._admin = admin
-        self._admin_wait: bytearray | None = None
+        #: The bytes from an admin command on, while it waits for its turn (what came
+        #: before it still owed) or for the rest of its batch; None otherwise.
+        self.admin_wait: bytearray | None = None
         if admin is not None:
             split |= admin.types
         self.scanner = Scanner(
@@ -165,12 +166,13 @@ class ClientEngine:
 
         Returns the input itself when all of it is to be forwarded (the common case).
         """
-        if self._admin_wait is not None:
-            self._admin_wait += data
+        if self.admin_wait is not None:
+            self.admin_wait += data
             return self.admin_turn()
         events = self.scanner.feed(data)
         if self.scanner.diverted:
-            return self._admin_unit(events)  # type: ignore[arg-type]
+            assert isinstance(events, list)  # the diverted message is its last event
+            return self._admin_unit(events)
         return self._forward(events)
 
     def _forward(self, events: bytes | list[Event]) -> bytes | list[bytes | Action]:
@@ -205,17 +207,11 @@ class ClientEngine:
         and the command is answered once nothing before it is owed."""
         command = events.pop()
         assert type(command) is Message
-        self._admin_wait = bytearray(command.raw() + self.scanner.take_rest())
-        out = self._forward(events) if events else []
-        if type(out) is bytes:
-            out = [out]
-        out.extend(self.admin_turn())  # type: ignore[union-attr]
-        return out  # type: ignore[return-value]
-
-    @property
-    def admin_waiting(self) -> bool:
-        """An admin command waits for the answers owed before it (see ``admin_turn``)."""
-        return self._admin_wait is not None
+        self.admin_wait = bytearray(command.raw() + self.scanner.take_rest())
+        before = self._forward(events) if events else []
+        out: list[bytes | Action] = [before] if isinstance(before, bytes) else before
+        out.extend(self.admin_turn())
+        return out
 
     @property
     def transaction_status(self) -> bytes:
@@ -229,7 +225,7 @@ class ClientEngine:
         """Answer the admin command waiting, once no server owes answers to what came
         before it and nothing is held: its answer (ending in ReadyForQuery with this
         client's transaction status), then whatever followed it, scanned as usual."""
-        wait = self._admin_wait
+        wait = self.admin_wait
         server = self.server
         if wait is None or self._held or (server is not None and not server.requests.idle()):
             return []
@@ -239,7 +235,7 @@ class ClientEngine:
         if rest is None:
             # An extended batch goes on until its Sync (what it took is gone from wait).
             return out
-        self._admin_wait = None
+        self.admin_wait = None
         if rest:
             more = self.feed(rest)
             if isinstance(more, bytes):

@@ -329,7 +329,7 @@ class ClientConnection(asyncio.Protocol):
                 self.app.standby_refused(node, *self.engine.refusal)
             if self.engine.waiting():
                 self._need_server(self.engine.need())
-        if self.engine.admin_waiting:
+        if self.engine.admin_wait is not None:
             self.admin_turn()
 
     def admin_turn(self) -> None:
@@ -340,7 +340,7 @@ class ClientConnection(asyncio.Protocol):
     @property
     def admin_waiting(self) -> bool:
         """An admin command waits for its turn (``admin_turn``)."""
-        return self.engine.admin_waiting
+        return self.engine.admin_wait is not None
 
     def _write_placed(self, lsn: int) -> None:
         self._writes_unplaced -= 1
