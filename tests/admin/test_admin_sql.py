@@ -168,8 +168,11 @@ def test_non_admin_users_get_42501(cluster: LocalCluster, start_pooler: StartPoo
     with pytest.raises(psycopg.OperationalError, match='permission denied for database "pooler"'):
         psycopg.connect(pooler.dsn(dbname="pooler"))
     with psycopg.connect(pooler.dsn(), autocommit=True) as conn:
-        with pytest.raises(psycopg.errors.InsufficientPrivilege):
-            conn.execute("SHOW POOL_NODES")
+        for shown in ("SHOW POOL_NODES", "EXPLAIN ROUTE SELECT 1", "PGPOOL SHOW ALL"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(shown)
+        # A session's own settings stay its own to change.
+        conn.execute("PGPOOL SET load_balance_mode = off")
         assert conn.execute("SELECT 1").fetchone() == (1,)
     with psycopg.connect(_admin_dsn(pooler, cluster, "app"), autocommit=True) as conn:
         assert len(conn.execute("SHOW POOL_NODES").fetchall()) == 3

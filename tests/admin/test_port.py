@@ -179,3 +179,17 @@ def test_an_admin_query_cut_across_reads_is_answered_and_not_owed() -> None:
     assert isinstance(need, NeedServer)
     # Only the SELECT is owed by the server that takes it.
     assert engine.scanner.tracked == [ord("Q")]
+
+
+def test_an_admin_batch_refuses_statements_for_the_server() -> None:
+    port = _port()
+    data = bytearray(
+        frame(ord("P"), b"\0SHOW POOL_VERSION\0\0\0")
+        + frame(ord("P"), b"s2\0SELECT 1\0\0\0")
+        + frame(ord("B"), b"\0\0\0\0\0\0\0\0")
+        + frame(ord("E"), b"\0\0\0\0\0")
+        + frame(ord("S"), b"")
+    )
+    answer, rest = port.answer(data, b"I")
+    assert (_types(answer), rest) == ("1EZ", b"")
+    assert b"C0A000" in answer
