@@ -6,9 +6,12 @@ import asyncio
 import logging
 from collections import Counter
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from parser_api import Classification, Classifier, ParseError, Route
+from pooler.admin.metrics import serve_metrics
+from pooler.admin.port import AdminPort
+from pooler.admin.state import ADMIN_DATABASES, AdminState, Context
 from pooler.clients import ClientRegistry
 from pooler.cluster.catalog import Catalogs, DatabaseCatalog
 from pooler.cluster.monitor import Monitor
@@ -27,6 +30,9 @@ from pooler.protocol import messages as m
 from pooler.protocol.codec import frontend_limits
 from pooler.routing.balancer import Balancer, Limits
 from pooler.routing.targets import Target, target_of
+
+if TYPE_CHECKING:
+    from pooler.net.client import ClientConnection
 
 log = logging.getLogger("pooler")
 
@@ -137,6 +143,11 @@ class Pooler:
             if self.routing and lb.read_your_writes and len(config.backends) > 1:
                 self.wal = WalPositions(config.backends, config.health_check, self.cluster)
         self._janitor_task: asyncio.Task[None] | None = None
+        #: What admin commands keep: paused and disabled databases (pooler.admin).
+        self.admin = AdminState()
+        self._metrics: asyncio.Server | None = None
+        #: The file the config came from, read again by RELOAD and SIGHUP.
+        self.config_path: str | None = None
 
     def primary_node(self) -> int:
         """The node that takes writes (while there is none, node 0, whose refusal
@@ -144,15 +155,20 @@ class Pooler:
         primary = self.cluster.view.primary
         return 0 if primary is None else primary
 
-    def client_engine(self, database: str) -> ClientEngine:
-        """The engine for a new client of ``database``."""
+    def client_engine(self, database: str, client: ClientConnection) -> ClientEngine:
+        """The engine for a new client of ``database``: in the admin database one that
+        answers everything itself, elsewhere one that answers SHOW POOL_* itself."""
+        console = database in ADMIN_DATABASES
+        admin = AdminPort(Context(self, client), console)
+        if console:
+            return ClientEngine(self.frontend_limits, admin=admin)
         if self.catalogs is None:
-            return ClientEngine(self.frontend_limits, self.classify)
+            return ClientEngine(self.frontend_limits, self.classify, admin=admin)
         catalogs = self.catalogs
         classify, target = _routed_classifier(
             self._classifier, catalogs.reader(database), lambda: catalogs.changed(database)
         )
-        engine = ClientEngine(self.frontend_limits, classify, target)
+        engine = ClientEngine(self.frontend_limits, classify, target, admin)
         engine.defer_begin = True
         return engine
 
@@ -161,7 +177,10 @@ class Pooler:
         run it; a read goes only to a node that has replayed WAL up to ``floor``."""
         if not self.routing:
             return self.cluster.view.primary
-        return self.balancer.pick(self.cluster.view, Target(target), floor or None)
+        node = self.balancer.pick(self.cluster.view, Target(target), floor or None)
+        if node is not None and target != Target.PRIMARY:
+            self.balancer.reads[node] += 1
+        return node
 
     def standby_refused(self, node: int, sqlstate: str, sql: str) -> None:
         """A standby refused a read before any answer reached the client; it runs
@@ -245,6 +264,8 @@ class Pooler:
             await self.failover.start()
         if self.catalogs is not None:
             self.catalogs.start()
+        if cfg.metrics.port:
+            self._metrics = await serve_metrics(self, cfg.metrics.host, cfg.metrics.port)
         factory = lambda: ClientConnection(self)  # noqa: E731
         self._server = await listen(cfg.listen.host, cfg.listen.port, factory)
         if cfg.pool.idle_timeout:
@@ -266,6 +287,8 @@ class Pooler:
         """Stop accepting, let running queries finish for ``timeout`` s, then close all."""
         if self._server is not None:
             self._server.close()
+        if self._metrics is not None:
+            self._metrics.close()
         clients = self._client_connections()
         for client in clients:
             client.drain()

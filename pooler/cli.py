@@ -53,4 +53,4 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from pooler.serve import run
 
-    return run(config)
+    return run(config, args.config)

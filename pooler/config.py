@@ -230,6 +230,23 @@ class Tls:
 
 
 @dataclass(frozen=True, slots=True)
+class Metrics:
+    """The Prometheus endpoint (pooler.admin.metrics)."""
+
+    host: str = "127.0.0.1"
+    #: 0: no endpoint.
+    port: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Admin:
+    """Admin commands (pooler.admin)."""
+
+    #: The read-only pgpool-II views (SHOW POOL_NODES, ...) only for admin_users.
+    restrict_show: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Log:
     """Logging to stderr."""
 
@@ -247,6 +264,8 @@ class Config:
     users: Mapping[str, str]
     #: Users allowed to run admin commands; each is in ``users``.
     admin_users: frozenset[str] = frozenset()
+    admin: Admin = Admin()
+    metrics: Metrics = Metrics()
     auth: Auth = Auth()
     pool: Pool = Pool()
     limits: Limits = Limits()
@@ -531,6 +550,7 @@ def _path(base_dir: Path) -> _Kind[str]:
 _SECONDS = "seconds, or a string with a unit: us, ms, s, min, h, d"
 _BYTES = "bytes, or a string with a unit: kB, MB, GB, TB"
 _PORT = _Kind("an integer from 1 to 65535", _integer(1, 65535))
+_PORT_OR_OFF = _Kind("an integer from 0 (off) to 65535", _integer(0, 65535))
 _POSITIVE_INT = _Kind("a positive integer", _integer(1))
 _COUNT = _Kind("a non-negative integer", _integer(0))
 _WEIGHT = _Kind("a non-negative number", _weight)
@@ -802,6 +822,8 @@ def parse_config(
         backends=_backends(top, base),
         users=users,
         admin_users=_admin_users(top, users),
+        admin=top.section("admin").read(Admin, restrict_show=_BOOLEAN),
+        metrics=top.section("metrics").read(Metrics, host=_TEXT, port=_PORT_OR_OFF),
         auth=top.section("auth").read(
             Auth,
             method=_choice(_AUTH_METHODS),

@@ -74,6 +74,8 @@ class ServerPool:
     #: What servers opened with each set of startup parameters reported at login
     #: (ParameterStatus), so that a client can log in without taking a server.
     reported: dict[ParamKey, tuple[tuple[str, str], ...]] = field(default_factory=dict)
+    #: Servers in use to close when they come back, not to reuse (admin RECONNECT).
+    retiring: set[PooledServer] = field(default_factory=set)
     _opening: set[asyncio.Task[PooledServer]] = field(default_factory=set)
 
     @property
@@ -118,6 +120,9 @@ class ServerPool:
 
     def checkin(self, server: PooledServer) -> None:
         """Take back a server that is idle and reset (ReadyForQuery 'I' seen)."""
+        if self.retiring and server in self.retiring:
+            self.discard(server)
+            return
         while self.waiters:
             waiter = self.waiters.popleft()
             if waiter.future.done():
@@ -136,6 +141,7 @@ class ServerPool:
 
     def discard(self, server: PooledServer) -> None:
         """Forget a server that is closed or unusable (not in the idle lists)."""
+        self.retiring.discard(server)
         self._discard(server)
         self._serve_next_waiter()
 

@@ -11,22 +11,25 @@ import sys
 import uvloop
 
 from pooler import log as pooler_log
+from pooler.admin.reload import reload
 from pooler.app import Pooler
-from pooler.config import Config
+from pooler.config import Config, ConfigError
 
 log = logging.getLogger("pooler")
 
 
-def run(config: Config) -> int:
-    """Serve until SIGINT or SIGTERM, then drain and return the exit status."""
+def run(config: Config, path: str | None = None) -> int:
+    """Serve until SIGINT or SIGTERM, then drain and return the exit status; SIGHUP
+    reads ``path`` again (pooler.admin.reload)."""
     pooler_log.setup(config.log.level, config.log.format)
     _raise_open_files_limit()
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(_serve(config))
+        return runner.run(_serve(config, path))
 
 
-async def _serve(config: Config) -> int:
+async def _serve(config: Config, path: str | None) -> int:
     pooler = Pooler(config)
+    pooler.config_path = path
     try:
         await pooler.start()
     except OSError as exc:
@@ -39,14 +42,24 @@ async def _serve(config: Config) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    if path is not None:
+        loop.add_signal_handler(signal.SIGHUP, _reload, pooler)
     try:
         await stop.wait()
         log.info("shutting down", extra={"timeout": config.shutdown_timeout})
         await pooler.shutdown(config.shutdown_timeout)
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             loop.remove_signal_handler(sig)
     return 0
+
+
+def _reload(pooler: Pooler) -> None:
+    """SIGHUP: as RELOAD; a config with problems changes nothing."""
+    try:
+        reload(pooler)
+    except ConfigError as exc:
+        log.error("config not reloaded: it has problems", extra={"problems": str(exc)})
 
 
 def _raise_open_files_limit() -> None:

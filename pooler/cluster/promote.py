@@ -25,7 +25,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import replace
 
 import asyncpg
@@ -45,11 +45,11 @@ from pooler.cluster.failover import (
     walreceiver_name,
 )
 from pooler.cluster.monitor import Monitor
-from pooler.cluster.nodes import Cluster, ClusterView, NodeRole, NodeStatus
+from pooler.cluster.nodes import Cluster, ClusterView, NodeRole, NodeStatus, parse_lsn
 from pooler.config import Backend, HealthCheck
 from pooler.config import Failover as FailoverConfig
 
-__all__ = ["APPLICATION_NAME", "Failover"]
+__all__ = ["APPLICATION_NAME", "Failover", "SwitchoverError"]
 
 log = logging.getLogger("pooler.cluster")
 
@@ -75,6 +75,10 @@ FROM (SELECT) AS one LEFT JOIN pg_stat_wal_receiver AS r ON true"""
 _CREATE_SLOT_SQL = """\
 SELECT pg_create_physical_replication_slot($1, true)
 WHERE NOT EXISTS (SELECT FROM pg_replication_slots WHERE slot_name = $1)"""
+
+
+class SwitchoverError(Exception):
+    """A switchover stopped; the message says at which step and why."""
 
 
 @contextlib.asynccontextmanager
@@ -280,17 +284,9 @@ class Failover:
         else:
             log.warning("the primary is down: promoting a standby", extra=fields)
             started = time.monotonic()
-            try:
-                async with asyncio.timeout(PROMOTE_TIMEOUT + self._health.timeout):
-                    async with self._connected(node) as conn:
-                        done = await conn.fetchval(
-                            "SELECT pg_promote(wait => true, wait_seconds => $1)", PROMOTE_TIMEOUT
-                        )
-            except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
-                log.error("promotion failed; retrying", extra={"node": node, "why": str(exc)})
-                return
-            if not done:
-                log.error("promotion did not finish in time; retrying", extra={"node": node})
+            failed = await self._pg_promote(node)
+            if failed is not None:
+                log.error("promotion failed; retrying", extra={"node": node, "why": failed})
                 return
             log.info(
                 "promoted", extra={"node": node, "seconds": round(time.monotonic() - started, 3)}
@@ -307,8 +303,69 @@ class Failover:
             "new primary: writes go to it", extra={"node": primary, "old_primary": old_primary}
         )
         if self._policy.follow_primary:
-            others = [n for n in self._cluster.view.standbys() if n != primary]
-            await asyncio.gather(*(self._follow(standby, primary) for standby in others))
+            await self._follow_all(primary)
+
+    async def _follow_all(self, primary: int) -> None:
+        others = [n for n in self._cluster.view.standbys() if n != primary]
+        await asyncio.gather(*(self._follow(standby, primary) for standby in others))
+
+    # --- switchover -------------------------------------------------------------------
+
+    async def switchover(self, new: int, idle: Callable[[int], bool], timeout: float) -> None:
+        """Make standby ``new`` the primary, losing nothing: the caller holds new
+        transactions back; this waits until ``idle(old primary)`` (none runs there),
+        then until ``new`` has replayed all of the old primary's WAL (each within
+        ``timeout`` seconds), detaches the old primary (fenced: no queries, no checks
+        until ATTACH NODE, once it is rebuilt as a standby), promotes ``new``, publishes
+        it and repoints the other standbys (``failover.follow_primary``).
+
+        Raises SwitchoverError naming the step that failed; the old primary is attached
+        again when ``new`` was not promoted.
+        """
+        old = self._cluster.view.primary
+        if old is None or old == new:
+            raise SwitchoverError("there is no other primary to switch over from")
+        deadline = time.monotonic() + timeout
+        while not idle(old):
+            if time.monotonic() > deadline:
+                raise SwitchoverError(f"transactions still run on node {old} after {timeout} s")
+            await asyncio.sleep(_POLL / 4)
+        try:
+            async with asyncio.timeout(timeout):
+                async with self._connected(old) as conn:
+                    end = parse_lsn(await conn.fetchval("SELECT pg_current_wal_lsn()::text"))
+                async with self._connected(new) as conn:
+                    while True:
+                        replayed = await conn.fetchval("SELECT pg_last_wal_replay_lsn()::text")
+                        if replayed is not None and parse_lsn(replayed) >= end:
+                            break
+                        await asyncio.sleep(_POLL / 4)
+        except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+            raise SwitchoverError(f"node {new} did not catch up with node {old}: {exc}") from exc
+        self._monitor.detach(old)
+        failed = await self._pg_promote(new)
+        if failed is not None:
+            self._monitor.attach(old)
+            raise SwitchoverError(f"node {new} was not promoted: {failed}")
+        self._replaced.add(old)
+        await self._monitor.check_now(new)
+        if self._cluster.view.primary != new:
+            raise SwitchoverError(f"node {new} was promoted but is not seen as the primary")
+        log.warning("switchover: new primary", extra={"node": new, "old_primary": old})
+        if self._policy.follow_primary:
+            await self._follow_all(new)
+
+    async def _pg_promote(self, node: int) -> str | None:
+        """Promote ``node`` with pg_promote(); None when done, else why not."""
+        try:
+            async with asyncio.timeout(PROMOTE_TIMEOUT + self._health.timeout):
+                async with self._connected(node) as conn:
+                    done = await conn.fetchval(
+                        "SELECT pg_promote(wait => true, wait_seconds => $1)", PROMOTE_TIMEOUT
+                    )
+        except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+            return str(exc)
+        return None if done else "the promotion did not finish in time"
 
     async def _run_command(self, values: CommandValues) -> None:
         """Run failover.command for one node that went down, as pgpool-II would."""

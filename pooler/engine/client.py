@@ -22,6 +22,7 @@ until it is done, and go wherever they may run.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from parser_api import Classification, TokenKind, tokens
 from pooler.engine.actions import Action, Close, HandOver, NeedServer, Reply
@@ -41,6 +42,9 @@ from pooler.protocol import messages as m
 from pooler.protocol.codec import Event, FramingError, Message, Scanner, frame
 from pooler.protocol.outstanding import FUNCTION_CALL, NEUTRAL, TRACKED, UNSYNCED
 from pooler.routing.targets import Target, target_of
+
+if TYPE_CHECKING:
+    from pooler.admin.port import AdminPort
 
 _STOP = frozenset({m.TERMINATE})
 _SYNC_BYTES = frame(m.SYNC, b"")
@@ -69,6 +73,7 @@ class ClientEngine:
     """One client's stream after login."""
 
     __slots__ = (
+        "_admin",
         "_begins",
         "_classify",
         "_deferred",
@@ -86,6 +91,7 @@ class ClientEngine:
         "_target_of",
         "_targets",
         "_unnamed",
+        "admin_wait",
         "defer_begin",
         "ended",
         "refusal",
@@ -103,10 +109,23 @@ class ClientEngine:
         limits: Mapping[int, int],
         classify: Classify | None = None,
         target_of: TargetOf = target_of,
+        admin: AdminPort | None = None,
     ) -> None:
         split = _POOLED if classify is not None else frozenset()
+        # The pooler's own commands (pooler.admin), answered here rather than forwarded.
+        self._admin = admin
+        #: The bytes from an admin command on, while it waits for its turn (what came
+        #: before it still owed) or for the rest of its batch; None otherwise.
+        self.admin_wait: bytearray | None = None
+        if admin is not None:
+            split |= admin.types
         self.scanner = Scanner(
-            split=split, limits=limits, track=TRACKED, stop=_STOP, transparent=NEUTRAL
+            split=split,
+            limits=limits,
+            track=TRACKED,
+            stop=_STOP,
+            transparent=NEUTRAL,
+            divert=admin.claims if admin is not None else None,
         )
         self._classify = classify
         self._target_of = target_of
@@ -172,8 +191,17 @@ class ClientEngine:
 
         Returns the input itself when all of it is to be forwarded (the common case).
         """
+        if self.admin_wait is not None:
+            self.admin_wait += data
+            return self.admin_turn()
+        events = self.scanner.feed(data)
+        if self.scanner.diverted:
+            assert isinstance(events, list)  # the diverted message is its last event
+            return self._admin_unit(events)
+        return self._forward(events)
+
+    def _forward(self, events: bytes | list[Event]) -> bytes | list[bytes | Action]:
         scanner = self.scanner
-        events = scanner.feed(data)
         server = self.server
         if server is None:
             return self._hold(events)
@@ -221,6 +249,48 @@ class ClientEngine:
         if parse is not None:
             self.statements.parsed(number, parse[1], parse[0])
 
+    def _admin_unit(self, events: list[Event]) -> list[bytes | Action]:
+        """The scanner stopped at an admin command: what came before it goes its way,
+        and the command is answered once nothing before it is owed."""
+        command = events.pop()
+        assert type(command) is Message
+        self.admin_wait = bytearray(command.raw() + self.scanner.take_rest())
+        before = self._forward(events) if events else []
+        out: list[bytes | Action] = [before] if isinstance(before, bytes) else before
+        out.extend(self.admin_turn())
+        return out
+
+    @property
+    def transaction_status(self) -> bytes:
+        """The client's transaction status, as its next ReadyForQuery says it."""
+        if self.server is not None:
+            return self.server.status
+        # A lone BEGIN the pooler answered opened a transaction.
+        return b"T" if self._deferred else b"I"
+
+    def admin_turn(self) -> list[bytes | Action]:
+        """Answer the admin command waiting, once no server owes answers to what came
+        before it and nothing is held: its answer (ending in ReadyForQuery with this
+        client's transaction status), then whatever followed it, scanned as usual."""
+        wait = self.admin_wait
+        server = self.server
+        if wait is None or self._held or (server is not None and not server.requests.idle()):
+            return []
+        assert self._admin is not None
+        reply, rest = self._admin.answer(wait, self.transaction_status)
+        out: list[bytes | Action] = [Reply(reply)] if reply else []
+        if rest is None:
+            # An extended batch goes on until its Sync (what it took is gone from wait).
+            return out
+        self.admin_wait = None
+        if rest:
+            more = self.feed(rest)
+            if isinstance(more, bytes):
+                out.append(more)
+            else:
+                out.extend(more)
+        return out
+
     def _tell(self, server: ServerEngine) -> None:
         """Tell the server's queue what was scanned for it since the last time."""
         scanner = self.scanner
@@ -235,6 +305,9 @@ class ClientEngine:
         statement; the bytes to forward."""
         t = msg.type
         body = msg.body
+        if self._classify is None:
+            # Session mode splits messages only for the admin port to look at.
+            return frame(t, body)
         if t == m.QUERY:
             target, rewritten = self._classified(body[:-1], server, rewrite=True)
             if target > self._target:

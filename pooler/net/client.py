@@ -9,8 +9,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import time
 from typing import TYPE_CHECKING, cast
 
+from pooler.admin.state import ADMIN_DATABASES, CONSOLE_PARAMETERS
 from pooler.engine.actions import Action, Close, HandOver, NeedServer, Reply
 from pooler.engine.client import ClientEngine
 from pooler.net.client_auth import AuthClosed
@@ -43,6 +45,8 @@ _UNPLACED = 1 << 64
 _OWNERS_KEPT = 10_000
 #: Seconds a client may take to close its side after the pooler ended the session.
 _LINGER = 5.0
+#: Seconds between two looks at whether a paused database was resumed, at login.
+_PAUSED_LOGIN_POLL = 0.05
 
 # Startup parameters that say who connects, not how the session is set up.
 _IDENTITY = frozenset({"user", "database"})
@@ -84,6 +88,13 @@ class ClientConnection(asyncio.Protocol):
         self._auth_timer: asyncio.TimerHandle | None = None
         #: Counted against pool.max_clients (set by the registry's ``admit``).
         self.counted = False
+        #: When it connected (time.time()), for the admin views.
+        self.connected_at = time.time()
+        # Its requests wait for an admin RESUME (PAUSE).
+        self._held_by_pause = False
+        #: Where this session's reads go instead of where routing sends them (PGPOOL
+        #: SET: the primary, or a standby first); None: as routed.
+        self.route: Target | None = None
 
     # --- asyncio.Protocol ---------------------------------------------------------
 
@@ -194,10 +205,20 @@ class ClientConnection(asyncio.Protocol):
             self._pause()
             self.server_answered()
             return
+        admin = self.app.admin
+        if admin.paused and admin.is_paused(self.database):
+            # PAUSE: nothing more is read until RESUME (paused_requests_go_on).
+            self._pause()
+            self._held_by_pause = True
+            return
+        target = need.target
+        if self.route is not None and target != Target.PRIMARY:
+            # PGPOOL SET for this session (pooler.admin.settings).
+            target = self.route
         floor = _UNPLACED if self._writes_unplaced else self._wrote_up_to
-        node = self.app.pick_node(need.target, floor)
+        node = self.app.pick_node(target, floor)
         if node is None:
-            self._no_node(need.target)
+            self._no_node(target)
             return
         pool = self._pool_of(node)
         idle = pool.take_idle(self._params)
@@ -208,9 +229,7 @@ class ClientConnection(asyncio.Protocol):
         # Nothing more is read until a server takes what is held: a waiting client
         # costs no CPU.
         self._pause()
-        self._checkout = asyncio.get_running_loop().create_task(
-            self._take_server(node, need.target)
-        )
+        self._checkout = asyncio.get_running_loop().create_task(self._take_server(node, target))
 
     async def _take_server(self, node: int, target: int) -> None:
         while True:
@@ -310,6 +329,18 @@ class ClientConnection(asyncio.Protocol):
                 self.app.standby_refused(node, *self.engine.refusal)
             if self.engine.waiting():
                 self._need_server(self.engine.need())
+        if self.engine.admin_wait is not None:
+            self.admin_turn()
+
+    def admin_turn(self) -> None:
+        """An admin command waits for what its client's server owed before it: answer it
+        if that is done."""
+        self._carry_out(self.server, self.engine.admin_turn())
+
+    @property
+    def admin_waiting(self) -> bool:
+        """An admin command waits for its turn (``admin_turn``)."""
+        return self.engine.admin_wait is not None
 
     def _write_placed(self, lsn: int) -> None:
         self._writes_unplaced -= 1
@@ -454,8 +485,18 @@ class ClientConnection(asyncio.Protocol):
             raise ClientAuthError(
                 "0A000", "replication connections are not supported through the pooler"
             )
-        self.engine = app.client_engine(self.database)
+        self.engine = app.client_engine(self.database, self)
         creds = await app.authenticator.authenticate(self.reader, self.transport, self.user)
+        if self.database in ADMIN_DATABASES:
+            self._console_login()
+            return
+        if self.database in app.admin.disabled:
+            raise ClientAuthError(
+                "55000", f'database "{self.database}" is not currently accepting connections'
+            )
+        while app.admin.is_paused(self.database):
+            # PAUSE, KILL or a switchover: a new session waits too (PgBouncer's rule).
+            await asyncio.sleep(_PAUSED_LOGIN_POLL)
         if app.catalogs is not None:
             # The first client of a database waits for its catalog: until it is read,
             # every statement would run on the primary.
@@ -506,6 +547,27 @@ class ClientConnection(asyncio.Protocol):
         self._handshake_task = None
         rest = self.reader.take_rest()
         self.transport.resume_reading()
+        if rest:
+            self.data_received(rest)
+
+    def _console_login(self) -> None:
+        """The admin database: only admin_users, answered by the pooler alone."""
+        if self.user not in self.app.config.admin_users:
+            raise ClientAuthError(
+                "42501",
+                f'permission denied for database "{self.database}"',
+                "Only the users in admin_users may connect to it.",
+            )
+        self.pid = self.app.clients.new_pid()
+        self.key = self.app.clients.register(self)
+        out = [m.auth_request(m.AUTH_OK)]
+        out += [m.parameter_status(k, v) for k, v in CONSOLE_PARAMETERS]
+        out += [m.backend_key_data(self.pid, self.key), m.ready_for_query(b"I")]
+        self.transport.writelines(out)
+        self._cancel_auth_timer()
+        self.logged_in = True
+        self._handshake_task = None
+        rest = self.reader.take_rest()
         if rest:
             self.data_received(rest)
 
@@ -597,6 +659,23 @@ class ClientConnection(asyncio.Protocol):
         )
 
     # --- administration -------------------------------------------------------------
+
+    def read_nodes(self, target: Target = Target.ANY) -> list[int]:
+        """The nodes this client's next read (of ``target``) may go to now (admin
+        views)."""
+        floor = _UNPLACED if self._writes_unplaced else self._wrote_up_to
+        return self.app.balancer.candidates(self.app.cluster.view, target, floor or None)
+
+    @property
+    def application_name(self) -> str:
+        """The application_name it logged in with ("" if none)."""
+        return dict(self._params).get("application_name", "")
+
+    def paused_requests_go_on(self) -> None:
+        """RESUME: requests held by PAUSE look for a server again."""
+        if self._held_by_pause and not self.app.admin.is_paused(self.database):
+            self._held_by_pause = False
+            self._need_server(self.engine.need())
 
     def cancel(self) -> None:
         """Relay a cancel request to whatever this client's server runs now.

@@ -41,6 +41,13 @@ class Client(Protocol):
     def server_answered(self) -> None:
         """Transaction pooling: the server sent something (it may be free now)."""
 
+    @property
+    def admin_waiting(self) -> bool:
+        """An admin command waits for what the server owed before it."""
+
+    def admin_turn(self) -> None:
+        """Answer the admin command waiting if nothing before it is owed any more."""
+
 
 class Mode(Enum):
     """What a server connection is doing."""
@@ -109,6 +116,9 @@ class ServerConnection(asyncio.Protocol):
             client.server_answered()
         elif client.draining and self.engine.requests.idle():
             client.server_idle()
+        elif client.admin_waiting:
+            # Session mode: an admin command waits for these answers.
+            client.admin_turn()
 
     def _relay_events(self, client: Client, events: list[Event]) -> None:
         out: list[bytes] = []

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 import struct
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 _INT32 = struct.Struct("!i")
@@ -106,38 +106,48 @@ _READY_FOR_QUERY = 0x5A
 class Scanner:
     """Sans-IO splitter of a typed-message stream (after the startup packet).
 
-    ``feed(data)`` returns events in stream order (or ``data`` itself when it is one
-whole run, see ``feed``): ``bytes`` runs to forward as they are,
-    ``Message`` for each message of a ``split`` type, and at most one trailing
-    ``FramingError`` after which the scanner accepts nothing more. ``limits`` maps each
-    valid type to its longest length (``ANY_TYPE`` accepts everything).
+        ``feed(data)`` returns events in stream order (or ``data`` itself when it is one
+    whole run, see ``feed``): ``bytes`` runs to forward as they are,
+        ``Message`` for each message of a ``split`` type, and at most one trailing
+        ``FramingError`` after which the scanner accepts nothing more. ``limits`` maps each
+        valid type to its longest length (``ANY_TYPE`` accepts everything).
 
-    After an observed message of a ``pause`` type the scanner stops and keeps the rest
-    of the input for the next ``feed`` (call ``feed(b"")`` to go on): the caller can
-    change what is observed from that message on.
+        After an observed message of a ``pause`` type the scanner stops and keeps the rest
+        of the input for the next ``feed`` (call ``feed(b"")`` to go on): the caller can
+        change what is observed from that message on.
 
-    A message both split and observed is handed over in both ways (to rewrite it in
-    ``out``, and to see it in order with the rest in ``observed``).
+        A message both split and observed is handed over in both ways (to rewrite it in
+        ``out``, and to see it in order with the rest in ``observed``).
 
-    A message of a ``stop`` type is split out too, and ends the stream: nothing after
-    it is read (a Terminate, after which PostgreSQL reads nothing more).
+        A message of a ``stop`` type is split out too, and ends the stream: nothing after
+        it is read (a Terminate, after which PostgreSQL reads nothing more).
 
-    Cheaper ways to watch messages that stay inside the runs, for the data path:
-    ``observe`` types are appended whole to ``observed``; ``track`` types have their
-    type byte appended to ``tracked``; ``last_type`` is the type of the last message
-    passed on or split out, whole or in part (``stop`` and ``transparent`` types
-    excepted);
-    and when ``ready`` is set,
-    each ReadyForQuery adds one to ``ready_count`` and leaves its status byte in
-    ``status``. The caller clears ``observed``, ``tracked`` and ``ready_count``.
+        ``divert(type, body, type_before)`` is asked about each split message once it is
+        whole; when it says True the scanner stops right after that message, which is the
+        last event, sets ``diverted``, and keeps the rest of the input for ``take_rest``. A
+        diverted message counts as never scanned: it is not in ``tracked`` and
+        ``last_type`` stays the type before it (the caller answers it itself). With
+        ``divert`` set, a split message received across feeds is put in ``tracked`` only
+        once whole (nothing of it was passed on before).
 
-    The loop is the pooler's hot path: a message of no watched type costs one set
-    lookup and a length check on top of finding where it ends.
+        Cheaper ways to watch messages that stay inside the runs, for the data path:
+        ``observe`` types are appended whole to ``observed``; ``track`` types have their
+        type byte appended to ``tracked``; ``last_type`` is the type of the last message
+        passed on or split out, whole or in part (``stop`` and ``transparent`` types
+        excepted);
+        and when ``ready`` is set,
+        each ReadyForQuery adds one to ``ready_count`` and leaves its status byte in
+        ``status``. The caller clears ``observed``, ``tracked`` and ``ready_count``.
+
+        The loop is the pooler's hot path: a message of no watched type costs one set
+        lookup and a length check on top of finding where it ends.
     """
 
     __slots__ = (
         "_acc",
+        "_before",
         "_broken",
+        "_divert",
         "_floor",
         "_hdr",
         "_invalid",
@@ -152,6 +162,7 @@ whole run, see ``feed``): ``bytes`` runs to forward as they are,
         "_track",
         "_transparent",
         "_type",
+        "diverted",
         "last_type",
         "observed",
         "paused",
@@ -172,8 +183,14 @@ whole run, see ``feed``): ``bytes`` runs to forward as they are,
         stop: frozenset[int] = frozenset(),
         pause: frozenset[int] = frozenset(),
         transparent: frozenset[int] = frozenset(),
+        divert: Callable[[int, bytes, int], bool] | None = None,
     ) -> None:
         self._split = split | stop
+        self._divert = divert
+        # The type before a split message received across feeds (for ``divert``).
+        self._before = -1
+        #: The last feed stopped after a message ``divert`` claimed.
+        self.diverted = False
         self._stop = stop
         self._pause = pause
         self._transparent = transparent
@@ -222,6 +239,24 @@ whole run, see ``feed``): ``bytes`` runs to forward as they are,
     def passed_partial(self) -> bool:
         """True when part of a message, but not all of it, has been passed on in runs."""
         return self._rem != 0 and self._mode != 1
+
+    def take_rest(self) -> bytes:
+        """After a diverted message: the input that followed it, which the scanner
+        forgets (it is at a message boundary); feed it again to have it scanned."""
+        rest = self._hdr
+        self._hdr = b""
+        self.diverted = False
+        return rest
+
+    def _diverted(
+        self, out: list[Event], t: int, before: int, rest: bytes, tracked: bool
+    ) -> list[Event]:
+        if tracked and t in self._track:
+            self.tracked.pop()
+        self.last_type = before
+        self.diverted = True
+        self._hdr = rest
+        return out
 
     def _broke(
         self, out: list[Event], data: bytes, run: int, pos: int, error: FramingError
@@ -279,6 +314,13 @@ whole run, see ``feed``): ``bytes`` runs to forward as they are,
                         if self._type in self._stop:
                             self._broken = True
                             return out
+                        if self._divert is not None:
+                            t = self._type
+                            if self._divert(t, msg.body, self._before):
+                                return self._diverted(out, t, self._before, data[pos:], False)
+                            # Counted only now that it is not diverted (see below).
+                            if t in self._track:
+                                self.tracked.append(t)
                         if self._type in self._observe:
                             self.observed.append(msg)
                     elif self._type == _READY_FOR_QUERY and self.ready:
@@ -330,17 +372,22 @@ whole run, see ``feed``): ``bytes`` runs to forward as they are,
                         self._broken = True
                         return out
                 else:
+                    before = last
                     last = t
-                    if t in self._track:
+                    # One that may be diverted once it is whole is counted then.
+                    if t in self._track and (end <= n or self._divert is None):
                         self.tracked.append(t)
                 if end <= n:
                     msg = Message(t, data[pos + 5 : end])
                     out.append(msg)
+                    if self._divert is not None and self._divert(t, msg.body, before):
+                        return self._diverted(out, t, before, data[end:], True)
                     if t in self._observe:
                         self.observed.append(msg)
                     pos = run = end
                     continue
                 self._start_partial(data, pos, t, 1, end)
+                self._before = before
                 self.last_type = last
                 return out
             if t not in self._transparent:

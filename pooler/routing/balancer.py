@@ -33,7 +33,7 @@ class Limits:
 class Balancer:
     """Picks nodes; counts the requests each node has in flight."""
 
-    __slots__ = ("_cache", "_cached_view", "_random", "inflight", "limits", "weights")
+    __slots__ = ("_cache", "_cached_view", "_random", "inflight", "limits", "reads", "weights")
 
     def __init__(
         self, weights: Sequence[float], limits: Limits, rng: random.Random | None = None
@@ -42,6 +42,8 @@ class Balancer:
         self.limits = limits
         #: Requests (server checkouts) running on each node now.
         self.inflight = [0] * len(self.weights)
+        #: Reads routed to each node since the start (SHOW POOL_NODES' select_cnt).
+        self.reads = [0] * len(self.weights)
         self._random = rng if rng is not None else random.Random()
         # The candidates of each target for the last view seen (a view changes when
         # the monitor publishes, reads happen all the time): nodes, cumulative weights.
@@ -77,6 +79,20 @@ class Balancer:
         second = nodes[bisect(cumulative, rand() * total)]
         # The less busy of the two; on a tie, the first: the weights decide.
         return second if self.inflight[second] < self.inflight[first] else first
+
+    def configure(self, weights: Sequence[float], limits: Limits) -> None:
+        """New weights (as many nodes) and limits, from a reload: picks use them now."""
+        self.weights = tuple(weights)
+        self.limits = limits
+        self._cached_view = None
+        self._cache.clear()
+
+    def candidates(self, view: ClusterView, target: Target, min_lsn: int | None) -> list[int]:
+        """The nodes ``pick`` chooses among now for a request of ``target``."""
+        if target is Target.PRIMARY:
+            return [] if view.primary is None else [view.primary]
+        found = self._candidates(view, target, min_lsn)
+        return [] if found is None else found[0]
 
     def _candidates(
         self, view: ClusterView, target: Target, min_lsn: int | None

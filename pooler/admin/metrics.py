@@ -1,0 +1,126 @@
+"""Prometheus metrics on ``metrics: {host, port}``, read from the pooler's state at each
+scrape (prometheus_client's collector protocol), served on the event loop itself so that
+no other thread reads state the loop changes.
+
+Nothing is counted for the metrics alone: the families are what the pooler already
+keeps (clients, server connections and their pools' counters, reads routed to each node,
+the monitor's view of each node, pins, reads a standby refused). Queries, transactions
+and errors by SQLSTATE class are not counted yet, so they have no family.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import Counter
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from pooler.admin.state import clients, servers
+
+if TYPE_CHECKING:
+    from pooler.app import Pooler
+
+#: Seconds a scraper has to send its request.
+_REQUEST_TIMEOUT = 5.0
+
+
+class PoolerCollector:
+    """Reads the pooler's state into metric families at each scrape."""
+
+    def __init__(self, app: Pooler) -> None:
+        self.app = app
+
+    def collect(self) -> Iterator[Metric]:
+        """The families, labelled by ``node``, ``pool`` (database/user) and ``reason``."""
+        app = self.app
+        logged_in = clients(app)
+        yield GaugeMetricFamily("pooler_clients", "Client connections logged in", len(logged_in))
+        by_state: Counter[tuple[str, str, str]] = Counter()
+        for server, client in servers(app):
+            key = server.pool_key
+            state = "active" if client is not None else "idle"
+            by_state[(str(key.node), f"{key.database}/{key.user}", state)] += 1
+        family = GaugeMetricFamily(
+            "pooler_servers", "Server connections by state", labels=["node", "pool", "state"]
+        )
+        for labels, count in sorted(by_state.items()):
+            family.add_metric(list(labels), count)
+        yield family
+        opened = CounterMetricFamily(
+            "pooler_server_connections_opened", "Server connections opened", labels=["node", "pool"]
+        )
+        reused = CounterMetricFamily(
+            "pooler_server_checkouts_reused",
+            "Server connections handed to a client without opening one",
+            labels=["node", "pool"],
+        )
+        for key, pool in sorted(app.pools.pools.items(), key=lambda item: str(item[0])):
+            pool_labels = [str(key.node), f"{key.database}/{key.user}"]
+            opened.add_metric(pool_labels, pool.stats.opened)
+            reused.add_metric(pool_labels, pool.stats.reused)
+        yield opened
+        yield reused
+        yield from self._nodes()
+        pins: Counter[str] = Counter()
+        for client in logged_in:
+            pins.update(reason for reason, count in client.engine.session.pins.items() if count)
+        family = GaugeMetricFamily(
+            "pooler_pinned_clients", "Clients pinned to their server", labels=["reason"]
+        )
+        for reason, count in sorted(pins.items()):
+            family.add_metric([reason], count)
+        yield family
+        refused = CounterMetricFamily(
+            "pooler_standby_refusals",
+            "Reads a standby refused and the primary ran",
+            labels=["reason"],
+        )
+        for sqlstate, count in sorted(app.refusals.items()):
+            refused.add_metric([sqlstate], count)
+        yield refused
+
+    def _nodes(self) -> Iterator[Metric]:
+        app = self.app
+        reads = CounterMetricFamily("pooler_reads", "Reads routed to each node", labels=["node"])
+        up = GaugeMetricFamily("pooler_node_up", "1 while the node takes queries", labels=["node"])
+        lag_bytes = GaugeMetricFamily(
+            "pooler_replication_lag_bytes", "WAL a standby has not replayed", labels=["node"]
+        )
+        lag_seconds = GaugeMetricFamily(
+            "pooler_replication_lag_seconds",
+            "Age of the last transaction a standby replayed, while it is behind",
+            labels=["node"],
+        )
+        for state in app.cluster.view.nodes:
+            node = [str(state.node)]
+            reads.add_metric(node, app.balancer.reads[state.node])
+            up.add_metric(node, int(state.up))
+            lag_bytes.add_metric(node, state.lag_bytes)
+            lag_seconds.add_metric(node, state.lag_seconds)
+        yield from (reads, up, lag_bytes, lag_seconds)
+
+
+async def serve_metrics(app: Pooler, host: str, port: int) -> asyncio.Server:
+    """Listen on ``host:port`` for ``GET /metrics``; raises OSError if it cannot."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(PoolerCollector(app))
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError, asyncio.IncompleteReadError, TimeoutError):
+            request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), _REQUEST_TIMEOUT)
+            words = request.split(b"\r\n", 1)[0].split()
+            if len(words) >= 2 and words[0] == b"GET" and words[1].split(b"?")[0] == b"/metrics":
+                status, kind, body = "200 OK", CONTENT_TYPE_LATEST, generate_latest(registry)
+            else:
+                status, kind, body = "404 Not Found", "text/plain", b"GET /metrics\n"
+            head = f"HTTP/1.1 {status}\r\nContent-Type: {kind}\r\n"
+            head += f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+            writer.write(head.encode() + body)
+            await writer.drain()
+        writer.close()
+
+    return await asyncio.start_server(handle, host, port)
