@@ -127,6 +127,8 @@ class Pooler:
         #: Real pid of each server -> the pid of the last client it served, so that a
         #: notification names the client that sent it, also after it left.
         self.server_owners: dict[int, int] = {}
+        #: ErrorResponses the servers sent, by SQLSTATE class (metrics).
+        self.error_classes: Counter[str] = Counter()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._server: asyncio.Server | None = None
         self.cluster.on_change(self._nodes_changed)
@@ -235,7 +237,7 @@ class Pooler:
 
         async def open_server(params: ParamKey) -> PooledServer:
             owners = self.server_owners if self.classify is not None else None
-            server = ServerConnection(address, pool_key, params, owners)
+            server = ServerConnection(address, pool_key, params, owners, self.error_classes)
             try:
                 await address.connect(lambda: server, timeout)
                 await asyncio.wait_for(server.login(user, database, creds), timeout)

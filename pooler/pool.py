@@ -59,6 +59,16 @@ class PoolStats:
     closed: int = 0
     reused: int = 0
     waits: int = 0
+    #: Requests answered (each Query, Sync and FunctionCall ends in a ReadyForQuery).
+    queries: int = 0
+    #: Transactions ended (ReadyForQuery back to idle).
+    transactions: int = 0
+    #: Bytes from clients to servers, and back.
+    received: int = 0
+    sent: int = 0
+    #: Seconds clients held a server, and waited for one.
+    held_seconds: float = 0.0
+    wait_seconds: float = 0.0
 
 
 @dataclass(slots=True)

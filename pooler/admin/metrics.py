@@ -3,9 +3,9 @@ scrape (prometheus_client's collector protocol), served on the event loop itself
 no other thread reads state the loop changes.
 
 Nothing is counted for the metrics alone: the families are what the pooler already
-keeps (clients, server connections and their pools' counters, reads routed to each node,
-the monitor's view of each node, pins, reads a standby refused). Queries, transactions
-and errors by SQLSTATE class are not counted yet, so they have no family.
+keeps (clients, server connections and their pools' counters: requests, transactions,
+bytes, time held and waited; reads routed to each node, the monitor's view of each
+node, pins, reads a standby refused, server errors by SQLSTATE class).
 """
 
 from __future__ import annotations
@@ -26,6 +26,25 @@ if TYPE_CHECKING:
 
 #: Seconds a scraper has to send its request.
 _REQUEST_TIMEOUT = 5.0
+
+
+#: Pool counters as metric families (``_total`` is added by prometheus_client).
+_POOL_COUNTERS = {
+    "requests": "Requests answered (Query, Sync, FunctionCall)",
+    "transactions": "Transactions ended",
+    "client_bytes_received": "Bytes from clients to servers",
+    "client_bytes_sent": "Bytes from servers to clients",
+    "server_held_seconds": "Seconds clients held a server",
+    "server_wait_seconds": "Seconds clients waited for a server",
+}
+_POOL_FIELDS = {
+    "requests": "queries",
+    "transactions": "transactions",
+    "client_bytes_received": "received",
+    "client_bytes_sent": "sent",
+    "server_held_seconds": "held_seconds",
+    "server_wait_seconds": "wait_seconds",
+}
 
 
 class PoolerCollector:
@@ -58,12 +77,27 @@ class PoolerCollector:
             "Server connections handed to a client without opening one",
             labels=["node", "pool"],
         )
+        counted = {
+            name: CounterMetricFamily(f"pooler_{name}", text, labels=["node", "pool"])
+            for name, text in _POOL_COUNTERS.items()
+        }
         for key, pool in sorted(app.pools.pools.items(), key=lambda item: str(item[0])):
             pool_labels = [str(key.node), f"{key.database}/{key.user}"]
             opened.add_metric(pool_labels, pool.stats.opened)
             reused.add_metric(pool_labels, pool.stats.reused)
+            for name, counter in counted.items():
+                counter.add_metric(pool_labels, getattr(pool.stats, _POOL_FIELDS[name]))
         yield opened
         yield reused
+        yield from counted.values()
+        errors = CounterMetricFamily(
+            "pooler_server_errors",
+            "ErrorResponses servers sent, by SQLSTATE class",
+            labels=["class"],
+        )
+        for sqlstate_class, count in sorted(app.error_classes.items()):
+            errors.add_metric([sqlstate_class], count)
+        yield errors
         yield from self._nodes()
         pins: Counter[str] = Counter()
         for client in logged_in:

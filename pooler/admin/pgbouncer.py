@@ -234,9 +234,26 @@ def show_pools(ctx: Context) -> Result:
 
 
 def show_stats(ctx: Context) -> Result:
-    """SHOW STATS: one row per database; the pooler does not count transactions,
-    queries, bytes or times yet, so those are NULL."""
-    return Result([[name, *[None] * len(_STATS)] for name in _databases(ctx)])
+    """SHOW STATS: one row per database, summed over its pools since start. Times are
+    in microseconds; ``total_xact_time`` is the time clients held a server (in session
+    mode, their sessions'). The pooler does not time single queries, nor keep
+    PgBouncer's per-period averages: those columns are NULL."""
+    totals: dict[str, list[float]] = {name: [0.0] * 6 for name in _databases(ctx)}
+    for key, pool in ctx.app.pools.pools.items():
+        row = totals.get(key.database)
+        if row is None:
+            continue
+        s = pool.stats
+        for i, value in enumerate(
+            (s.transactions, s.queries, s.received, s.sent, s.held_seconds, s.wait_seconds)
+        ):
+            row[i] += value
+    rows: list[list[Value]] = []
+    for name, (xacts, queries, received, sent, held, waited) in totals.items():
+        times = [round(held * 1e6), None, round(waited * 1e6)]
+        rows.append([name, int(xacts), int(queries), int(received), int(sent), *times])
+        rows[-1].extend([None] * 7)
+    return Result(rows)
 
 
 def show_databases(ctx: Context) -> Result:

@@ -8,7 +8,7 @@ reports, and whether the reset query the pooler sent succeeded.
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Mapping
 
 from pooler.engine.statements import POOLER_NAME
@@ -18,6 +18,7 @@ from pooler.protocol.outstanding import Outstanding
 
 # ReadyForQuery status bytes, shared rather than allocated per message.
 _STATUS = {code: bytes((code,)) for code in b"IET"}
+_IDLE = ord("I")
 
 _OBSERVE = frozenset({m.PARAMETER_STATUS, m.ERROR_RESPONSE, m.COPY_IN_RESPONSE})
 # While COPY IN runs, its end (CommandComplete or ErrorResponse) must be seen in order
@@ -54,6 +55,7 @@ class ServerEngine:
         "_prelude_error",
         "_skipping",
         "alignment_failed",
+        "error_classes",
         "errors",
         "handed_over",
         "login_params",
@@ -70,10 +72,15 @@ class ServerEngine:
         "scanner",
         "settings",
         "status",
+        "transactions",
     )
 
     def __init__(
-        self, params: dict[str, str], status: bytes, owners: Mapping[int, int] | None = None
+        self,
+        params: dict[str, str],
+        status: bytes,
+        owners: Mapping[int, int] | None = None,
+        error_classes: Counter[str] | None = None,
     ) -> None:
         #: ParameterStatus values, in the order the server first reported them.
         self.params = params
@@ -106,6 +113,10 @@ class ServerEngine:
         self._errors_at_reset = 0
         #: ErrorResponses seen since login.
         self.errors = 0
+        #: ErrorResponses by SQLSTATE class, shared by the pooler's servers (metrics).
+        self.error_classes = error_classes
+        #: ReadyForQuery messages back to idle since login: transactions ended.
+        self.transactions = 0
         #: The pooler's prepared statements that exist on this server, oldest use first.
         self.prepared: OrderedDict[bytes, None] = OrderedDict()
         # Answers of a prelude the pooler sent, still to be dropped (up to its Sync's
@@ -140,6 +151,8 @@ class ServerEngine:
             scanner.ready_count = 0
             self.status = _STATUS[scanner.status]
             self.requests.ready()
+            if scanner.status == _IDLE:
+                self.transactions += 1
         elif scanner.ready_count:
             self._observe()
         if type(events) is list and self.owners is not None:
@@ -320,12 +333,17 @@ class ServerEngine:
             self.status = _STATUS[scanner.status]
             for _ in range(scanner.ready_count):
                 requests.ready()
+            # (Only the last status is known: each counts as a transaction if it is idle.)
+            if scanner.status == _IDLE:
+                self.transactions += scanner.ready_count
             scanner.ready_count = 0
         for msg in scanner.observed:
             t = msg.type
             if t == m.READY_FOR_QUERY:
                 self.status = msg.body
                 requests.ready()
+                if msg.body == b"I":
+                    self.transactions += 1
                 if self.marks is not None:
                     self.marks.append((requests.answered, msg.body, self.errors, self.parsed))
             elif t == _PARSE_COMPLETE:
@@ -336,6 +354,9 @@ class ServerEngine:
                 self.params_changed = True
             elif t == m.ERROR_RESPONSE:
                 self.errors += 1
+                if self.error_classes is not None:
+                    code = m.parse_fields(msg.body).get("C", "")
+                    self.error_classes[code[:2]] += 1
                 if requests.copy_in:
                     requests.copy_failed()
                     scanner.set_observe(self._idle_observe, ready=self.marks is None)

@@ -95,6 +95,12 @@ class ClientConnection(asyncio.Protocol):
         #: Where this session's reads go instead of where routing sends them (PGPOOL
         #: SET: the primary, or a standby first); None: as routed.
         self.route: Target | None = None
+        # Statistics (SHOW STATS, metrics), added to the pool's when a server is given
+        # back: bytes received since, when the server was taken and its counters then,
+        # and when a wait for one began (0: none).
+        self._received = 0
+        self._took: tuple[float, int, int, int] | None = None
+        self._wait_began = 0.0
 
     # --- asyncio.Protocol ---------------------------------------------------------
 
@@ -116,6 +122,7 @@ class ClientConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         # The relay is written out here rather than called: this runs once per request.
         server = self.server
+        self._received += len(data)
         if server is None:
             if self.logged_in:
                 if not self.engine.ended:  # else what follows the end is dropped
@@ -229,6 +236,7 @@ class ClientConnection(asyncio.Protocol):
         # Nothing more is read until a server takes what is held: a waiting client
         # costs no CPU.
         self._pause()
+        self._wait_began = time.monotonic()
         self._checkout = asyncio.get_running_loop().create_task(self._take_server(node, target))
 
     async def _take_server(self, node: int, target: int) -> None:
@@ -263,6 +271,9 @@ class ClientConnection(asyncio.Protocol):
     def _use_server(self, server: ServerConnection, pool: ServerPool, node: int) -> None:
         self.pool = pool
         self.node = node
+        if self._wait_began:
+            pool.stats.wait_seconds += time.monotonic() - self._wait_began
+            self._wait_began = 0.0
         self.app.balancer.inflight[node] += 1
         self._attach(server)
         writable = node == self.app.cluster.view.primary
@@ -302,6 +313,8 @@ class ClientConnection(asyncio.Protocol):
     def _attach(self, server: ServerConnection) -> None:
         self.server = server
         server.attach(self)
+        engine = server.engine
+        self._took = (time.monotonic(), engine.requests.answered, engine.transactions, server.sent)
         owners = self.app.server_owners
         # Newest last; the oldest go once the pids of closed servers pile up (their
         # notifications have long been delivered).
@@ -323,6 +336,7 @@ class ClientConnection(asyncio.Protocol):
                 self.app.wal.after_write(self._write_placed)
             node = self.node
             self._left_node()
+            self._account(server, pool)
             self.engine.detach()
             server.back_to_pool(pool)
             if self.engine.refusal is not None:
@@ -341,6 +355,22 @@ class ClientConnection(asyncio.Protocol):
     def admin_waiting(self) -> bool:
         """An admin command waits for its turn (``admin_turn``)."""
         return self.engine.admin_wait is not None
+
+    def _account(self, server: ServerConnection, pool: ServerPool) -> None:
+        """Add what this client did on ``server`` to its pool's statistics."""
+        took = self._took
+        if took is None:
+            return
+        self._took = None
+        since, answered, transactions, sent = took
+        stats = pool.stats
+        engine = server.engine
+        stats.queries += engine.requests.answered - answered
+        stats.transactions += engine.transactions - transactions
+        stats.sent += server.sent - sent
+        stats.received += self._received
+        self._received = 0
+        stats.held_seconds += time.monotonic() - since
 
     def _write_placed(self, lsn: int) -> None:
         self._writes_unplaced -= 1
@@ -643,6 +673,7 @@ class ClientConnection(asyncio.Protocol):
         if server is None or pool is None:
             return
         self._left_node()
+        self._account(server, pool)
         self.engine.detach()
         server.detach()
         # Transaction pooling resets only what a pinned client may have left.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from enum import Enum
 from typing import Protocol, cast
 
@@ -71,8 +72,12 @@ class ServerConnection(asyncio.Protocol):
         pool_key: PoolKey,
         param_key: ParamKey,
         owners: dict[int, int] | None = None,
+        error_classes: Counter[str] | None = None,
     ) -> None:
         self.address = address
+        self.error_classes = error_classes
+        #: Bytes it sent to its clients.
+        self.sent = 0
         self.pool_key = pool_key
         self.param_key = param_key
         self.mode = Mode.LOGIN
@@ -101,6 +106,7 @@ class ServerConnection(asyncio.Protocol):
         # The relay is written out here rather than called: this runs once per answer.
         client = cast(Client, self.client)
         engine = self.engine
+        self.sent += len(data)
         events = engine.feed(data)
         if engine.probing:
             events = engine.probed(events)
@@ -178,7 +184,7 @@ class ServerConnection(asyncio.Protocol):
         assert self.transport is not None
         startup = (("user", user), ("database", database), *self.param_key)
         result = await login(self.reader, self.transport, self.address, startup, creds)
-        self.engine = ServerEngine(result.params, result.status, self.owners)
+        self.engine = ServerEngine(result.params, result.status, self.owners, self.error_classes)
         self.pid, self.key = result.pid, result.key
         rest = self.reader.take_rest()
         self.mode = Mode.IDLE

@@ -154,6 +154,24 @@ def test_admin_database_lists_its_own_client(cluster: LocalCluster, pooler: Pool
             assert (SUPERUSER, "pooler", "") in apps
         for command in ("SHOW POOLS", "SHOW SERVERS", "SHOW STATS", "SHOW DATABASES"):
             admin.execute(command)
+
+        def stats() -> dict[str, Any]:
+            cur = admin.execute("SHOW STATS")
+            assert cur.description is not None
+            names = [col.name for col in cur.description]
+            rows = [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+            return next(row for row in rows if row["database"] == "app")
+
+        before = stats()
+        with psycopg.connect(pooler.dsn(), autocommit=True) as conn:
+            for _ in range(10):
+                conn.execute("SELECT 1")
+        after = stats()
+        for column in ("total_xact_count", "total_query_count"):
+            assert after[column] - before[column] >= 10, column
+        for column in ("total_received", "total_sent", "total_xact_time"):
+            assert after[column] > before[column], column
+        assert after["avg_query_time"] is None
         config = {row[0]: row[1] for row in admin.execute("SHOW CONFIG")}
         assert config["pool.mode"] in ("transaction", "session")
         assert not any("password" in key or key == "users" for key in config)
@@ -461,9 +479,26 @@ def test_metrics_endpoint_moves_with_the_traffic(
             row = conn.execute("SELECT inet_server_port()", prepare=False).fetchone()
             assert row is not None
             served[str(ports.index(row[0]))] += 1
+        with pytest.raises(psycopg.errors.DivisionByZero):
+            # (On the primary: not a read to count.)
+            conn.execute("SELECT 1/0 FOR UPDATE")
         # (LISTEN pins; SET may not, once settings follow a client.)
         conn.execute("LISTEN admin_test")
         after = scrape()
+
+    def total(name: str, scraped: dict[str, dict[tuple[tuple[str, str], ...], float]]) -> float:
+        return sum(scraped.get(name, {}).values())
+
+    # (Counted as servers are given back: the pinned LISTEN's is not yet.)
+    for name, least in (
+        ("pooler_requests_total", 31),
+        ("pooler_transactions_total", 31),
+        ("pooler_client_bytes_received_total", 31 * 20),
+        ("pooler_client_bytes_sent_total", 30 * 20),
+        ("pooler_server_held_seconds_total", 1e-6),
+    ):
+        assert total(name, after) - total(name, before) >= least, name
+    assert after["pooler_server_errors_total"][(("class", "22"),)] >= 1
     for node in ("0", "1", "2"):
         key = (("node", node),)
         assert after["pooler_reads_total"][key] - before["pooler_reads_total"][key] == served[node]
