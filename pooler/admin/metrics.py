@@ -47,6 +47,20 @@ _POOL_FIELDS = {
 }
 
 
+def _labelled(
+    kind: type[CounterMetricFamily] | type[GaugeMetricFamily],
+    name: str,
+    text: str,
+    label: str,
+    counts: Counter[str],
+) -> Metric:
+    """A family of one sample per key of ``counts``, labelled ``label``."""
+    family = kind(name, text, labels=[label])
+    for value, count in sorted(counts.items()):
+        family.add_metric([value], count)
+    return family
+
+
 class PoolerCollector:
     """Reads the pooler's state into metric families at each scrape."""
 
@@ -90,32 +104,31 @@ class PoolerCollector:
         yield opened
         yield reused
         yield from counted.values()
-        errors = CounterMetricFamily(
+        yield _labelled(
+            CounterMetricFamily,
             "pooler_server_errors",
             "ErrorResponses servers sent, by SQLSTATE class",
-            labels=["class"],
+            "class",
+            app.error_classes,
         )
-        for sqlstate_class, count in sorted(app.error_classes.items()):
-            errors.add_metric([sqlstate_class], count)
-        yield errors
         yield from self._nodes()
         pins: Counter[str] = Counter()
         for client in logged_in:
             pins.update(reason for reason, count in client.engine.session.pins.items() if count)
-        family = GaugeMetricFamily(
-            "pooler_pinned_clients", "Clients pinned to their server", labels=["reason"]
+        yield _labelled(
+            GaugeMetricFamily,
+            "pooler_pinned_clients",
+            "Clients pinned to their server",
+            "reason",
+            pins,
         )
-        for reason, count in sorted(pins.items()):
-            family.add_metric([reason], count)
-        yield family
-        refused = CounterMetricFamily(
+        yield _labelled(
+            CounterMetricFamily,
             "pooler_standby_refusals",
             "Reads a standby refused and the primary ran",
-            labels=["reason"],
+            "reason",
+            app.refusals,
         )
-        for sqlstate, count in sorted(app.refusals.items()):
-            refused.add_metric([sqlstate], count)
-        yield refused
 
     def _nodes(self) -> Iterator[Metric]:
         app = self.app
