@@ -39,7 +39,7 @@ from pooler.engine.statements import (
     rewrite_sql,
 )
 from pooler.protocol import messages as m
-from pooler.protocol.codec import Event, FramingError, Message, Scanner, frame
+from pooler.protocol.codec import Event, FramingError, Message, Scanner, frame, joined
 from pooler.protocol.outstanding import FUNCTION_CALL, NEUTRAL, TRACKED, UNSYNCED
 from pooler.routing.targets import Target, target_of
 
@@ -118,7 +118,7 @@ class ClientEngine:
         #: before it still owed) or for the rest of its batch; None otherwise.
         self.admin_wait: bytearray | None = None
         if admin is not None:
-            split |= admin.types
+            split = joined(split, admin.types)
         self.scanner = Scanner(
             split=split,
             limits=limits,

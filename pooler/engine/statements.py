@@ -68,7 +68,8 @@ class ClientStatements:
         self._closing: list[tuple[bytes, int | None]] = []
         # Parsed by the client while it had no server: its own Parse, held, will create
         # them on the next server.
-        self._fresh: set[bytes] = set()
+        # (A dict: an empty set costs every client three times as much.)
+        self._fresh: dict[bytes, None] = {}
         # A DEALLOCATE ALL or DISCARD ALL sent: the names it drops, and the server's
         # error count then (None: not sent yet).
         self._dropping: tuple[list[bytes], int | None] | None = None
@@ -93,7 +94,7 @@ class ClientStatements:
         self._by_name[name] = (ours, rest)
         self.theirs[ours] = name
         if held:
-            self._fresh.add(ours)
+            self._fresh[ours] = None
         return ours
 
     def prepare(self, name: bytes, before: str, after: str, held: bool) -> bytes:
@@ -185,7 +186,7 @@ class ClientStatements:
                     self._closed.append(known[0])
                     if self._sql:
                         self._sql.pop(known[0], None)
-                    self._fresh.discard(known[0])
+                    self._fresh.pop(known[0], None)
         self._closing.clear()
         return dropped
 

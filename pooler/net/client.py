@@ -55,6 +55,40 @@ _IDENTITY = frozenset({"user", "database"})
 class ClientConnection(asyncio.Protocol):
     """A client of the pooler, relaying to one server connection in session mode."""
 
+    # Slots: ten thousand idle clients each pay for their attributes, not a dict.
+    __slots__ = (
+        "_auth_timer",
+        "_checkout",
+        "_creds",
+        "_handshake_task",
+        "_held_by_pause",
+        "_openers",
+        "_params",
+        "_paused",
+        "_received",
+        "_took",
+        "_wait_began",
+        "_writes_unplaced",
+        "_wrote_up_to",
+        "app",
+        "connected_at",
+        "counted",
+        "database",
+        "draining",
+        "engine",
+        "key",
+        "logged_in",
+        "node",
+        "pid",
+        "pool",
+        "pooling",
+        "reader",
+        "route",
+        "server",
+        "transport",
+        "user",
+    )
+
     def __init__(self, app: Pooler) -> None:
         self.app = app
         self.transport: asyncio.Transport = None  # type: ignore[assignment]

@@ -185,7 +185,7 @@ class Scanner:
         transparent: frozenset[int] = frozenset(),
         divert: Callable[[int, bytes, int], bool] | None = None,
     ) -> None:
-        self._split = split | stop
+        self._split = joined(split, stop)
         self._divert = divert
         # The type before a split message received across feeds (for ``divert``).
         self._before = -1
@@ -438,6 +438,13 @@ def _tables(limits: tuple[tuple[int, int], ...]) -> tuple[list[int], frozenset[i
         frozenset(t for t in range(256) if t not in table),
         min(table.values()),
     )
+
+
+@functools.cache
+def joined(first: frozenset[int], second: frozenset[int]) -> frozenset[int]:
+    """``first | second``, made once: every connection's scanner would otherwise hold a
+    set of its own."""
+    return first | second
 
 
 @functools.cache
