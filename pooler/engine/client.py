@@ -22,6 +22,7 @@ until it is done, and go wherever they may run.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
 
 from parser_api import Classification, TokenKind, tokens
 from pooler.engine.actions import Action, Close, HandOver, NeedServer, Reply
@@ -38,6 +39,9 @@ from pooler.protocol import messages as m
 from pooler.protocol.codec import Event, FramingError, Message, Scanner, frame
 from pooler.protocol.outstanding import NEUTRAL, TRACKED, UNSYNCED
 from pooler.routing.targets import Target, target_of
+
+if TYPE_CHECKING:
+    from pooler.cache.session import CacheSession
 
 _STOP = frozenset({m.TERMINATE})
 _TERMINATE = b"X\x00\x00\x00\x04"
@@ -77,6 +81,7 @@ class ClientEngine:
         "_target_of",
         "_targets",
         "_unnamed",
+        "cache",
         "defer_begin",
         "ended",
         "refusal",
@@ -135,6 +140,8 @@ class ClientEngine:
         #: again for the primary: the SQLSTATE of the refusal and the text of the
         #: unit's first statement.
         self.refusal: tuple[str, str] | None = None
+        #: The query cache, when it is on (transaction pooling only).
+        self.cache: CacheSession | None = None
 
     @property
     def pooling(self) -> bool:
@@ -200,6 +207,8 @@ class ClientEngine:
                 body, self.statements, server.prepared if server is not None else None
             )
             target = self._classified(text, server)
+            if self.cache is not None:
+                self.cache.parsed(name, body[len(name) + 1 :])
             if not name:
                 self._unnamed = target
             elif known:
@@ -213,6 +222,8 @@ class ClientEngine:
         if t == m.BIND:
             name = bind_statement(body)
             target = self._targets.get(name, Target.PRIMARY) if name else self._unnamed
+            if self.cache is not None:
+                self.cache.bound(name)
             if target > self._target:
                 self._target = target
             return rewrite_bind(body, self.statements)
@@ -225,6 +236,8 @@ class ClientEngine:
         assert classify is not None
         sql = text.decode("utf-8", "replace")
         classification = classify(sql)
+        if self.cache is not None:
+            self.cache.classified(classification, text)
         if classification is None:
             return Target.PRIMARY
         errors = server.errors if server is not None else 0
@@ -237,6 +250,14 @@ class ClientEngine:
         return self._target_of(classification, sql)
 
     def _hold(self, events: bytes | list[Event]) -> list[bytes | Action]:
+        cache = self.cache
+        if cache is not None:
+            idle = self.server is None and not self._held and not self._deferred
+            hit = cache.lookup(events, idle and not self.scanner.mid_message())
+            if hit is not None:
+                # Answered here: no server owes anything for it.
+                self.scanner.tracked.clear()
+                return [hit]
         if self.defer_begin and self.server is None and not self._held:
             reply = self._defer(events)
             if reply is not None:
@@ -362,6 +383,9 @@ class ClientEngine:
         (the held bytes), and the held ending if the stream ended meanwhile."""
         self.server = server
         self.writable = writable
+        if self.cache is not None:
+            # A read in a transaction (a deferred BEGIN goes first) is not stored.
+            self.cache.attached(server, writable and not self._deferred)
         server.names = self.statements.theirs
         if not writable and self._retryable and self._ending is None and not self._deferred:
             # A standby may refuse a read the catalog could not foresee: then it runs
@@ -403,6 +427,8 @@ class ClientEngine:
         server = self.server
         self.server = None
         self.refusal = None
+        if self.cache is not None:
+            self.cache.detached()
         again = False
         if server is not None:
             server.names = None

@@ -1,0 +1,213 @@
+"""Writes that bypass the pooler (a cron job on the primary, a migration, another
+pooler), read from the primary's committed changes through logical decoding.
+
+Each database whose entries are wanted gets a temporary slot of its own (a pooler that
+dies holds back no WAL), made and polled on one dedicated asyncpg connection (a
+temporary slot belongs to the session that made it, and asyncpg cannot stream
+replication), with ``test_decoding`` through ``pg_logical_slot_get_changes`` and
+``skip-empty-xacts`` off, so that a transaction with no row changes (DDL, GRANT,
+ANALYZE, temporary tables) still shows as a BEGIN and a COMMIT: each drops every entry
+of the database. Each poll also reads a digest of the roles and their memberships,
+which live in shared catalogs no slot decodes: when it changes the whole cache goes.
+
+``Watch`` is told when each poll began, so that entries are served only while a poll
+that began within the last second has read everything the primary had then. After a
+slot is (re)made every entry of its database goes; after a failover the whole cache
+goes and slots are made on the new primary.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import replace
+from itertools import count
+
+import asyncpg
+
+from pooler.cache.query_cache import QueryCache
+from pooler.cluster.control import control_connect
+from pooler.cluster.nodes import Cluster, ClusterView
+from pooler.config import Backend, HealthCheck
+
+log = logging.getLogger("pooler.cache")
+
+APPLICATION_NAME = "pooler cache"
+#: Seconds between two polls of one slot (the window is one second).
+POLL_INTERVAL = 0.2
+#: Seconds before a failed slot connection is tried again.
+RETRY_DELAY = 0.5
+
+MAKE_SLOT_SQL = "SELECT pg_create_logical_replication_slot($1, 'test_decoding', true)"
+POLL_SQL = """\
+SELECT md5(coalesce((SELECT string_agg(r::text, ',' ORDER BY r.oid) FROM pg_roles AS r), '')
+           || '|' || coalesce((SELECT string_agg(m::text, ',' ORDER BY m.roleid, m.member)
+                               FROM pg_auth_members AS m), '')),
+       array(SELECT data FROM pg_logical_slot_get_changes(
+           $1, NULL, NULL, 'include-xids', '0', 'skip-empty-xacts', '0'))"""
+# SQLSTATEs that say logical decoding cannot be used here (wal_level below logical, no
+# test_decoding, a user that may not make slots, too few slots).
+_UNAVAILABLE = frozenset({"55000", "58P01", "42501", "53400", "0A000"})
+
+_slot_numbers = count(1)
+# Each part quoted as PostgreSQL's quote_identifier does.
+_IDENT = r'(?:"(?:[^"]|"")*"|[^."\s:]+)'
+_TABLE = re.compile(rf"table {_IDENT}\.({_IDENT}): ")
+
+
+def parse_changes(lines: Iterable[str]) -> tuple[set[str], int]:
+    """The tables (bare names) that ``test_decoding`` lines (with ``include-xids``
+    off) show written, and how many transactions had no row change at all."""
+    tables: set[str] = set()
+    empty = 0
+    changes = 0
+    for line in lines:
+        if line.startswith("table "):
+            changes += 1
+            name = _table_name(line)
+            if name is not None:
+                tables.add(name)
+        elif line.startswith("BEGIN"):
+            changes = 0
+        elif line.startswith("COMMIT") and changes == 0:
+            empty += 1
+    return tables, empty
+
+
+def _table_name(line: str) -> str | None:
+    """The relation name of ``table schema.name: ACTION: ...``."""
+    match = _TABLE.match(line)
+    if match is None:
+        return None
+    name = match.group(1)
+    if name.startswith('"'):
+        return name[1:-1].replace('""', '"')
+    return name
+
+
+class Decoder:
+    """A slot and its poll loop for each wanted database, on the current primary."""
+
+    def __init__(
+        self, cache: QueryCache, backends: Sequence[Backend], health: HealthCheck, cluster: Cluster
+    ) -> None:
+        self._cache = cache
+        self._backends = backends
+        self._health = health
+        self._cluster = cluster
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._roles: str | None = None
+        self._stopped = False
+        #: Transactions with no row change seen (each dropped its database's entries).
+        self.empty_transactions = 0
+        cluster.on_change(self._view_changed)
+        cache.on_database = self.wanted
+
+    def start(self) -> None:
+        """Watch the databases wanted so far, and those wanted later."""
+        self._ensure()
+
+    def _ensure(self) -> None:
+        if self._stopped or not self._cache.watch.available:
+            return
+        for database in self._cache.watch.wanted:
+            if database not in self._tasks:
+                task = asyncio.get_running_loop().create_task(self._watch(database))
+                self._tasks[database] = task
+
+    def wanted(self, database: str) -> None:
+        """The first client of ``database`` logged in: watch it."""
+        if database not in self._tasks:
+            self._ensure()
+
+    def _view_changed(self, old: ClusterView, new: ClusterView) -> None:
+        if old.primary == new.primary:
+            return
+        # Another primary: what was cached may be ahead of it (asynchronous
+        # replication) and the slots are gone with the old one.
+        log.info("primary changed: the query cache is dropped", extra={"node": new.primary})
+        self._cache.store.clear()
+        for database, task in list(self._tasks.items()):
+            self._cache.watch.lost(database)
+            task.cancel()
+            del self._tasks[database]
+        if not self._stopped:
+            self._ensure()
+
+    async def stop(self) -> None:
+        """Stop polling; the slots go with their connections."""
+        self._stopped = True
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _watch(self, database: str) -> None:
+        watch = self._cache.watch
+        while True:
+            primary = self._cluster.view.primary
+            if primary is None:
+                await asyncio.sleep(RETRY_DELAY)
+                continue
+            try:
+                await self._poll_loop(database, primary)
+            except asyncpg.PostgresError as exc:
+                watch.lost(database)
+                if exc.sqlstate in _UNAVAILABLE:
+                    reason = f"{exc.sqlstate}: {exc}"
+                    log.warning(
+                        "logical decoding is not available: the query cache serves only"
+                        " entries younger than ttl",
+                        extra={"database": database, "why": reason},
+                    )
+                    watch.unavailable(reason)
+                    return
+                log.warning(
+                    "query cache change stream failed; its entries are not served",
+                    extra={"database": database, "why": str(exc)},
+                )
+            except (OSError, TimeoutError, asyncpg.InterfaceError) as exc:
+                watch.lost(database)
+                log.warning(
+                    "query cache change stream lost; its entries are not served",
+                    extra={"database": database, "why": str(exc) or type(exc).__name__},
+                )
+            await asyncio.sleep(RETRY_DELAY)
+
+    async def _poll_loop(self, database: str, primary: int) -> None:
+        cache = self._cache
+        watch = cache.watch
+        health = replace(self._health, database=database)
+        conn = await control_connect(self._backends[primary], health, APPLICATION_NAME)
+        try:
+            slot = f"pooler_cache_{os.getpid()}_{next(_slot_numbers)}"
+            # Waits for the transactions that were writing when it began.
+            await conn.execute(MAKE_SLOT_SQL, slot)
+            watch.slot_made(database)
+            cache.store.drop_database(database)
+            log.info("query cache watches changes", extra={"database": database, "slot": slot})
+            while self._cluster.view.primary == primary:
+                began = watch.now()
+                row = await asyncio.wait_for(conn.fetchrow(POLL_SQL, slot), self._health.timeout)
+                self._apply(database, row[0], row[1])
+                watch.polled(database, began)
+                await asyncio.sleep(POLL_INTERVAL)
+        finally:
+            watch.lost(database)
+            conn.terminate()
+
+    def _apply(self, database: str, roles: str, lines: list[str]) -> None:
+        cache = self._cache
+        if self._roles is not None and roles != self._roles:
+            log.info("roles changed: the query cache is dropped")
+            cache.store.clear()
+        self._roles = roles
+        tables, empty = parse_changes(lines)
+        if tables:
+            cache.changed(database, tables)
+        if empty:
+            self.empty_transactions += empty
+            cache.store.drop_database(database)

@@ -1,0 +1,70 @@
+"""The query cache of one pooler: the store, the freshness of each database's change
+stream, and each database's relations; the client sessions' and the decoder's shared
+state (sans-IO)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from pooler.cache.key import KeySpaces
+from pooler.cache.relations import ALL, Relations, Written
+from pooler.cache.session import CacheSession
+from pooler.cache.store import CacheStats, Store
+from pooler.cache.watch import Watch
+from pooler.cluster.catalog import DatabaseCatalog
+from pooler.config import QueryCache as QueryCacheConfig
+
+
+class QueryCache:
+    """Cached answers of every database, and what decides whether they may be served."""
+
+    def __init__(
+        self,
+        config: QueryCacheConfig,
+        catalog: Callable[[str], DatabaseCatalog | None],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.store = Store(config.max_size, config.max_entry_size, config.ttl, clock)
+        self.watch = Watch(config.ttl, clock)
+        self._catalog = catalog
+        self._spaces = KeySpaces()
+        self._relations: dict[str, Relations] = {}
+        #: Told of each database when its first client logs in (the change stream).
+        self.on_database: Callable[[str], None] | None = None
+
+    @property
+    def stats(self) -> CacheStats:
+        """The counters SHOW POOL_CACHE shows (see ``CacheStats``)."""
+        return self.store.stats
+
+    def session(
+        self, database: str, user: str, params: tuple[tuple[str, str], ...]
+    ) -> CacheSession:
+        """The cache for a client of ``database`` that logged in as ``user`` with the
+        startup parameters ``params``; its database's changes are watched from now on."""
+        if database not in self.watch.wanted:
+            self.watch.wanted.add(database)
+            if self.on_database is not None:
+                self.on_database(database)
+        return CacheSession(self, database, self._spaces.of(database, user, params))
+
+    def relations(self, database: str) -> Relations | None:
+        """The database's relations from its current catalog; None while it is not
+        read (then nothing is stored, and every write drops the whole database)."""
+        catalog = self._catalog(database)
+        if catalog is None:
+            return None
+        relations = self._relations.get(database)
+        if relations is None or relations.catalog is not catalog:
+            relations = self._relations[database] = Relations(catalog)
+        return relations
+
+    def changed(self, database: str, tables: set[str]) -> None:
+        """The change stream says ``tables`` (bare names) of ``database`` were written."""
+        relations = self.relations(database)
+        written: Written = ALL if relations is None else relations.written(tables)
+        if written is ALL:
+            self.store.drop_database(database)
+        else:
+            self.store.drop_tables(database, written)
