@@ -4,6 +4,7 @@ helpers that say how often the nodes ran a statement."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -42,12 +43,32 @@ def cache_cluster() -> Iterator[LocalCluster]:
 def table(cache_cluster: LocalCluster) -> Iterator[str]:
     """A table ``(id int PRIMARY KEY, v int)`` with rows 1..10 (v = 0), owned by app."""
     name = unique_name("c")
-    with psycopg.connect(direct(cache_cluster), autocommit=True) as conn:
-        conn.execute(f"CREATE TABLE {name} (id int PRIMARY KEY, v int NOT NULL)")
-        conn.execute(f"INSERT INTO {name} SELECT g, 0 FROM generate_series(1, 10) AS g")
-    yield name
-    with psycopg.connect(direct(cache_cluster), autocommit=True) as conn:
-        conn.execute(f"DROP TABLE IF EXISTS {name} CASCADE")
+    with made(
+        direct(cache_cluster),
+        [
+            f"CREATE TABLE {name} (id int PRIMARY KEY, v int NOT NULL)",
+            f"INSERT INTO {name} SELECT g, 0 FROM generate_series(1, 10) AS g",
+        ],
+        [f"DROP TABLE IF EXISTS {name} CASCADE"],
+    ):
+        yield name
+
+
+def run_sql(dsn: str, *statements: str) -> None:
+    """Run ``statements`` on ``dsn`` (directly, not through a pooler), in autocommit."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for statement in statements:
+            conn.execute(statement)
+
+
+@contextlib.contextmanager
+def made(dsn: str, create: list[str], drop: list[str]) -> Iterator[None]:
+    """Objects made by ``create`` on ``dsn`` for the block, then dropped by ``drop``."""
+    run_sql(dsn, *create)
+    try:
+        yield
+    finally:
+        run_sql(dsn, *drop)
 
 
 def direct(cluster: LocalCluster) -> str:

@@ -14,8 +14,16 @@ import pytest
 from conftest import PoolerProcess, StartPooler
 from helpers_clients import superuser_dsn, unique_name
 
-from cache.conftest import cached_pooler, direct, reset_statements, runs, wait_serving
-from cache.test_never_stale import assert_hit, ddl, read
+from cache.conftest import (
+    cached_pooler,
+    direct,
+    made,
+    reset_statements,
+    run_sql,
+    runs,
+    wait_serving,
+)
+from cache.test_never_stale import assert_hit, read
 from pooler.localcluster import LocalCluster
 
 #: How long after its commit a write may still be served from the cache.
@@ -56,35 +64,29 @@ def test_direct_write_to_a_partition_read_through_its_parent(
     cache_cluster: LocalCluster, start_pooler: StartPooler
 ) -> None:
     p = unique_name("part")
-    ddl(
-        cache_cluster,
+    create = [
         f"CREATE TABLE {p} (id int, v int) PARTITION BY LIST (id)",
         f"CREATE TABLE {p}_1 PARTITION OF {p} FOR VALUES IN (1)",
         f"INSERT INTO {p} VALUES (1, 0)",
-    )
-    try:
+    ]
+    with made(direct(cache_cluster), create, [f"DROP TABLE {p}"]):
         pooler = cached_pooler(start_pooler, cache_cluster)
         sql = f"SELECT v FROM {p} WHERE id = 1"
         write = f"UPDATE {p}_1 SET v = 4"
         rows = read_after(cache_cluster, pooler.dsn(), sql, p, direct(cache_cluster), write)
         assert rows == [(4,)]
-    finally:
-        ddl(cache_cluster, f"DROP TABLE {p}")
 
 
 @pytest.fixture
 def reader_role(cache_cluster: LocalCluster) -> Iterator[str]:
     """A login role ``reader`` (password ``reader``) in a group that may read."""
     role = unique_name("reader")
-    with psycopg.connect(superuser_dsn(cache_cluster, "postgres"), autocommit=True) as conn:
-        conn.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{role}'")
-        conn.execute(f"CREATE ROLE {role}_group")
-    yield role
-    for database in ("app", "postgres"):
-        with psycopg.connect(superuser_dsn(cache_cluster, database), autocommit=True) as conn:
-            conn.execute(f"DROP OWNED BY {role}, {role}_group CASCADE")
-    with psycopg.connect(superuser_dsn(cache_cluster, "postgres"), autocommit=True) as conn:
-        conn.execute(f"DROP ROLE {role}, {role}_group")
+    admin = superuser_dsn(cache_cluster, "postgres")
+    create = [f"CREATE ROLE {role} LOGIN PASSWORD '{role}'", f"CREATE ROLE {role}_group"]
+    drop_owned = f"DROP OWNED BY {role}, {role}_group CASCADE"
+    with made(admin, create, [drop_owned, f"DROP ROLE {role}, {role}_group"]):
+        yield role
+        run_sql(superuser_dsn(cache_cluster, "app"), drop_owned)
 
 
 @pytest.mark.parametrize("how", ["revoke", "membership"])
@@ -94,12 +96,11 @@ def test_privileges_taken_away_on_the_primary(
     group = f"{reader_role}_group"
     admin = superuser_dsn(cache_cluster, "postgres")
     if how == "revoke":
-        ddl(cache_cluster, f"GRANT SELECT ON {table} TO {reader_role}")
+        run_sql(direct(cache_cluster), f"GRANT SELECT ON {table} TO {reader_role}")
         take_away, where = f"REVOKE SELECT ON {table} FROM {reader_role}", direct(cache_cluster)
     else:
-        ddl(cache_cluster, f"GRANT SELECT ON {table} TO {group}")
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f"GRANT {group} TO {reader_role}")
+        run_sql(direct(cache_cluster), f"GRANT SELECT ON {table} TO {group}")
+        run_sql(admin, f"GRANT {group} TO {reader_role}")
         # Made in another database: no slot of database app decodes it.
         take_away, where = f"REVOKE {group} FROM {reader_role}", admin
     users = {**cache_cluster.users, reader_role: reader_role}

@@ -13,13 +13,7 @@ import pytest
 from conftest import PoolerProcess, StartPooler
 from helpers_clients import unique_name
 
-from cache.conftest import (
-    cached_pooler,
-    direct,
-    reset_statements,
-    runs,
-    wait_serving,
-)
+from cache.conftest import cached_pooler, direct, made, reset_statements, runs, wait_serving
 from pooler.localcluster import LocalCluster
 
 Conn = psycopg.Connection[tuple[object, ...]]
@@ -44,12 +38,6 @@ def assert_hit(
             return rows
         assert time.monotonic() < deadline, f"{sql} is not answered from the cache"
         time.sleep(0.1)
-
-
-def ddl(cluster: LocalCluster, *statements: str) -> None:
-    with psycopg.connect(direct(cluster), autocommit=True) as conn:
-        for statement in statements:
-            conn.execute(statement)
 
 
 @pytest.fixture
@@ -133,8 +121,7 @@ def objects(cache_cluster: LocalCluster) -> Iterator[str]:
     """A function that writes, a view, a partitioned table and a cascading foreign key,
     all named after one prefix, made before the pooler reads the catalog."""
     p = unique_name("o")
-    ddl(
-        cache_cluster,
+    create = [
         f"CREATE TABLE {p}_t (id int PRIMARY KEY, v int NOT NULL)",
         f"INSERT INTO {p}_t VALUES (1, 0)",
         f"CREATE FUNCTION {p}_bump() RETURNS int LANGUAGE sql"
@@ -148,14 +135,14 @@ def objects(cache_cluster: LocalCluster) -> Iterator[str]:
         f"CREATE TABLE {p}_child (id int, parent int REFERENCES {p}_parent ON DELETE CASCADE)",
         f"INSERT INTO {p}_parent VALUES (1)",
         f"INSERT INTO {p}_child VALUES (1, 1), (2, 1)",
-    )
-    yield p
-    ddl(
-        cache_cluster,
+    ]
+    drop = [
         f"DROP VIEW {p}_v",
         f"DROP FUNCTION {p}_bump",
         f"DROP TABLE {p}_t, {p}_p, {p}_child, {p}_parent",
-    )
+    ]
+    with made(direct(cache_cluster), create, drop):
+        yield p
 
 
 @pytest.fixture

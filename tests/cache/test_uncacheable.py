@@ -12,7 +12,7 @@ from conftest import PoolerProcess, StartPooler
 from helpers_clients import superuser_dsn, unique_name
 from wire import address_of, bind, connect, execute, parse, sync
 
-from cache.conftest import cached_pooler, reset_statements, runs, wait_serving
+from cache.conftest import cached_pooler, made, reset_statements, runs, wait_serving
 from cache.test_never_stale import assert_hit, read
 from pooler.localcluster import LocalCluster
 
@@ -76,12 +76,9 @@ def test_aborted_transaction_gets_postgresql_error(
 def no_rights_role(cache_cluster: LocalCluster) -> Iterator[str]:
     """A role app may SET ROLE to, with no right on anything."""
     role = unique_name("nobody")
-    with psycopg.connect(superuser_dsn(cache_cluster), autocommit=True) as conn:
-        conn.execute(f"CREATE ROLE {role}")
-        conn.execute(f"GRANT {role} TO app")
-    yield role
-    with psycopg.connect(superuser_dsn(cache_cluster), autocommit=True) as conn:
-        conn.execute(f"DROP ROLE {role}")
+    create = [f"CREATE ROLE {role}", f"GRANT {role} TO app"]
+    with made(superuser_dsn(cache_cluster), create, [f"DROP ROLE {role}"]):
+        yield role
 
 
 def test_set_role(
