@@ -146,6 +146,8 @@ class Pooler:
         self.decoder: Decoder | None = None
         if caching and self.catalogs is not None:
             self.cache = QueryCache(config.query_cache, self.catalogs.get)
+            if self.wal is not None:
+                self.cache.place = self.wal.after_write
             self.decoder = Decoder(self.cache, config.backends, config.health_check, self.cluster)
 
     def primary_node(self) -> int:

@@ -47,7 +47,8 @@ SELECT md5(coalesce((SELECT string_agg(r::text, ',' ORDER BY r.oid) FROM pg_role
            || '|' || coalesce((SELECT string_agg(m::text, ',' ORDER BY m.roleid, m.member)
                                FROM pg_auth_members AS m), '')),
        array(SELECT data FROM pg_logical_slot_get_changes(
-           $1, NULL, NULL, 'include-xids', '0', 'skip-empty-xacts', '0'))"""
+           $1, NULL, NULL, 'include-xids', '0', 'skip-empty-xacts', '0')),
+       pg_current_wal_lsn()"""
 # SQLSTATEs that say logical decoding cannot be used here (wal_level below logical, no
 # test_decoding, a user that may not make slots, too few slots).
 _UNAVAILABLE = frozenset({"55000", "58P01", "42501", "53400", "0A000"})
@@ -192,22 +193,20 @@ class Decoder:
             while self._cluster.view.primary == primary:
                 began = watch.now()
                 row = await asyncio.wait_for(conn.fetchrow(POLL_SQL, slot), self._health.timeout)
-                self._apply(database, row[0], row[1])
+                self._apply(database, row[0], row[1], int(row[2]))
                 watch.polled(database, began)
                 await asyncio.sleep(POLL_INTERVAL)
         finally:
             watch.lost(database)
             conn.terminate()
 
-    def _apply(self, database: str, roles: str, lines: list[str]) -> None:
+    def _apply(self, database: str, roles: str, lines: list[str], lsn: int) -> None:
         cache = self._cache
         if self._roles is not None and roles != self._roles:
             log.info("roles changed: the query cache is dropped")
             cache.store.clear()
         self._roles = roles
         tables, empty = parse_changes(lines)
-        if tables:
-            cache.changed(database, tables)
-        if empty:
+        if tables or empty:
             self.empty_transactions += empty
-            cache.store.drop_database(database)
+            cache.changed(database, tables, empty > 0, lsn)

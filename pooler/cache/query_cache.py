@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 
 from pooler.cache.key import KeySpaces
+from pooler.cache.positions import WritePositions
 from pooler.cache.relations import ALL, Relations, Written
 from pooler.cache.session import CacheSession
 from pooler.cache.store import CacheStats, Store
@@ -30,6 +31,10 @@ class QueryCache:
         self._catalog = catalog
         self._spaces = KeySpaces()
         self._relations: dict[str, Relations] = {}
+        self._positions = WritePositions()
+        #: Asks the primary's WAL position after writes (``WalPositions.after_write``);
+        #: None: results read on standbys are not stored.
+        self.place: Callable[[Callable[[int], None]], None] | None = None
         #: Told of each database when its first client logs in (the change stream).
         self.on_database: Callable[[str], None] | None = None
 
@@ -60,11 +65,35 @@ class QueryCache:
             relations = self._relations[database] = Relations(catalog)
         return relations
 
-    def changed(self, database: str, tables: set[str]) -> None:
-        """The change stream says ``tables`` (bare names) of ``database`` were written."""
-        relations = self.relations(database)
-        written: Written = ALL if relations is None else relations.written(tables)
+    def drop(self, database: str, written: Written) -> None:
+        """Drop what ``written`` reaches in ``database``."""
         if written is ALL:
             self.store.drop_database(database)
         else:
             self.store.drop_tables(database, written)
+
+    def changed(self, database: str, tables: set[str], whole: bool, lsn: int) -> None:
+        """The change stream says ``tables`` (bare names) of ``database`` were written
+        (``whole``: and a transaction that changed no row, DDL say), at or before the
+        primary's position ``lsn``."""
+        written: Written = ALL
+        if not whole:
+            relations = self.relations(database)
+            if relations is not None:
+                written = relations.written(tables)
+        self.drop(database, written)
+        self._positions.seen(database, written, lsn)
+
+    def settled(self, database: str, written: Written) -> None:
+        """The transaction of a write through the pooler ended: its position is asked."""
+        place = self.place
+        if place is not None:
+            keys = self._positions.writing(database, written)
+            place(lambda lsn: self._positions.placed(keys, lsn))
+
+    def standby_may_store(
+        self, database: str, tables: frozenset[str], replayed: int | None
+    ) -> bool:
+        """A read of ``tables`` starting on a standby that had replayed up to
+        ``replayed`` may be stored (see ``pooler.cache.positions``)."""
+        return self.place is not None and self._positions.allows(database, tables, replayed)

@@ -54,6 +54,7 @@ class CacheSession:
         "_space",
         "_written",
         "busy",
+        "replayed",
     )
 
     def __init__(self, cache: QueryCache, database: str, space: int) -> None:
@@ -72,6 +73,9 @@ class CacheSession:
         self._last: tuple[Classification | None, Written] | None = None
         #: ``answered`` has something to do: an answer to capture or writes to drop again.
         self.busy = False
+        #: How far the node of the next server had replayed, as the monitor last saw
+        #: (set before ``attached``).
+        self.replayed: int | None = None
 
     # --- requests -----------------------------------------------------------------------
 
@@ -187,21 +191,20 @@ class CacheSession:
         self.busy = True
 
     def _drop(self, written: Written) -> None:
-        store = self._cache.store
-        if written is ALL:
-            store.drop_database(self._database)
-        else:
-            store.drop_tables(self._database, written)
+        self._cache.drop(self._database, written)
 
     # --- the server -----------------------------------------------------------------------
 
-    def attached(self, server: ServerEngine, primary: bool) -> None:
-        """The held requests go to ``server`` (``primary``: it takes writes, and no
-        transaction was deferred before them)."""
+    def attached(self, server: ServerEngine, primary: bool, transaction: bool) -> None:
+        """The held requests go to ``server`` (``primary``: it takes writes;
+        ``transaction``: a deferred BEGIN goes first)."""
         fill = self._fill
         if fill is None:
             return
-        if not primary:
+        snapshot = fill[2]
+        if transaction or not (
+            primary or self._cache.standby_may_store(self._database, snapshot.tables, self.replayed)
+        ):
             self._fill = None
             return
         server.capture = Capture(self._cache.store.max_entry_size)
@@ -237,5 +240,6 @@ class CacheSession:
         # The transaction of what was written is over: committed or not, drop again.
         if self._written is not NOTHING:
             self._drop(self._written)
+            self._cache.settled(self._database, self._written)
             self._written = NOTHING
         self.busy = self._fill is not None

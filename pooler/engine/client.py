@@ -384,8 +384,7 @@ class ClientEngine:
         self.server = server
         self.writable = writable
         if self.cache is not None:
-            # A read in a transaction (a deferred BEGIN goes first) is not stored.
-            self.cache.attached(server, writable and not self._deferred)
+            self.cache.attached(server, writable, bool(self._deferred))
         server.names = self.statements.theirs
         if not writable and self._retryable and self._ending is None and not self._deferred:
             # A standby may refuse a read the catalog could not foresee: then it runs

@@ -247,6 +247,8 @@ class ClientConnection(asyncio.Protocol):
         self.app.balancer.inflight[node] += 1
         self._attach(server)
         writable = node == self.app.cluster.view.primary
+        if self.engine.cache is not None:
+            self.engine.cache.replayed = self.app.cluster.view.nodes[node].replay_lsn
         self._carry_out(server, self.engine.attach(server.engine, writable))
         if self._paused and not self.engine.ended:
             self._paused = False

@@ -54,6 +54,14 @@ def table(cache_cluster: LocalCluster) -> Iterator[str]:
         yield name
 
 
+@pytest.fixture
+def pooler(cache_cluster: LocalCluster, start_pooler: StartPooler, table: str) -> PoolerProcess:
+    """A pooler with the cache on, reads on the primary, serving ``table`` already."""
+    started = cached_pooler(start_pooler, cache_cluster)
+    wait_serving(cache_cluster, started.dsn(), f"SELECT v FROM {table} WHERE id = 1", table)
+    return started
+
+
 def run_sql(dsn: str, *statements: str) -> None:
     """Run ``statements`` on ``dsn`` (directly, not through a pooler), in autocommit."""
     with psycopg.connect(dsn, autocommit=True) as conn:

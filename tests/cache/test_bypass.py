@@ -30,13 +30,6 @@ from pooler.localcluster import LocalCluster
 WINDOW = 1.0
 
 
-@pytest.fixture
-def pooler(cache_cluster: LocalCluster, start_pooler: StartPooler, table: str) -> PoolerProcess:
-    started = cached_pooler(start_pooler, cache_cluster)
-    wait_serving(cache_cluster, started.dsn(), f"SELECT v FROM {table} WHERE id = 1", table)
-    return started
-
-
 def read_after(
     cluster: LocalCluster, through: str, sql: str, needle: str, where: str, write: str
 ) -> list[tuple[object, ...]]:

@@ -9,6 +9,7 @@ from parser_api import Volatility, classify
 from pooler.cache.answer import Capture, replayable
 from pooler.cache.decoding import parse_changes
 from pooler.cache.key import KeySpaces, batch, simple_query
+from pooler.cache.positions import WritePositions
 from pooler.cache.relations import ALL, NOTHING, Relations
 from pooler.cache.store import ENTRY_OVERHEAD, Store
 from pooler.cache.watch import WINDOW, Watch
@@ -247,3 +248,21 @@ def test_freshness_window() -> None:
     young = Watch(ttl=5, clock=clock)
     young.unavailable("wal_level")
     assert young.servable("db") and young.storable("db")
+
+
+# --- write positions (results read on standbys) ------------------------------------------
+
+
+def test_standby_results_wait_for_the_last_write_to_be_replayed() -> None:
+    positions = WritePositions()
+    assert positions.allows("db", ["t"], 100)
+    assert not positions.allows("db", ["t"], None), "replay position unknown"
+    keys = positions.writing("db", frozenset({"t"}))
+    assert not positions.allows("db", ["t"], 10**9), "position not told yet"
+    assert positions.allows("db", ["u"], 100)
+    positions.placed(keys, 500)
+    assert not positions.allows("db", ["t"], 499)
+    assert positions.allows("db", ["t"], 500)
+    positions.seen("db", ALL, 700)
+    assert not positions.allows("db", ["u"], 600), "a write to the whole database"
+    assert positions.allows("other", ["u"], 600)

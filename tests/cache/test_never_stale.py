@@ -40,13 +40,6 @@ def assert_hit(
         time.sleep(0.1)
 
 
-@pytest.fixture
-def pooler(cache_cluster: LocalCluster, start_pooler: StartPooler, table: str) -> PoolerProcess:
-    started = cached_pooler(start_pooler, cache_cluster)
-    wait_serving(cache_cluster, started.dsn(), f"SELECT v FROM {table} WHERE id = 1", table)
-    return started
-
-
 Write = Callable[[Conn, str], None]
 
 

@@ -8,20 +8,13 @@ from collections.abc import Iterator
 
 import psycopg
 import pytest
-from conftest import PoolerProcess, StartPooler
+from conftest import PoolerProcess
 from helpers_clients import superuser_dsn, unique_name
 from wire import address_of, bind, connect, execute, parse, sync
 
-from cache.conftest import cached_pooler, made, reset_statements, runs, wait_serving
+from cache.conftest import made, reset_statements, runs
 from cache.test_never_stale import assert_hit, read
 from pooler.localcluster import LocalCluster
-
-
-@pytest.fixture
-def pooler(cache_cluster: LocalCluster, start_pooler: StartPooler, table: str) -> PoolerProcess:
-    started = cached_pooler(start_pooler, cache_cluster)
-    wait_serving(cache_cluster, started.dsn(), f"SELECT v FROM {table} WHERE id = 1", table)
-    return started
 
 
 @pytest.mark.parametrize(
