@@ -113,6 +113,18 @@ def test_a_write_through_one_pooler_is_seen_through_another(
     assert read_after(cache_cluster, other.dsn(), sql, table, pooler.dsn(), write) == [(5,)]
 
 
+def decoding_backend(conn: psycopg.Connection[tuple[object, ...]], pooler: PoolerProcess) -> int:
+    """The pid of the backend that decodes database app for ``pooler`` (its slot is
+    named after the pooler's process id)."""
+    row = conn.execute(
+        "SELECT active_pid FROM pg_replication_slots WHERE database = 'app'"
+        " AND slot_name LIKE %s AND active_pid IS NOT NULL",
+        (f"pooler\\_cache\\_{pooler.proc.pid}\\_%",),
+    ).fetchone()
+    assert row is not None, "no decoding backend"
+    return int(str(row[0]))
+
+
 def test_nothing_is_served_while_the_change_stream_is_down(
     cache_cluster: LocalCluster, pooler: PoolerProcess, table: str
 ) -> None:
@@ -127,11 +139,9 @@ def test_nothing_is_served_while_the_change_stream_is_down(
     ):
         assert assert_hit(cache_cluster, conn, sql, table) == [(0,)]
         blocker.execute(f"UPDATE {table} SET v = v WHERE id = 2")  # holds an xid, open
-        killed = killer.execute(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
-            " WHERE application_name = 'pooler cache' AND datname = 'app'"
-        ).fetchone()
-        assert killed == (1,)
+        assert killer.execute(
+            "SELECT pg_terminate_backend(%s)", (decoding_backend(killer, pooler),)
+        ).fetchone() == (True,)
         time.sleep(WINDOW + 0.1)
         reset_statements(cache_cluster)
         for _ in range(3):
@@ -153,12 +163,7 @@ def test_nothing_is_served_while_a_poll_is_late(
         psycopg.connect(admin, autocommit=True) as look,
     ):
         assert assert_hit(cache_cluster, conn, sql, table) == [(0,)]
-        row = look.execute(
-            "SELECT pid FROM pg_stat_activity"
-            " WHERE application_name = 'pooler cache' AND datname = 'app'"
-        ).fetchone()
-        assert row is not None
-        pid = int(row[0])
+        pid = decoding_backend(look, pooler)
         os.kill(pid, signal.SIGSTOP)
         try:
             time.sleep(WINDOW + 0.1)
