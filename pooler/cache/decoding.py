@@ -102,14 +102,34 @@ class Decoder:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._roles: str | None = None
         self._stopped = False
+        self._check: asyncio.Task[None] | None = None
         #: Transactions with no row change seen (each dropped its database's entries).
         self.empty_transactions = 0
         cluster.on_change(self._view_changed)
         cache.on_database = self.wanted
 
     def start(self) -> None:
-        """Watch the databases wanted so far, and those wanted later."""
+        """Say now whether logical decoding can be used; watch the databases wanted so
+        far, and those wanted later."""
+        self._check = asyncio.get_running_loop().create_task(self._check_wal_level())
         self._ensure()
+
+    async def _check_wal_level(self) -> None:
+        primary = self._cluster.view.primary
+        if primary is None:
+            return
+        try:
+            conn = await control_connect(self._backends[primary], self._health, APPLICATION_NAME)
+            try:
+                level = await conn.fetchval("SHOW wal_level")
+            finally:
+                conn.terminate()
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            # The databases' own watchers will say what is wrong.
+            log.debug("cannot read wal_level", extra={"why": str(exc)})
+            return
+        if level != "logical":
+            self._unavailable(f"wal_level is {level}, not logical")
 
     def _ensure(self) -> None:
         if self._stopped or not self._cache.watch.available:
@@ -124,6 +144,19 @@ class Decoder:
         if database not in self._tasks:
             self._ensure()
 
+    def _unavailable(self, reason: str) -> None:
+        if not self._cache.watch.available:
+            return
+        log.warning(
+            "logical decoding is not available: the query cache serves only entries"
+            " younger than query_cache.ttl (none when it is 0)",
+            extra={"why": reason},
+        )
+        self._cache.watch.unavailable(reason)
+        for task in self._tasks.values():
+            task.cancel()
+        self._tasks.clear()
+
     def _view_changed(self, old: ClusterView, new: ClusterView) -> None:
         if old.primary == new.primary:
             return
@@ -131,17 +164,18 @@ class Decoder:
         # replication) and the slots are gone with the old one.
         log.info("primary changed: the query cache is dropped", extra={"node": new.primary})
         self._cache.store.clear()
-        for database, task in list(self._tasks.items()):
+        for database in self._cache.watch.wanted:
             self._cache.watch.lost(database)
+        for task in self._tasks.values():
             task.cancel()
-            del self._tasks[database]
+        self._tasks.clear()
         if not self._stopped:
             self._ensure()
 
     async def stop(self) -> None:
         """Stop polling; the slots go with their connections."""
         self._stopped = True
-        tasks = list(self._tasks.values())
+        tasks = [*self._tasks.values(), *([self._check] if self._check else [])]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -158,13 +192,7 @@ class Decoder:
             except asyncpg.PostgresError as exc:
                 watch.lost(database)
                 if exc.sqlstate in _UNAVAILABLE:
-                    reason = f"{exc.sqlstate}: {exc}"
-                    log.warning(
-                        "logical decoding is not available: the query cache serves only"
-                        " entries younger than ttl",
-                        extra={"database": database, "why": reason},
-                    )
-                    watch.unavailable(reason)
+                    self._unavailable(f"{exc.sqlstate}: {exc}")
                     return
                 log.warning(
                     "query cache change stream failed; its entries are not served",

@@ -40,6 +40,22 @@ class KeySpaces:
         spaces = self._spaces
         return spaces.setdefault((database, user, params), len(spaces))
 
+    def of_user(self, database: str, user: str) -> set[int]:
+        """The key spaces of ``user`` in ``database``, whatever their parameters."""
+        return {
+            space for (db, who, _), space in self._spaces.items() if db == database and who == user
+        }
+
+
+def statement_text(key: Key) -> bytes:
+    """The statement text of a key made by ``CacheSession.lookup``."""
+    assert isinstance(key, tuple)
+    if len(key) == 2:
+        # A Query's body: the text and its NUL.
+        return bytes(key[1][:-1])
+    # A batch: the Parse's text, NUL, parameter types.
+    return bytes(key[2][: key[2].find(b"\0")])
+
 
 @dataclass(frozen=True, slots=True)
 class Batch:

@@ -5,9 +5,9 @@ state (sans-IO)."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 
-from pooler.cache.key import KeySpaces
+from pooler.cache.key import KeySpaces, statement_text
 from pooler.cache.positions import WritePositions
 from pooler.cache.relations import ALL, Relations, Written
 from pooler.cache.session import CacheSession
@@ -53,6 +53,24 @@ class QueryCache:
             if self.on_database is not None:
                 self.on_database(database)
         return CacheSession(self, database, self._spaces.of(database, user, params))
+
+    def delete(self, database: str, user: str, text: str) -> int:
+        """Drop every entry of ``user`` in ``database`` whose statement text is exactly
+        ``text`` (pgpool-II's ``PGPOOL SET CACHE DELETE``); how many there were."""
+        spaces = self._spaces.of_user(database, user)
+        raw = text.encode()
+
+        def match(key: Hashable) -> bool:
+            return isinstance(key, tuple) and key[0] in spaces and statement_text(key) == raw
+
+        return self.store.drop_where(match)
+
+    @property
+    def decoding(self) -> str:
+        """Whether writes that bypass the pooler are seen, for SHOW POOL_CACHE: "on",
+        or why not (then only entries younger than ``ttl`` are served)."""
+        watch = self.watch
+        return "on" if watch.available else f"not available: {watch.reason}"
 
     def relations(self, database: str) -> Relations | None:
         """The database's relations from its current catalog; None while it is not

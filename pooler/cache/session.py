@@ -17,6 +17,7 @@ transaction is over. A named statement that writes drops them at each Bind.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Hashable
 from typing import TYPE_CHECKING
 
@@ -31,6 +32,8 @@ from pooler.protocol.codec import Event
 if TYPE_CHECKING:
     from pooler.cache.query_cache import QueryCache
     from pooler.engine.server import ServerEngine
+
+log = logging.getLogger("pooler.cache")
 
 # A statement's cache facts: its Parse text and types, what it writes, and what it
 # reads when its result may be cached (None: it may not).
@@ -139,8 +142,20 @@ class CacheSession:
         if candidate is not None:
             self._candidate = None
             key, size, expected = candidate
-            if expected == text and classification is not None and classification.cacheable:
+            if expected != text:
+                return
+            if classification is not None and classification.cacheable:
                 self._miss(key, size, self._reads(classification))
+            elif log.isEnabledFor(logging.DEBUG):
+                why = (
+                    "does not parse"
+                    if classification is None
+                    else classification.uncacheable_reason
+                )
+                log.debug(
+                    "not cacheable",
+                    extra={"why": why, "statement": text[:200].decode("utf-8", "replace")},
+                )
 
     def parsed(self, name: bytes, rest: bytes) -> None:
         """The text just classified was a Parse of ``name`` (``rest``: its text and
@@ -179,7 +194,12 @@ class CacheSession:
     def _miss(self, key: Hashable, size: int, reads: frozenset[str] | None) -> None:
         cache = self._cache
         cache.store.stats.num_selects += 1
-        if reads is not None and cache.watch.storable(self._database):
+        if reads is None:
+            log.debug(
+                "not cacheable",
+                extra={"why": "row-level security, or the catalog is being read"},
+            )
+        elif cache.watch.storable(self._database):
             self._fill = (key, size, cache.store.snapshot(self._database, reads))
 
     def _wrote(self, written: Written) -> None:

@@ -200,15 +200,13 @@ class Store:
             for key in list(keys):
                 self._remove(key)
 
-    def drop_keys(self, keys: Iterable[Hashable]) -> int:
-        """Drop the entries of ``keys`` that exist (``PGPOOL SET CACHE DELETE``); how
-        many there were."""
-        dropped = 0
+    def drop_where(self, match: Callable[[Hashable], bool]) -> int:
+        """Drop every entry whose key ``match``es (``PGPOOL SET CACHE DELETE``, which
+        looks at every entry); how many there were."""
+        keys = [key for key in self._entries if match(key)]
         for key in keys:
-            if key in self._entries:
-                self._remove(key)
-                dropped += 1
-        return dropped
+            self._remove(key)
+        return len(keys)
 
     def clear(self) -> None:
         """Drop everything (a failover, a role change, ``PGPOOL CLEAR CACHE``)."""

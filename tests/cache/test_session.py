@@ -1,0 +1,141 @@
+"""The cache in a client engine's hands, with no socket: hits answered with no server,
+misses captured and stored, nothing looked up inside a transaction, writes of a pinned
+client dropped again when its transaction ends; ``PGPOOL SET CACHE DELETE``; a
+failover (sans-IO)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from parser_api import Classification, Classifier, StaticCatalog
+from pooler.cache.decoding import Decoder
+from pooler.cache.query_cache import QueryCache
+from pooler.cache.session import CacheSession
+from pooler.cluster.catalog import DatabaseCatalog
+from pooler.cluster.nodes import Cluster, ClusterView, NodeRole, NodeStatus, initial_view
+from pooler.config import Backend, HealthCheck
+from pooler.config import QueryCache as QueryCacheConfig
+from pooler.engine.actions import NeedServer, Reply
+from pooler.engine.client import ClientEngine
+from pooler.engine.server import ServerEngine
+from pooler.protocol import messages as m
+from pooler.protocol.codec import frame, frontend_limits
+
+ROWS = frame(ord("T"), b"\0\0") + frame(ord("D"), b"\0\0") + frame(ord("C"), b"SELECT 1\0")
+SELECT = "SELECT v FROM t WHERE id = 1"
+
+_classifier = Classifier()
+_catalog = StaticCatalog()
+
+
+def classify(sql: str) -> Classification | None:
+    return _classifier.classify(sql, _catalog, offsets=False)
+
+
+def new_cache() -> QueryCache:
+    cache = QueryCache(QueryCacheConfig(enabled=True), lambda db: DatabaseCatalog())
+    cache.watch.slot_made("db")
+    cache.watch.polled("db", cache.watch.now())
+    return cache
+
+
+def client_of(cache: QueryCache, user: str = "app") -> tuple[ClientEngine, CacheSession]:
+    engine = ClientEngine(frontend_limits(1 << 30), classify)
+    session = cache.session("db", user, ())
+    engine.cache = session
+    return engine, session
+
+
+def round_trip(engine: ClientEngine, session: CacheSession, sql: str, answer: bytes) -> None:
+    """``sql`` held, sent to a new primary server, answered with ``answer``, released."""
+    out = engine.feed(m.query(sql))
+    assert isinstance(out, list) and isinstance(out[-1], NeedServer)
+    server = ServerEngine({}, b"I")
+    engine.attach(server)
+    server.feed(answer)
+    if session.busy:
+        session.answered(server)
+    assert engine.releasable()
+    engine.detach()
+
+
+def test_a_miss_is_stored_and_the_next_read_needs_no_server() -> None:
+    cache = new_cache()
+    engine, session = client_of(cache)
+    round_trip(engine, session, SELECT, ROWS + m.ready_for_query(b"I"))
+    assert cache.stats.num_selects == 1 and cache.stats.entries == 1
+    out = engine.feed(m.query(SELECT))
+    assert out == [Reply(ROWS + m.ready_for_query(b"I"))]
+    assert cache.stats.num_cache_hits == 1
+    other, _ = client_of(cache, user="bob")
+    assert isinstance(other.feed(m.query(SELECT))[-1], NeedServer), "another user's entry"
+
+
+def test_an_error_or_a_transaction_is_not_stored() -> None:
+    cache = new_cache()
+    engine, session = client_of(cache)
+    error = m.error_response("ERROR", "42P01", "relation does not exist")
+    round_trip(engine, session, SELECT, error + m.ready_for_query(b"I"))
+    assert cache.stats.entries == 0
+    # Inside a transaction the client keeps its server: nothing is looked up or stored.
+    round_trip(engine, session, SELECT, ROWS + m.ready_for_query(b"I"))
+    assert cache.stats.entries == 1
+    out = engine.feed(m.query("BEGIN"))
+    server = ServerEngine({}, b"I")
+    engine.attach(server)
+    server.feed(frame(ord("C"), b"BEGIN\0") + m.ready_for_query(b"T"))
+    out = engine.feed(m.query(SELECT))
+    assert out == [m.query(SELECT)], "forwarded to the server the transaction runs on"
+
+
+def test_a_pinned_clients_write_is_dropped_again_when_its_transaction_ends() -> None:
+    cache = new_cache()
+    reader, reading = client_of(cache)
+    round_trip(reader, reading, SELECT, ROWS + m.ready_for_query(b"I"))
+    writer, writing = client_of(cache)
+    writer.feed(m.query("SET search_path = public"))
+    server = ServerEngine({}, b"I")
+    writer.attach(server)
+    server.feed(frame(ord("C"), b"SET\0") + m.ready_for_query(b"I"))
+    assert not writer.releasable(), "pinned by its SET"
+    writer.feed(m.query("BEGIN"))
+    server.feed(frame(ord("C"), b"BEGIN\0") + m.ready_for_query(b"T"))
+    writer.feed(m.query("UPDATE t SET v = 2"))
+    assert cache.stats.entries == 0, "dropped when sent"
+    round_trip(reader, reading, SELECT, ROWS + m.ready_for_query(b"I"))
+    assert cache.stats.entries == 1, "a read of the committed value meanwhile is fine"
+    server.feed(frame(ord("C"), b"UPDATE 1\0") + m.ready_for_query(b"T"))
+    writing.answered(server)
+    assert cache.stats.entries == 1, "not committed yet"
+    writer.feed(m.query("COMMIT"))
+    server.feed(frame(ord("C"), b"COMMIT\0") + m.ready_for_query(b"I"))
+    writing.answered(server)
+    assert cache.stats.entries == 0, "dropped again at the commit"
+
+
+def test_delete_by_text() -> None:
+    cache = new_cache()
+    engine, session = client_of(cache)
+    round_trip(engine, session, SELECT, ROWS + m.ready_for_query(b"I"))
+    round_trip(engine, session, "SELECT 2", ROWS + m.ready_for_query(b"I"))
+    assert cache.delete("db", "bob", SELECT) == 0
+    assert cache.delete("db", "app", SELECT) == 1
+    assert cache.stats.entries == 1
+
+
+def test_a_failover_drops_everything() -> None:
+    async def failover() -> None:
+        cache = new_cache()
+        engine, session = client_of(cache)
+        round_trip(engine, session, SELECT, ROWS + m.ready_for_query(b"I"))
+        cluster = Cluster(initial_view(2))
+        nowhere = Backend(host="127.0.0.1", port=1)
+        decoder = Decoder(cache, [nowhere, nowhere], HealthCheck(), cluster)
+        old, new = cluster.view.nodes
+        promoted = (old.with_(status=NodeStatus.DOWN), new.with_(role=NodeRole.PRIMARY))
+        cluster.publish(ClusterView(promoted))
+        assert cache.stats.entries == 0
+        assert not cache.watch.servable("db")
+        await decoder.stop()
+
+    asyncio.run(failover())
