@@ -34,6 +34,8 @@ ALL: Final = None
 Written = frozenset[str] | None
 
 NOTHING: frozenset[str] = frozenset()
+#: Lists of tables whose dependencies are remembered, per catalog.
+_READS_KEPT = 10_000
 
 # Statement kinds whose writes are exactly the tables the grammar names (plus what the
 # catalog adds). Other utility statements (CREATE FUNCTION, CREATE VIEW, ALTER ROLE ...)
@@ -77,7 +79,16 @@ def _builtin_functions() -> frozenset[str]:
 class Relations:
     """One catalog's relations, as the cache needs them."""
 
-    __slots__ = ("_cascades", "_children", "_parents", "_rls", "_triggers", "_views", "catalog")
+    __slots__ = (
+        "_cascades",
+        "_children",
+        "_parents",
+        "_reads",
+        "_rls",
+        "_triggers",
+        "_views",
+        "catalog",
+    )
 
     def __init__(self, catalog: DatabaseCatalog) -> None:
         #: The catalog these were read from.
@@ -88,6 +99,9 @@ class Relations:
         self._cascades: dict[str, set[str]] = {}
         self._triggers: set[str] = set()
         self._rls: set[str] = set()
+        # What each list of tables read (as a classification gives it) depends on:
+        # the same few lists come back with every statement of an application.
+        self._reads: dict[tuple[str, ...], frozenset[str] | None] = {}
         for kind, name, other in catalog.invalidation:
             if kind == "inherits":
                 assert other is not None
@@ -104,11 +118,17 @@ class Relations:
             elif kind == "rls":
                 self._rls.add(name)
 
-    def reads(self, tables: Iterable[str]) -> frozenset[str] | None:
+    def reads(self, tables: tuple[str, ...]) -> frozenset[str] | None:
         """What a read of ``tables`` (as written) depends on: the names themselves and,
         through views, the relations under them; None when a table has row-level
         security (not cached)."""
-        return _closure(tables, self._rls, (self._views,))
+        memo = self._reads
+        if tables in memo:
+            return memo[tables]
+        if len(memo) >= _READS_KEPT:
+            memo.clear()
+        found = memo[tables] = _closure(tables, self._rls, (self._views,))
+        return found
 
     def writes(self, classification: Classification) -> Written:
         """The tables a statement text may write, as entries name them (``NOTHING`` for

@@ -125,16 +125,14 @@ class CacheSession:
     def classified(self, classification: Classification | None, text: bytes) -> None:
         """A statement text the client sent (a Query's, or a Parse's) was classified
         (None: it does not parse, and PostgreSQL may know better)."""
-        relations = self._cache.relations(self._database)
         written: Written
         if classification is None:
             written = ALL
         elif classification.route is not Route.WRITE:
             written = NOTHING
-        elif relations is None:
-            written = ALL
         else:
-            written = relations.writes(classification)
+            relations = self._cache.relations(self._database)
+            written = ALL if relations is None else relations.writes(classification)
         self._last = (classification, written)
         if written is not NOTHING:
             self._wrote(written)

@@ -3,11 +3,13 @@ a result read before a write from being stored after it (sans-IO).
 
 Every entry belongs to one database and lists the tables it read (views and their
 tables, as ``pooler.cache.relations`` expands them). A write to a table drops every entry
-that read it and moves that table's version; a write whose tables cannot be known
-drops the whole database and moves its epoch. A read takes a ``Snapshot`` of those
-versions when it starts, and its answer is stored only if none of them moved by the
-time it is complete: a write that committed while the read ran may be missing from
-the answer, and the drop that write caused came before the answer existed.
+that read it; a write whose tables cannot be known drops the whole database. A read
+takes a ``Snapshot`` when it starts, and its answer is stored only if no drop since
+touched what it read: a write that committed while the read ran may be missing from
+the answer, and the drop that write caused came before the answer existed. (Each drop
+is numbered and the recent ones are kept, so that a snapshot costs one number and a
+store with no drop since costs one comparison; a read that outlived ``DROPS_KEPT`` drops
+is not stored.)
 
 Whether a database's entries may be served at all (its change stream is fresh) is the
 ``Watch``'s to say (``pooler.cache.watch``); the store keeps the entries.
@@ -16,12 +18,16 @@ Whether a database's entries may be served at all (its change stream is fresh) i
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 
 #: What an entry costs beyond its answer bytes and key text (objects, indexes).
 ENTRY_OVERHEAD = 200
+#: Drops remembered for the race rule.
+DROPS_KEPT = 4096
+# A drop of every database (``clear``).
+_EVERYWHERE = ""
 
 
 @dataclass(slots=True)
@@ -41,12 +47,11 @@ class Entry:
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
-    """The versions a read depends on, taken when it started."""
+    """What a read depends on, and the number of the last drop when it started."""
 
     database: str
     tables: frozenset[str]
-    epoch: int
-    versions: tuple[int, ...]
+    drops: int
 
 
 @dataclass(slots=True)
@@ -90,10 +95,9 @@ class Store:
         "_by_database",
         "_by_table",
         "_clock",
+        "_drops",
         "_entries",
-        "_epochs",
-        "_generation",
-        "_versions",
+        "_log",
         "max_entry_size",
         "max_size",
         "stats",
@@ -114,11 +118,10 @@ class Store:
         self._entries: OrderedDict[Hashable, Entry] = OrderedDict()
         self._by_table: dict[tuple[str, str], set[Hashable]] = {}
         self._by_database: dict[str, set[Hashable]] = {}
-        # Moved by each write to the table (database, table) / to the whole database.
-        self._versions: dict[tuple[str, str], int] = {}
-        self._epochs: dict[str, int] = {}
-        # Moved by ``clear``: every snapshot taken before is then stale.
-        self._generation = 0
+        # How many drops there were, and the last DROPS_KEPT of them: (number,
+        # database or _EVERYWHERE, tables or None for all).
+        self._drops = 0
+        self._log: deque[tuple[int, str, frozenset[str] | None]] = deque(maxlen=DROPS_KEPT)
         self.stats = CacheStats(max_bytes=max_size)
 
     def __len__(self) -> int:
@@ -137,19 +140,31 @@ class Store:
         return entry
 
     def snapshot(self, database: str, tables: frozenset[str]) -> Snapshot:
-        """The versions a read of ``tables`` starting now depends on."""
-        versions = self._versions
-        return Snapshot(
-            database,
-            tables,
-            # Both only grow, so any move of either moves the sum.
-            self._generation + self._epochs.get(database, 0),
-            tuple(versions.get((database, table), 0) for table in sorted(tables)),
-        )
+        """What a read of ``tables`` of ``database`` starting now depends on."""
+        return Snapshot(database, tables, self._drops)
 
     def unchanged(self, snapshot: Snapshot) -> bool:
-        """No write moved a version ``snapshot`` took."""
-        return snapshot == self.snapshot(snapshot.database, snapshot.tables)
+        """No drop since ``snapshot`` touched what it read."""
+        since = snapshot.drops
+        if since == self._drops:
+            return True
+        log = self._log
+        if not log or log[0][0] > since + 1:
+            # Drops it may have missed are forgotten.
+            return False
+        for number, database, tables in reversed(log):
+            if number <= since:
+                break
+            if database == _EVERYWHERE or (
+                database == snapshot.database
+                and (tables is None or not tables.isdisjoint(snapshot.tables))
+            ):
+                return False
+        return True
+
+    def _dropped(self, database: str, tables: frozenset[str] | None) -> None:
+        self._drops += 1
+        self._log.append((self._drops, database, tables))
 
     def put(self, key: Hashable, value: bytes, snapshot: Snapshot, key_size: int = 0) -> bool:
         """Store ``value`` read under ``snapshot``; False when it is too big, or when a
@@ -178,13 +193,12 @@ class Store:
         return True
 
     def drop_tables(self, database: str, tables: Iterable[str]) -> None:
-        """``tables`` of ``database`` were written: their entries go and their versions
-        move."""
-        versions = self._versions
+        """``tables`` of ``database`` were written: their entries go, and reads of them
+        in flight are not stored."""
+        tables = frozenset(tables)
+        self._dropped(database, tables)
         for table in tables:
-            where = (database, table)
-            versions[where] = versions.get(where, 0) + 1
-            keys = self._by_table.pop(where, None)
+            keys = self._by_table.pop((database, table), None)
             if keys:
                 for key in list(keys):
                     self._remove(key)
@@ -192,7 +206,7 @@ class Store:
 
     def drop_database(self, database: str) -> None:
         """Anything in ``database`` may have been written: all its entries go."""
-        self._epochs[database] = self._epochs.get(database, 0) + 1
+        self._dropped(database, None)
         self.stats.whole_database_drops += 1
         keys = self._by_database.pop(database, None)
         if keys:
@@ -210,7 +224,7 @@ class Store:
 
     def clear(self) -> None:
         """Drop everything (a failover, a role change, ``PGPOOL CLEAR CACHE``)."""
-        self._generation += 1
+        self._dropped(_EVERYWHERE, None)
         self._entries.clear()
         self._by_table.clear()
         self._by_database.clear()

@@ -11,7 +11,7 @@ from pooler.cache.decoding import parse_changes
 from pooler.cache.key import KeySpaces, batch, simple_query
 from pooler.cache.positions import WritePositions
 from pooler.cache.relations import ALL, NOTHING, Relations
-from pooler.cache.store import ENTRY_OVERHEAD, Store
+from pooler.cache.store import DROPS_KEPT, ENTRY_OVERHEAD, Store
 from pooler.cache.watch import WINDOW, Watch
 from pooler.cluster.catalog import DatabaseCatalog
 from pooler.protocol import messages as m
@@ -66,6 +66,14 @@ def test_race_rule_refuses_what_was_read_before_a_write() -> None:
     before = store.snapshot("db", frozenset({"t"}))
     store.clear()
     assert not store.put("k3", b"old", before), "a failover drops reads in flight too"
+    before = store.snapshot("db", frozenset({"t"}))
+    for _ in range(DROPS_KEPT):
+        store.drop_tables("db", ["u"])
+    assert store.put("k4", b"fine", before)
+    before = store.snapshot("db", frozenset({"t"}))
+    for _ in range(DROPS_KEPT + 1):
+        store.drop_tables("db", ["u"])
+    assert not store.put("k5", b"maybe old", before), "drops it may have missed are forgotten"
 
 
 def test_lru_by_bytes_and_entry_limits() -> None:
@@ -208,8 +216,8 @@ def test_what_a_write_reaches(sql: str, written: frozenset[str] | None) -> None:
 
 def test_what_a_read_depends_on() -> None:
     relations = Relations(CATALOG)
-    assert relations.reads(["public.v", "u"]) == frozenset({"v", "t", "u"})
-    assert relations.reads(["secret"]) is None, "row-level security is not cached"
+    assert relations.reads(("public.v", "u")) == frozenset({"v", "t", "u"})
+    assert relations.reads(("secret",)) is None, "row-level security is not cached"
 
 
 # --- change stream and freshness ----------------------------------------------------------

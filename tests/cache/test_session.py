@@ -33,7 +33,8 @@ def classify(sql: str) -> Classification | None:
 
 
 def new_cache() -> QueryCache:
-    cache = QueryCache(QueryCacheConfig(enabled=True), lambda db: DatabaseCatalog())
+    catalog = DatabaseCatalog()
+    cache = QueryCache(QueryCacheConfig(enabled=True), lambda db: catalog)
     cache.watch.slot_made("db")
     cache.watch.polled("db", cache.watch.now())
     return cache
