@@ -14,7 +14,10 @@ read any ``t`` (more than needed, never less).
 - A write to a table with user triggers or rules, or to a view that has them, may write
   anything (what a trigger function writes is not in the catalog): ``ALL``.
 - Reading a table with row-level security is not cached: policies often depend on
-  settings and roles that no key holds.
+  settings and roles that no key holds. Nor is reading a sequence (``nextval`` changes
+  it and writes no row) or a foreign table (its rows change elsewhere).
+- ``COMMIT PREPARED`` makes visible writes whose tables were dropped long before:
+  ``ALL``.
 """
 
 from __future__ import annotations
@@ -84,8 +87,8 @@ class Relations:
         "_children",
         "_parents",
         "_reads",
-        "_rls",
         "_triggers",
+        "_uncached",
         "_views",
         "catalog",
     )
@@ -98,7 +101,7 @@ class Relations:
         self._views: dict[str, set[str]] = {}
         self._cascades: dict[str, set[str]] = {}
         self._triggers: set[str] = set()
-        self._rls: set[str] = set()
+        self._uncached: set[str] = set()
         # What each list of tables read (as a classification gives it) depends on:
         # the same few lists come back with every statement of an application.
         self._reads: dict[tuple[str, ...], frozenset[str] | None] = {}
@@ -115,19 +118,19 @@ class Relations:
                 self._cascades.setdefault(name, set()).add(other)
             elif kind == "trigger":
                 self._triggers.add(name)
-            elif kind == "rls":
-                self._rls.add(name)
+            elif kind == "uncached":
+                self._uncached.add(name)
 
     def reads(self, tables: tuple[str, ...]) -> frozenset[str] | None:
         """What a read of ``tables`` (as written) depends on: the names themselves and,
-        through views, the relations under them; None when a table has row-level
-        security (not cached)."""
+        through views, the relations under them; None when one of them may not be
+        cached (row-level security, a sequence, a foreign table)."""
         memo = self._reads
         if tables in memo:
             return memo[tables]
         if len(memo) >= _READS_KEPT:
             memo.clear()
-        found = memo[tables] = _closure(tables, self._rls, (self._views,))
+        found = memo[tables] = _closure(tables, self._uncached, (self._views,))
         return found
 
     def writes(self, classification: Classification) -> Written:
@@ -138,6 +141,8 @@ class Relations:
         for statement in classification.statements:
             if statement.kind not in _TABLE_KINDS:
                 return ALL
+        if any(control.action == "commit_prepared" for control in classification.transaction):
+            return ALL
         views = self.catalog.views
         if any(table in views or bare(table) in views for table in classification.reads_tables):
             # A read of a view that writes: its definition calls what writes.

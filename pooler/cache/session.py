@@ -21,7 +21,7 @@ import logging
 from collections.abc import Hashable
 from typing import TYPE_CHECKING
 
-from parser_api import Classification, Route
+from parser_api import Classification, EffectKind, Route
 from pooler.cache.answer import Capture
 from pooler.cache.key import batch, simple_query
 from pooler.cache.relations import ALL, NOTHING, Written
@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from pooler.engine.server import ServerEngine
 
 log = logging.getLogger("pooler.cache")
+_DROPS_STATEMENTS = frozenset({EffectKind.DISCARD, EffectKind.DEALLOCATE})
 
 # A statement's cache facts: its Parse text and types, what it writes, and what it
 # reads when its result may be cached (None: it may not).
@@ -136,6 +137,12 @@ class CacheSession:
         self._last = (classification, written)
         if written is not NOTHING:
             self._wrote(written)
+        if classification is not None and any(
+            effect.kind in _DROPS_STATEMENTS and effect.name in (None, "all")
+            for effect in classification.session_effects
+        ):
+            # DEALLOCATE ALL, DISCARD ALL: the client's statements are gone.
+            self._facts.clear()
         candidate = self._candidate
         if candidate is not None:
             self._candidate = None
@@ -172,6 +179,12 @@ class CacheSession:
         if classification is not None and classification.cacheable:
             reads = self._reads(classification)
         self._facts[name] = (rest, written, reads)
+
+    def closed(self, name: bytes) -> None:
+        """The client closes statement ``name``: a Bind of it gets an error from now on
+        (if the Close met an error before it and did not run, the statement is only
+        not cached any more)."""
+        self._facts.pop(name, None)
 
     def bound(self, name: bytes) -> None:
         """A Bind of statement ``name``: it runs again, and writes again."""

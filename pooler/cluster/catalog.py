@@ -50,7 +50,8 @@ WHERE {_SYSTEM} AND (c.relkind = 'v' OR c.relpersistence <> 'p')
 #: inheritance), ``view`` (view, a relation its definition reads), ``cascade``
 #: (referenced, referencing table of a foreign key with an ON DELETE/UPDATE action),
 #: ``trigger`` (a table with user triggers or rules: what they write is not in the
-#: catalog), ``rls`` (a table with row-level security). Bare relation names.
+#: catalog), ``uncached`` (what a cached result may not read: a table with row-level
+#: security, a sequence, a foreign table). Bare relation names.
 INVALIDATION_SQL = f"""\
 SELECT 'inherits', p.relname::text, c.relname::text
 FROM pg_inherits AS i JOIN pg_class AS p ON p.oid = i.inhparent
@@ -77,7 +78,8 @@ FROM pg_rewrite AS r JOIN pg_class AS c ON c.oid = r.ev_class
 JOIN pg_namespace AS n ON n.oid = c.relnamespace
 WHERE r.rulename <> '_RETURN' AND {_SYSTEM}
 UNION ALL
-SELECT 'rls', c.relname::text, NULL FROM pg_class AS c WHERE c.relrowsecurity"""
+SELECT 'uncached', c.relname::text, NULL FROM pg_class AS c
+WHERE c.relrowsecurity OR c.relkind IN ('S', 'f')"""
 
 _STRICTNESS = {Volatility.IMMUTABLE: 0, Volatility.STABLE: 1, Volatility.VOLATILE: 2}
 

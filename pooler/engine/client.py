@@ -228,6 +228,8 @@ class ClientEngine:
                 self._target = target
             return rewrite_bind(body, self.statements)
         errors = server.errors if server is not None else None
+        if self.cache is not None and t == m.CLOSE and body[:1] == b"S":
+            self.cache.closed(body[1:-1])
         return rewrite_describe_or_close(t, body, self.statements, errors)
 
     def _classified(self, text: bytes, server: ServerEngine | None) -> Target:

@@ -183,7 +183,7 @@ CATALOG = DatabaseCatalog(
         ("cascade", "parent", "child"),
         ("cascade", "child", "grandchild"),
         ("trigger", "audited", None),
-        ("rls", "secret", None),
+        ("uncached", "secret", None),
     ),
 )
 
@@ -208,6 +208,7 @@ CATALOG = DatabaseCatalog(
         ("COPY t FROM STDIN", frozenset({"t"})),
         ("INSERT INTO t VALUES (nextval('s'))", frozenset({"t"})),
         ("SELECT * FROM t FOR UPDATE", NOTHING),
+        ("COMMIT PREPARED 'x'", ALL),
     ],
 )
 def test_what_a_write_reaches(sql: str, written: frozenset[str] | None) -> None:
@@ -217,7 +218,7 @@ def test_what_a_write_reaches(sql: str, written: frozenset[str] | None) -> None:
 def test_what_a_read_depends_on() -> None:
     relations = Relations(CATALOG)
     assert relations.reads(("public.v", "u")) == frozenset({"v", "t", "u"})
-    assert relations.reads(("secret",)) is None, "row-level security is not cached"
+    assert relations.reads(("secret",)) is None, "row-level security, a sequence ..."
 
 
 # --- change stream and freshness ----------------------------------------------------------

@@ -140,3 +140,41 @@ def test_a_failover_drops_everything() -> None:
         await decoder.stop()
 
     asyncio.run(failover())
+
+
+SERVER = ServerEngine({}, b"I")
+
+
+def extended(engine: ClientEngine, session: CacheSession, data: bytes, answer: bytes) -> object:
+    """Feed ``data``; when it needs a server, one that has the client's statements
+    answers ``answer``. What feed returned."""
+    out = engine.feed(data)
+    if isinstance(out, list) and isinstance(out[-1], NeedServer):
+        server = SERVER
+        engine.attach(server)
+        server.feed(answer)
+        if session.busy:
+            session.answered(server)
+        assert engine.releasable()
+        engine.detach()
+    return out
+
+
+def test_a_named_statement_is_cached_until_it_is_closed() -> None:
+    cache = new_cache()
+    engine, session = client_of(cache)
+    SERVER.prepared.clear()
+    sync = frame(ord("S"), b"")
+    parse = frame(ord("P"), b"s1\0" + SELECT.encode() + b"\0\0\0")
+    run = frame(ord("B"), b"\0s1\0\0\0\0\0\0\0") + frame(ord("E"), b"\0\0\0\0\0") + sync
+    done = frame(ord("1"), b"")
+    ran = frame(ord("2"), b"") + ROWS[7:] + m.ready_for_query(b"I")  # no RowDescription
+    extended(engine, session, parse + sync, done + m.ready_for_query(b"I"))
+    extended(engine, session, run, ran)
+    assert cache.stats.entries == 1
+    assert extended(engine, session, run, b"") == [Reply(ran)]
+    closed = frame(ord("3"), b"") + m.ready_for_query(b"I")
+    extended(engine, session, frame(ord("C"), b"Ss1\0") + sync, closed)
+    gone = m.error_response("ERROR", "26000", "no such") + m.ready_for_query(b"I")
+    out = extended(engine, session, run, gone)
+    assert isinstance(out, list) and isinstance(out[-1], NeedServer), "PostgreSQL answers"
