@@ -49,15 +49,24 @@ def client_of(cache: QueryCache, user: str = "app") -> tuple[ClientEngine, Cache
 
 def round_trip(engine: ClientEngine, session: CacheSession, sql: str, answer: bytes) -> None:
     """``sql`` held, sent to a new primary server, answered with ``answer``, released."""
-    out = engine.feed(m.query(sql))
+    out = exchange(engine, session, m.query(sql), answer, ServerEngine({}, b"I"))
     assert isinstance(out, list) and isinstance(out[-1], NeedServer)
-    server = ServerEngine({}, b"I")
-    engine.attach(server)
-    server.feed(answer)
-    if session.busy:
-        session.answered(server)
-    assert engine.releasable()
-    engine.detach()
+
+
+def exchange(
+    engine: ClientEngine, session: CacheSession, data: bytes, answer: bytes, server: ServerEngine
+) -> object:
+    """Feed ``data``; when it needs a server, ``server`` answers ``answer``. What feed
+    returned."""
+    out = engine.feed(data)
+    if isinstance(out, list) and isinstance(out[-1], NeedServer):
+        engine.attach(server)
+        server.feed(answer)
+        if session.busy:
+            session.answered(server)
+        assert engine.releasable()
+        engine.detach()
+    return out
 
 
 def test_a_miss_is_stored_and_the_next_read_needs_no_server() -> None:
@@ -142,28 +151,14 @@ def test_a_failover_drops_everything() -> None:
     asyncio.run(failover())
 
 
-SERVER = ServerEngine({}, b"I")
-
-
-def extended(engine: ClientEngine, session: CacheSession, data: bytes, answer: bytes) -> object:
-    """Feed ``data``; when it needs a server, one that has the client's statements
-    answers ``answer``. What feed returned."""
-    out = engine.feed(data)
-    if isinstance(out, list) and isinstance(out[-1], NeedServer):
-        server = SERVER
-        engine.attach(server)
-        server.feed(answer)
-        if session.busy:
-            session.answered(server)
-        assert engine.releasable()
-        engine.detach()
-    return out
-
-
 def test_a_named_statement_is_cached_until_it_is_closed() -> None:
     cache = new_cache()
     engine, session = client_of(cache)
-    SERVER.prepared.clear()
+    server = ServerEngine({}, b"I")  # one, that has the client's statement
+
+    def extended(engine: ClientEngine, session: CacheSession, data: bytes, answer: bytes) -> object:
+        return exchange(engine, session, data, answer, server)
+
     sync = frame(ord("S"), b"")
     parse = frame(ord("P"), b"s1\0" + SELECT.encode() + b"\0\0\0")
     run = frame(ord("B"), b"\0s1\0\0\0\0\0\0\0") + frame(ord("E"), b"\0\0\0\0\0") + sync
