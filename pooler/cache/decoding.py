@@ -21,8 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from itertools import count
 
@@ -42,48 +41,37 @@ POLL_INTERVAL = 0.2
 RETRY_DELAY = 0.5
 
 MAKE_SLOT_SQL = "SELECT pg_create_logical_replication_slot($1, 'test_decoding', true)"
-POLL_SQL = """\
+# One round trip: the digest of the roles, the relations the changes wrote (each as
+# quote_identifier wrote it; '' for a line that does not parse), how many
+# transactions changed no row, and a position past every change decoded (taken once
+# they are). Decoded lines are summed up here, so that a burst of writes costs the
+# pooler a few names, not every line.
+POLL_SQL = r"""
+WITH changes AS (
+    SELECT data, lag(data) OVER (ORDER BY n) AS previous
+    FROM pg_logical_slot_get_changes(
+        $1, NULL, NULL, 'include-xids', '0', 'skip-empty-xacts', '0'
+    ) WITH ORDINALITY AS c(lsn, xid, data, n)
+), written AS (
+    SELECT substring(data FROM '^table (?:"(?:[^"]|"")*"|[^."]+)\.("(?:[^"]|"")*"|[^."\s:]+): ')
+        AS name
+    FROM changes WHERE data LIKE 'table %'
+)
 SELECT md5(coalesce((SELECT string_agg(r::text, ',' ORDER BY r.oid) FROM pg_roles AS r), '')
            || '|' || coalesce((SELECT string_agg(m::text, ',' ORDER BY m.roleid, m.member)
                                FROM pg_auth_members AS m), '')),
-       array(SELECT data FROM pg_logical_slot_get_changes(
-           $1, NULL, NULL, 'include-xids', '0', 'skip-empty-xacts', '0')),
-       pg_current_wal_lsn()"""
+       (SELECT coalesce(array_agg(DISTINCT coalesce(name, '')), '{}') FROM written),
+       (SELECT count(*) FROM changes WHERE data LIKE 'COMMIT%' AND previous LIKE 'BEGIN%'),
+       (SELECT pg_current_wal_lsn() FROM (SELECT count(*) FROM changes) AS decoded)"""
 # SQLSTATEs that say logical decoding cannot be used here (wal_level below logical, no
 # test_decoding, a user that may not make slots, too few slots).
 _UNAVAILABLE = frozenset({"55000", "58P01", "42501", "53400", "0A000"})
 
 _slot_numbers = count(1)
-# Each part quoted as PostgreSQL's quote_identifier does.
-_IDENT = r'(?:"(?:[^"]|"")*"|[^."\s:]+)'
-_TABLE = re.compile(rf"table {_IDENT}\.({_IDENT}): ")
 
 
-def parse_changes(lines: Iterable[str]) -> tuple[set[str], int]:
-    """The tables (bare names) that ``test_decoding`` lines (with ``include-xids``
-    off) show written, and how many transactions had no row change at all."""
-    tables: set[str] = set()
-    empty = 0
-    changes = 0
-    for line in lines:
-        if line.startswith("table "):
-            changes += 1
-            name = _table_name(line)
-            if name is not None:
-                tables.add(name)
-        elif line.startswith("BEGIN"):
-            changes = 0
-        elif line.startswith("COMMIT") and changes == 0:
-            empty += 1
-    return tables, empty
-
-
-def _table_name(line: str) -> str | None:
-    """The relation name of ``table schema.name: ACTION: ...``."""
-    match = _TABLE.match(line)
-    if match is None:
-        return None
-    name = match.group(1)
+def unquote(name: str) -> str:
+    """A relation name as quote_identifier wrote it, as it is."""
     if name.startswith('"'):
         return name[1:-1].replace('""', '"')
     return name
@@ -221,20 +209,21 @@ class Decoder:
             while self._cluster.view.primary == primary:
                 began = watch.now()
                 row = await asyncio.wait_for(conn.fetchrow(POLL_SQL, slot), self._health.timeout)
-                self._apply(database, row[0], row[1], int(row[2]))
+                self._apply(database, row[0], row[1], row[2], int(row[3]))
                 watch.polled(database, began)
                 await asyncio.sleep(POLL_INTERVAL)
         finally:
             watch.lost(database)
             conn.terminate()
 
-    def _apply(self, database: str, roles: str, lines: list[str], lsn: int) -> None:
+    def _apply(self, database: str, roles: str, names: list[str], empty: int, lsn: int) -> None:
         cache = self._cache
         if self._roles is not None and roles != self._roles:
             log.info("roles changed: the query cache is dropped")
             cache.store.clear()
         self._roles = roles
-        tables, empty = parse_changes(lines)
-        if tables or empty:
+        if names or empty:
             self.empty_transactions += empty
-            cache.changed(database, tables, empty > 0, lsn)
+            # A line whose table could not be read ('') may have written anything.
+            whole = empty > 0 or "" in names
+            cache.changed(database, {unquote(name) for name in names}, whole, lsn)

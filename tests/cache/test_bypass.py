@@ -174,3 +174,17 @@ def test_nothing_is_served_while_a_poll_is_late(
         finally:
             os.kill(pid, signal.SIGCONT)
         assert assert_hit(cache_cluster, conn, sql, table) == [(0,)]
+
+
+def test_direct_write_to_a_table_whose_name_needs_quotes(
+    cache_cluster: LocalCluster, start_pooler: StartPooler
+) -> None:
+    name = '"' + unique_name("Odd.Name") + '"" x"'
+    create = [f"CREATE TABLE {name} (v int)", f"INSERT INTO {name} VALUES (0)"]
+    with made(direct(cache_cluster), create, [f"DROP TABLE {name}"]):
+        pooler = cached_pooler(start_pooler, cache_cluster)
+        sql = f"SELECT v FROM {name}"
+        write = f"UPDATE {name} SET v = 6"
+        needle = name.split(".")[0][1:]
+        rows = read_after(cache_cluster, pooler.dsn(), sql, needle, direct(cache_cluster), write)
+        assert rows == [(6,)]

@@ -7,7 +7,7 @@ import pytest
 
 from parser_api import Volatility, classify
 from pooler.cache.answer import Capture, replayable
-from pooler.cache.decoding import parse_changes
+from pooler.cache.decoding import unquote
 from pooler.cache.key import KeySpaces, batch, simple_query
 from pooler.cache.positions import WritePositions
 from pooler.cache.relations import ALL, NOTHING, Relations
@@ -224,19 +224,9 @@ def test_what_a_read_depends_on() -> None:
 # --- change stream and freshness ----------------------------------------------------------
 
 
-def test_change_lines() -> None:
-    lines = [
-        "BEGIN",
-        "table public.t: INSERT: id[integer]:1",
-        "COMMIT",
-        "BEGIN",
-        "COMMIT",
-        "BEGIN",
-        'table app."We.ird""x": UPDATE: a[integer]:1',
-        "table public.u_1: TRUNCATE: (no-flags)",
-        "COMMIT",
-    ]
-    assert parse_changes(lines) == ({"t", 'We.ird"x', "u_1"}, 1)
+def test_names_of_the_change_stream() -> None:
+    assert unquote("t_1") == "t_1"
+    assert unquote('"We.ird""x"') == 'We.ird"x'
 
 
 def test_freshness_window() -> None:
