@@ -180,6 +180,10 @@ class CacheSession:
             reads = self._reads(classification)
         self._facts[name] = (rest, written, reads)
 
+    def function_called(self) -> None:
+        """A FunctionCall (the protocol's fast path) was sent: it may write anything."""
+        self._wrote(ALL)
+
     def closed(self, name: bytes) -> None:
         """The client closes statement ``name``: a Bind of it gets an error from now on
         (if the Close met an error before it and did not run, the statement is only

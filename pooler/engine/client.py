@@ -165,6 +165,8 @@ class ClientEngine:
         # _tell, written out: this runs once per read of every client.
         requests = server.requests
         if scanner.tracked:
+            if self.cache is not None and _FUNCTION_CALL in scanner.tracked:
+                self.cache.function_called()
             requests.sent(scanner.tracked)
             scanner.tracked.clear()
         requests.unsynced = scanner.last_type in UNSYNCED
@@ -186,6 +188,8 @@ class ClientEngine:
         scanner = self.scanner
         requests = server.requests
         if scanner.tracked:
+            if self.cache is not None and _FUNCTION_CALL in scanner.tracked:
+                self.cache.function_called()
             requests.sent(scanner.tracked)
             scanner.tracked.clear()
         requests.unsynced = scanner.last_type in UNSYNCED

@@ -173,3 +173,13 @@ def test_a_named_statement_is_cached_until_it_is_closed() -> None:
     gone = m.error_response("ERROR", "26000", "no such") + m.ready_for_query(b"I")
     out = extended(engine, session, run, gone)
     assert isinstance(out, list) and isinstance(out[-1], NeedServer), "PostgreSQL answers"
+
+
+def test_a_function_call_may_write_anything() -> None:
+    cache = new_cache()
+    engine, session = client_of(cache)
+    round_trip(engine, session, SELECT, ROWS + m.ready_for_query(b"I"))
+    call = frame(ord("F"), b"\0\0\x30\x39\0\0\0\0\0\0")
+    answer = frame(ord("V"), b"\xff\xff\xff\xff") + m.ready_for_query(b"I")
+    exchange(engine, session, call, answer, ServerEngine({}, b"I"))
+    assert cache.stats.entries == 0
