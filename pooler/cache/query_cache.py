@@ -65,6 +65,24 @@ class QueryCache:
 
         return self.store.drop_where(match)
 
+    def pool_cache_row(self) -> list[tuple[str, str]]:
+        """SHOW POOL_CACHE's one row, column by column: pgpool-II's columns (0 where one
+        has no meaning here: there is no fixed hash table and no fragmentation), then
+        ``decoding``, ours."""
+        stats = self.stats
+        return [
+            ("num_cache_hits", str(stats.num_cache_hits)),
+            ("num_selects", str(stats.num_selects)),
+            ("cache_hit_ratio", f"{stats.cache_hit_ratio:.2f}"),
+            ("num_hash_entries", "0"),
+            ("used_hash_entries", str(stats.entries)),
+            ("num_cache_entries", str(stats.entries)),
+            ("used_cache_entries_size", str(stats.used_bytes)),
+            ("free_cache_entries_size", str(stats.max_bytes - stats.used_bytes)),
+            ("fragment_cache_entries_size", "0"),
+            ("decoding", self.decoding),
+        ]
+
     @property
     def decoding(self) -> str:
         """Whether writes that bypass the pooler are seen, for SHOW POOL_CACHE: "on",

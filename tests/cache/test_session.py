@@ -131,6 +131,9 @@ def test_delete_by_text() -> None:
     assert cache.delete("db", "bob", SELECT) == 0
     assert cache.delete("db", "app", SELECT) == 1
     assert cache.stats.entries == 1
+    row = dict(cache.pool_cache_row())
+    assert row["num_cache_entries"] == "1" and row["decoding"] == "on"
+    assert row["num_selects"] == "2" and row["cache_hit_ratio"] == "0.00"
 
 
 def test_a_failover_drops_everything() -> None:
