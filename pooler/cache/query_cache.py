@@ -16,6 +16,9 @@ from pooler.cache.watch import Watch
 from pooler.cluster.catalog import DatabaseCatalog
 from pooler.config import QueryCache as QueryCacheConfig
 
+#: Keys remembered by ``QueryCache.admits``.
+_SEEN_KEPT = 100_000
+
 
 class QueryCache:
     """Cached answers of every database, and what decides whether they may be served."""
@@ -32,11 +35,31 @@ class QueryCache:
         self._spaces = KeySpaces()
         self._relations: dict[str, Relations] = {}
         self._positions = WritePositions()
+        # Hashes of keys that missed while the store was full (``admits``).
+        self._seen: set[int] = set()
         #: Asks the primary's WAL position after writes (``WalPositions.after_write``);
         #: None: results read on standbys are not stored.
         self.place: Callable[[Callable[[int], None]], None] | None = None
         #: Told of each database when its first client logs in (the change stream).
         self.on_database: Callable[[str], None] | None = None
+
+    def admits(self, key: Hashable) -> bool:
+        """Whether the answer of a miss of ``key`` is stored: always while the store has
+        room; once it is full, only a key that missed before (a key seen once would
+        evict one that may be read again, and storing costs a miss more than anything
+        else)."""
+        store = self.store
+        if store.stats.used_bytes + store.max_entry_size <= store.max_size:
+            return True
+        seen = self._seen
+        digest = hash(key)
+        if digest in seen:
+            seen.discard(digest)
+            return True
+        if len(seen) >= _SEEN_KEPT:
+            seen.clear()
+        seen.add(digest)
+        return False
 
     @property
     def stats(self) -> CacheStats:

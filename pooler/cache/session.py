@@ -214,7 +214,7 @@ class CacheSession:
                 "not cacheable",
                 extra={"why": "row-level security, or the catalog is being read"},
             )
-        elif cache.watch.storable(self._database):
+        elif cache.watch.storable(self._database) and cache.admits(key):
             self._fill = (key, size, cache.store.snapshot(self._database, reads))
 
     def _wrote(self, written: Written) -> None:

@@ -186,3 +186,22 @@ def test_a_function_call_may_write_anything() -> None:
     answer = frame(ord("V"), b"\xff\xff\xff\xff") + m.ready_for_query(b"I")
     exchange(engine, session, call, answer, ServerEngine({}, b"I"))
     assert cache.stats.entries == 0
+
+
+def test_a_full_store_takes_only_keys_that_missed_before() -> None:
+    cache = new_cache()
+    store = cache.store
+    engine, session = client_of(cache)
+    answer = ROWS + m.ready_for_query(b"I")
+    round_trip(engine, session, "SELECT 0", answer)
+    # Room for three entries of this size, not for a fourth of the largest size.
+    store.max_entry_size = 100
+    store.max_size = 3 * store.stats.used_bytes + store.max_entry_size - 1
+    for n in (1, 2):
+        round_trip(engine, session, f"SELECT {n}", answer)
+    assert store.stats.entries == 3, "room for each: stored at the first miss"
+    round_trip(engine, session, "SELECT 3", answer)
+    assert store.stats.entries == 3 and store.stats.evictions == 0, "full: seen once"
+    round_trip(engine, session, "SELECT 3", answer)
+    assert store.stats.evictions == 1, "missed twice: it takes the place of another"
+    assert engine.feed(m.query("SELECT 3")) == [Reply(answer)]
