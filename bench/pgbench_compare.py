@@ -401,8 +401,10 @@ def start_pgpool(
     port: int,
     pcp_port: int,
     children: int,
+    memqcache: bool = False,
 ) -> Target:
-    """pgpool-II in streaming-replication mode over all nodes, reads load-balanced.
+    """pgpool-II in streaming-replication mode over all nodes, reads load-balanced
+    (``memqcache``: with its in-memory query cache in shared memory, 64 MB).
 
     SCRAM to clients (pool_hba.conf) and to the backends, both from the plain password
     in pool_passwd: pgpool-II can only log in to a SCRAM backend when it knows the
@@ -425,6 +427,20 @@ def start_pgpool(
         "local all all trust\nhost all all 127.0.0.1/32 scram-sha-256\n",
     )
     _write(workdir / "pcp.conf", "")
+    memory_cache = "memory_cache_enabled = off\n"
+    if memqcache:
+        oiddir = _server_dir(workdir / "oiddir")
+        memory_cache = f"""\
+memory_cache_enabled = on
+memqcache_method = 'shmem'
+memqcache_total_size = 64MB
+memqcache_max_num_cache = 100000
+memqcache_expire = 0
+memqcache_auto_cache_invalidation = on
+memqcache_maxcache = 1MB
+memqcache_cache_block_size = 1MB
+memqcache_oiddir = '{oiddir}'
+"""
     conf = workdir / "pgpool.conf"
     _write(
         conf,
@@ -464,8 +480,7 @@ sr_check_database = 'postgres'
 health_check_period = 0
 failover_on_backend_error = off
 use_watchdog = off
-memory_cache_enabled = off
-""",
+{memory_cache}""",
     )
     cmd = _as_server(
         [

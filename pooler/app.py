@@ -12,6 +12,8 @@ from parser_api import Classification, Classifier, ParseError, Route
 from pooler.admin.metrics import serve_metrics
 from pooler.admin.port import AdminPort
 from pooler.admin.state import ADMIN_DATABASES, AdminState, Context
+from pooler.cache.decoding import Decoder
+from pooler.cache.query_cache import QueryCache
 from pooler.clients import ClientRegistry
 from pooler.cluster.catalog import Catalogs, DatabaseCatalog
 from pooler.cluster.monitor import Monitor
@@ -108,8 +110,10 @@ class Pooler:
         )
         #: Reads leave the primary (transaction pooling only, for now).
         self.routing = lb.enabled and config.pool.mode == "transaction" and len(config.backends) > 1
+        #: The query cache works in transaction pooling, where statements are classified.
+        caching = config.query_cache.enabled and config.pool.mode == "transaction"
         self.catalogs: Catalogs | None = None
-        if self.routing:
+        if self.routing or caching:
             self.catalogs = Catalogs(
                 config.backends,
                 config.health_check,
@@ -150,6 +154,14 @@ class Pooler:
         self._metrics: asyncio.Server | None = None
         #: The file the config came from, read again by RELOAD and SIGHUP.
         self.config_path: str | None = None
+        self.cache: QueryCache | None = None
+        #: Writes that bypass the pooler, for the cache (logical decoding).
+        self.decoder: Decoder | None = None
+        if caching and self.catalogs is not None:
+            self.cache = QueryCache(config.query_cache, self.catalogs.get)
+            if self.wal is not None:
+                self.cache.place = self.wal.after_write
+            self.decoder = Decoder(self.cache, config.backends, config.health_check, self.cluster)
 
     def primary_node(self) -> int:
         """The node that takes writes (while there is none, node 0, whose refusal
@@ -171,7 +183,7 @@ class Pooler:
             self._classifier, catalogs.reader(database), lambda: catalogs.changed(database)
         )
         engine = ClientEngine(self.frontend_limits, classify, target, admin)
-        engine.defer_begin = True
+        engine.defer_begin = self.routing
         return engine
 
     def pick_node(self, target: int, floor: int = 0) -> int | None:
@@ -268,6 +280,10 @@ class Pooler:
             self.catalogs.start()
         if cfg.metrics.port:
             self._metrics = await serve_metrics(self, cfg.metrics.host, cfg.metrics.port)
+        if self.decoder is not None:
+            self.decoder.start()
+        elif cfg.query_cache.enabled:
+            log.warning("query_cache works in pool.mode transaction only: it is off")
         factory = lambda: ClientConnection(self)  # noqa: E731
         self._server = await listen(cfg.listen.host, cfg.listen.port, factory)
         if cfg.pool.idle_timeout:
@@ -315,6 +331,8 @@ class Pooler:
             await self.wal.stop()
         if self.catalogs is not None:
             await self.catalogs.stop()
+        if self.decoder is not None:
+            await self.decoder.stop()
         log.info("shut down")
 
     def _client_connections(self) -> list[ClientConnection]:

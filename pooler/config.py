@@ -210,7 +210,7 @@ class LoadBalance:
 
 @dataclass(frozen=True, slots=True)
 class QueryCache:
-    """The in-memory result cache (not yet in effect)."""
+    """The in-memory result cache (``pooler.cache``; transaction pooling only)."""
 
     enabled: bool = False
     #: Bytes of results kept in all.

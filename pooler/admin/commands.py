@@ -58,6 +58,7 @@ def show_help(ctx: Context) -> Result:
 _COMMANDS = (
     Command(("SHOW", "POOL_NODES"), pgpool.NODES, pgpool.show_nodes, anywhere=True),
     Command(("SHOW", "POOL_VERSION"), pgpool.VERSION, pgpool.show_version, anywhere=True),
+    Command(("SHOW", "POOL_CACHE"), pgpool.CACHE, pgpool.show_cache, anywhere=True),
     Command(("SHOW", "POOL_POOLS"), pgpool.POOLS, pgpool.show_pools, anywhere=True),
     Command(("SHOW", "POOL_PROCESSES"), pgpool.PROCESSES, pgpool.show_processes, anywhere=True),
     Command(

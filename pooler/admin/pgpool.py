@@ -32,6 +32,18 @@ NODES = columns(
     "last_status_change",
 )
 VERSION = columns("pool_version")
+CACHE = columns(
+    "num_cache_hits",
+    "num_selects",
+    "cache_hit_ratio",
+    "num_hash_entries",
+    "used_hash_entries",
+    "num_cache_entries",
+    "used_cache_entries_size",
+    "free_cache_entries_size",
+    "fragment_cache_entries_size",
+    "decoding",
+)
 POOLS = columns(
     "pool_pid",
     "start_time",
@@ -191,6 +203,15 @@ def show_version(ctx: Context) -> Result:
     """SHOW POOL_VERSION: one row, one column (pgpool-II sends two RowDescriptions;
     this is a normal result set)."""
     return Result([[f"{__version__} (pooler)"]], "SELECT")
+
+
+def show_cache(ctx: Context) -> Result:
+    """SHOW POOL_CACHE: pgpool-II's columns, then whether writes that bypass the pooler
+    are seen; no row while the cache is off (nothing is made up)."""
+    cache = ctx.app.cache
+    if cache is None:
+        return Result([])
+    return Result([[value for _, value in cache.pool_cache_row()]])
 
 
 def show_pools(ctx: Context) -> Result:

@@ -45,6 +45,42 @@ FROM pg_class AS c JOIN pg_namespace AS n ON n.oid = c.relnamespace
 WHERE {_SYSTEM} AND (c.relkind = 'v' OR c.relpersistence <> 'p')
   AND c.relkind IN ('r', 'p', 'v', 'm', 'f')"""
 
+#: What the query cache needs to know which entries a write reaches, one row per fact
+#: (kind, relation, other relation): ``inherits`` (parent, child: partitions and
+#: inheritance), ``view`` (view, a relation its definition reads), ``cascade``
+#: (referenced, referencing table of a foreign key with an ON DELETE/UPDATE action),
+#: ``trigger`` (a table with user triggers or rules: what they write is not in the
+#: catalog), ``uncached`` (what a cached result may not read: a table with row-level
+#: security, a sequence, a foreign table). Bare relation names.
+INVALIDATION_SQL = f"""\
+SELECT 'inherits', p.relname::text, c.relname::text
+FROM pg_inherits AS i JOIN pg_class AS p ON p.oid = i.inhparent
+JOIN pg_class AS c ON c.oid = i.inhrelid
+UNION ALL
+SELECT DISTINCT 'view', v.relname::text, t.relname::text
+FROM pg_rewrite AS r JOIN pg_class AS v ON v.oid = r.ev_class
+JOIN pg_depend AS d ON d.objid = r.oid AND d.classid = 'pg_rewrite'::regclass
+  AND d.refclassid = 'pg_class'::regclass
+JOIN pg_class AS t ON t.oid = d.refobjid
+WHERE v.relkind = 'v' AND t.oid <> v.oid
+UNION ALL
+SELECT DISTINCT 'cascade', p.relname::text, c.relname::text
+FROM pg_constraint AS k JOIN pg_class AS p ON p.oid = k.confrelid
+JOIN pg_class AS c ON c.oid = k.conrelid
+WHERE k.contype = 'f' AND (k.confdeltype IN ('c', 'n', 'd') OR k.confupdtype IN ('c', 'n', 'd'))
+UNION ALL
+SELECT DISTINCT 'trigger', c.relname::text, NULL
+FROM pg_trigger AS t JOIN pg_class AS c ON c.oid = t.tgrelid
+WHERE NOT t.tgisinternal
+UNION ALL
+SELECT DISTINCT 'trigger', c.relname::text, NULL
+FROM pg_rewrite AS r JOIN pg_class AS c ON c.oid = r.ev_class
+JOIN pg_namespace AS n ON n.oid = c.relnamespace
+WHERE r.rulename <> '_RETURN' AND {_SYSTEM}
+UNION ALL
+SELECT 'uncached', c.relname::text, NULL FROM pg_class AS c
+WHERE c.relrowsecurity OR c.relkind IN ('S', 'f')"""
+
 _STRICTNESS = {Volatility.IMMUTABLE: 0, Volatility.STABLE: 1, Volatility.VOLATILE: 2}
 
 
@@ -66,6 +102,8 @@ class DatabaseCatalog:
     #: Operator overrides (``load_balance.write_functions`` / ``read_only_functions``).
     write_functions: frozenset[str] = frozenset()
     read_only_functions: frozenset[str] = frozenset()
+    #: The rows of ``INVALIDATION_SQL`` (for ``pooler.cache.relations``).
+    invalidation: tuple[tuple[str, str, str | None], ...] = ()
 
     @classmethod
     def from_rows(
@@ -219,6 +257,7 @@ class Catalogs:
                 try:
                     functions = await conn.fetch(FUNCTIONS_SQL)
                     relations = await conn.fetch(RELATIONS_SQL)
+                    invalidation = await conn.fetch(INVALIDATION_SQL)
                 finally:
                     conn.terminate()
         except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
@@ -227,6 +266,7 @@ class Catalogs:
                 extra={"database": database, "why": str(exc)},
             )
             return None
-        return DatabaseCatalog.from_rows(
+        catalog = DatabaseCatalog.from_rows(
             [tuple(row) for row in functions], [tuple(row) for row in relations], *self._overrides
         )
+        return replace(catalog, invalidation=tuple(tuple(row) for row in invalidation))

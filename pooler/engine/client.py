@@ -45,6 +45,7 @@ from pooler.routing.targets import Target, target_of
 
 if TYPE_CHECKING:
     from pooler.admin.port import AdminPort
+    from pooler.cache.session import CacheSession
 
 _STOP = frozenset({m.TERMINATE})
 _SYNC_BYTES = frame(m.SYNC, b"")
@@ -92,6 +93,7 @@ class ClientEngine:
         "_targets",
         "_unnamed",
         "admin_wait",
+        "cache",
         "defer_begin",
         "ended",
         "refusal",
@@ -179,6 +181,8 @@ class ClientEngine:
         #: again for the primary: the SQLSTATE of the refusal and the text of the
         #: unit's first statement.
         self.refusal: tuple[str, str] | None = None
+        #: The query cache, when it is on (transaction pooling only).
+        self.cache: CacheSession | None = None
 
     @property
     def pooling(self) -> bool:
@@ -211,6 +215,8 @@ class ClientEngine:
         # _tell, written out: this runs once per read of every client.
         requests = server.requests
         if scanner.tracked:
+            if self.cache is not None and FUNCTION_CALL in scanner.tracked:
+                self.cache.function_called()
             requests.sent(scanner.tracked)
             scanner.tracked.clear()
         requests.unsynced = scanner.last_type in UNSYNCED
@@ -296,6 +302,8 @@ class ClientEngine:
         scanner = self.scanner
         requests = server.requests
         if scanner.tracked:
+            if self.cache is not None and FUNCTION_CALL in scanner.tracked:
+                self.cache.function_called()
             requests.sent(scanner.tracked)
             scanner.tracked.clear()
         requests.unsynced = scanner.last_type in UNSYNCED
@@ -339,6 +347,8 @@ class ClientEngine:
                 self._ops = ()
             elif self.statement_ops:
                 self.statement_ops.pop(name, None)
+            if self.cache is not None:
+                self.cache.parsed(name, body[len(name) + 1 :])
             if not name:
                 self._unnamed = target
             elif known:
@@ -352,12 +362,16 @@ class ClientEngine:
         if t == m.BIND:
             name = bind_statement(body)
             target = self._targets.get(name, Target.PRIMARY) if name else self._unnamed
+            if self.cache is not None:
+                self.cache.bound(name)
             if target > self._target:
                 self._target = target
             if self.statement_ops:
                 self._ops = self.statement_ops.get(name, ())
             return rewrite_bind(body, self.statements)
         errors = server.errors if server is not None else None
+        if self.cache is not None and t == m.CLOSE and body[:1] == b"S":
+            self.cache.closed(body[1:-1])
         return rewrite_describe_or_close(t, body, self.statements, errors)
 
     def _classified(
@@ -370,6 +384,8 @@ class ClientEngine:
         assert classify is not None
         sql = text.decode("utf-8", "replace")
         classification = classify(sql)
+        if self.cache is not None:
+            self.cache.classified(classification, text)
         if classification is None:
             return Target.PRIMARY, None
         if server is None and classification.transaction:
@@ -406,6 +422,14 @@ class ClientEngine:
         return self._target_of(classification, sql), rewritten
 
     def _hold(self, events: bytes | list[Event]) -> list[bytes | Action]:
+        cache = self.cache
+        if cache is not None:
+            idle = self.server is None and not self._held and not self._deferred
+            hit = cache.lookup(events, idle and not self.scanner.mid_message())
+            if hit is not None:
+                # Answered here: no server owes anything for it.
+                self.scanner.tracked.clear()
+                return [hit]
         if self.defer_begin and self.server is None and not self._held:
             reply = self._defer(events)
             if reply is not None:
@@ -551,6 +575,8 @@ class ClientEngine:
             self._begins = False
             writable = True
         self.writable = writable
+        if self.cache is not None:
+            self.cache.attached(server, writable, bool(self._deferred))
         if not writable and self._retryable and self._ending is None and not self._deferred:
             # A standby may refuse a read the catalog could not foresee: then it runs
             # again on the primary, as it was sent.
@@ -614,6 +640,8 @@ class ClientEngine:
         server = self.server
         self.server = None
         self.refusal = None
+        if self.cache is not None:
+            self.cache.detached()
         again = False
         if server is not None:
             server.names = None

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections import Counter, OrderedDict
 from collections.abc import Mapping
 
+from pooler.cache.answer import Capture
 from pooler.engine.statements import POOLER_NAME
 from pooler.protocol import messages as m
 from pooler.protocol.codec import Event, Message, Scanner, frame
@@ -55,6 +56,7 @@ class ServerEngine:
         "_prelude_error",
         "_skipping",
         "alignment_failed",
+        "capture",
         "error_classes",
         "errors",
         "handed_over",
@@ -133,6 +135,8 @@ class ServerEngine:
         self.refused: str | None = None
         self._held_back = bytearray()
         self._let_go = False
+        #: Collects what is forwarded, for the query cache (None: nothing is collected).
+        self.capture: Capture | None = None
 
     def feed(self, data: bytes) -> bytes | list[Event]:
         """Take the server's bytes; return what to pass to the client.
@@ -156,7 +160,9 @@ class ServerEngine:
         elif scanner.ready_count:
             self._observe()
         if type(events) is list and self.owners is not None:
-            return self._rewrite(events)
+            events = self._rewrite(events)
+        if self.capture is not None:
+            self.capture.add(events)
         return events
 
     def _rewrite(self, events: list[Event]) -> list[Event]:

@@ -171,6 +171,15 @@ class ClientSettings:
         # Request number on its server -> the operations that ran in it.
         self._journal: dict[int, list[Op]] | None = None
 
+    def key(self) -> tuple[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]]:
+        """What tells these settings from others (a cache key's part): the statements
+        made, and the reported values a session can set."""
+        reported = self.reported or {}
+        return (
+            tuple(self.committed.items()),
+            tuple(sorted((k, v) for k, v in reported.items() if k.lower() not in _NOT_SET)),
+        )
+
     @property
     def pending(self) -> bool:
         """Requests that set something wait for their answers."""

@@ -311,6 +311,8 @@ class ClientConnection(asyncio.Protocol):
         self.app.balancer.inflight[node] += 1
         self._attach(server)
         writable = node == self.app.cluster.view.primary
+        if self.engine.cache is not None:
+            self.engine.cache.replayed = self.app.cluster.view.nodes[node].replay_lsn
         self._carry_out(server, self.engine.attach(server.engine, writable))
         if self._paused and not self.engine.ended:
             self._paused = False
@@ -360,6 +362,9 @@ class ClientConnection(asyncio.Protocol):
     def server_answered(self) -> None:
         """Transaction pooling: the server sent something; give it back if the client
         is done with it for now."""
+        cache = self.engine.cache
+        if cache is not None and cache.busy and self.server is not None:
+            cache.answered(self.server.engine)
         if self.engine.releasable():
             server = self.server
             pool = self.pool
@@ -567,6 +572,9 @@ class ClientConnection(asyncio.Protocol):
             await app.catalogs.wait(self.database)
         self.transport.write(m.auth_request(m.AUTH_OK))
         params = tuple((k, v) for k, v in startup.params if k not in _IDENTITY)
+        if app.cache is not None and self.engine.pooling:
+            self.engine.cache = app.cache.session(self.database, self.user, params)
+            self.engine.cache.settings = self.engine.settings
         primary = app.primary_node()
         pool = self._pool_of(primary)
         self.pool = pool

@@ -1,0 +1,1 @@
+"""The query cache's tests."""
