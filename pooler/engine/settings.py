@@ -253,10 +253,12 @@ class _Replay:
                     return False
                 (self.pending if self.in_transaction else implicit).append(op)
             elif kind == BEGIN:
-                self.in_transaction = True
-                self.pending = implicit
-                implicit = []
-                aborted = False
+                # (Inside a transaction BEGIN only warns: the transaction goes on.)
+                if not self.in_transaction:
+                    self.in_transaction = True
+                    self.pending = implicit
+                    implicit = []
+                    aborted = False
             elif kind in (COMMIT, PREPARE):
                 if kind == PREPARE and self.pending:
                     return False

@@ -330,8 +330,10 @@ def test_a_read_only_begin_in_a_batch_runs_on_one_standby(
     standby and stays there to its end, and a plain BEGIN stays on the primary."""
     standbys = {node.port for node in cluster.standbys}
     used: Counter[int] = Counter()
+    deadline = time.monotonic() + 10
     with connect((routed.host, routed.port)) as wire:
-        for _ in range(12):
+        # (Until the monitor has seen the standbys, reads stay on the primary.)
+        while not set(used) & standbys and time.monotonic() < deadline:
             # (inet_server_port() names the node: where the transaction starts, a read
             # that may run anywhere places it.)
             assert _batch_ports(wire, "BEGIN READ ONLY", "SELECT 1") == []

@@ -144,6 +144,8 @@ def _compare(cluster: LocalCluster, pooler: PoolerProcess, script: list[tuple[st
         # DISCARD ALL fails in a transaction block and drops nothing (psycopg has
         # prepared the observing query by then: it must still exist).
         ["SET work_mem = '1MB'"] * 5 + ["BEGIN", "DISCARD ALL", "ROLLBACK", "SET a.x = 'z'"],
+        # BEGIN inside a transaction only warns: the earlier SET commits with it.
+        ["BEGIN", "SET work_mem = '1MB'", "BEGIN; SET a.x = 't1'; COMMIT"],
         # A read-only transaction runs on a standby: what it sets follows the client.
         ["BEGIN READ ONLY", "SELECT 1", "SET a.x = 'ro'", "SET TimeZone = 'UTC'", "COMMIT"],
     ],
