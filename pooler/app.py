@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import Counter
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
@@ -186,12 +187,12 @@ class Pooler:
         engine.defer_begin = self.routing
         return engine
 
-    def pick_node(self, target: int, floor: int = 0) -> int | None:
+    def pick_node(self, target: Target, floor: int = 0) -> int | None:
         """The node for a transaction that ``target`` allows, or None when none can
         run it; a read goes only to a node that has replayed WAL up to ``floor``."""
         if not self.routing:
             return self.cluster.view.primary
-        node = self.balancer.pick(self.cluster.view, Target(target), floor or None)
+        node = self.balancer.pick(self.cluster.view, target, floor or None)
         if node is not None and target != Target.PRIMARY:
             self.balancer.reads[node] += 1
         return node
@@ -296,10 +297,9 @@ class Pooler:
 
     async def _janitor(self, idle_timeout: float) -> None:
         """Close server connections unused for ``idle_timeout`` seconds."""
-        loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(min(idle_timeout / 2, 30.0))
-            self.pools.close_expired(loop.time() - idle_timeout)
+            self.pools.close_expired(time.monotonic() - idle_timeout)
 
     async def shutdown(self, timeout: float) -> None:
         """Stop accepting, let running queries finish for ``timeout`` s, then close all."""

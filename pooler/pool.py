@@ -11,10 +11,11 @@ next to idle connections it cannot use.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 ParamKey = tuple[tuple[str, str], ...]
 
@@ -30,9 +31,9 @@ class PooledServer(Protocol):
         """Close the connection at once."""
 
 
-@dataclass(frozen=True, slots=True)
-class PoolKey:
-    """Which pool: node index, database and user."""
+class PoolKey(NamedTuple):
+    """Which pool: node index, database and user. (A tuple: made and hashed for every
+    transaction a pooled client runs, which a dataclass does in Python code.)"""
 
     node: int
     database: str
@@ -146,7 +147,9 @@ class ServerPool:
             self._discard(server)
             self._open_for(waiter)
             return
-        server.idle_since = asyncio.get_running_loop().time()
+        # Not the loop's clock: asyncio.get_running_loop() costs a getpid() system call
+        # on every server returned.
+        server.idle_since = time.monotonic()
         self.idle.setdefault(server.param_key, []).append(server)
 
     def discard(self, server: PooledServer) -> None:
@@ -177,7 +180,7 @@ class ServerPool:
         self.idle.clear()
 
     def close_expired(self, idle_before: float) -> None:
-        """Close servers idle since before ``idle_before`` (loop time)."""
+        """Close servers idle since before ``idle_before`` (``time.monotonic``)."""
         for params in list(self.idle):
             servers = self.idle[params]
             # Checked in at the end, handed out from the end: the oldest come first.

@@ -181,3 +181,20 @@ def test_tiny_run_prints_the_table() -> None:
         assert port_is_free(int(port)), f"port {port} still in use after the run"
     removed = re.search(r"removing (\S+)/cluster$", err, re.M)
     assert removed and not Path(removed.group(1)).exists()
+
+
+def test_hot_path_runs_every_mode_through_the_pooler_code() -> None:
+    """bench/hot_path drives a real Pooler with fake transports; it fails if a request
+    gets no server or an answer does not free it, so a change that breaks the path it
+    measures is seen here, not by the next person who runs it."""
+    done = subprocess.run(
+        [str(BENCH / "hot_path"), "--routing", "--count", "900"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    lines = done.stdout.splitlines()
+    assert [line.split()[0] for line in lines] == ["simple", "extended", "prepared"]
+    for line in lines:
+        assert re.search(r"routing=on: \d+\.\d us/txn$", line), line

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pooler.routing.targets import Target
+
 
 @dataclass(frozen=True, slots=True)
 class Close:
@@ -39,7 +41,7 @@ class NeedServer:
     running its reads): then the next server is needed once that one is released.
     """
 
-    target: int
+    target: Target
 
 
 @dataclass(frozen=True, slots=True)

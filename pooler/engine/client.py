@@ -76,6 +76,7 @@ class ClientEngine:
     __slots__ = (
         "_admin",
         "_begins",
+        "_classified_last",
         "_classify",
         "_deferred",
         "_deferred_read_only",
@@ -130,6 +131,9 @@ class ClientEngine:
             divert=admin.claims if admin is not None else None,
         )
         self._classify = classify
+        # The text ``_defer`` classified and its classification, for the ``_pooled``
+        # that follows at once (classifying a text never seen costs a parse).
+        self._classified_last: tuple[bytes, Classification | None] | None = None
         self._target_of = target_of
         #: The server this client's requests go to, while it has one.
         self.server: ServerEngine | None = None
@@ -383,7 +387,9 @@ class ClientEngine:
         classify = self._classify
         assert classify is not None
         sql = text.decode("utf-8", "replace")
-        classification = classify(sql)
+        last = self._classified_last
+        classification = last[1] if last is not None and last[0] == text else classify(sql)
+        self._classified_last = None
         if self.cache is not None:
             self.cache.classified(classification, text)
         if classification is None:
@@ -470,8 +476,10 @@ class ClientEngine:
         if type(msg) is not Message or msg.type != m.QUERY:
             return None
         assert self._classify is not None
-        sql = msg.body[:-1].decode("utf-8", "replace")
+        text = msg.body[:-1]
+        sql = text.decode("utf-8", "replace")
         classification = self._classify(sql)
+        self._classified_last = (text, classification)
         if (
             classification is None
             or len(classification.statements) != 1
@@ -492,6 +500,7 @@ class ClientEngine:
             # Hot standbys refuse serializable transactions.
             self._deferred_read_only = False
         self._deferred.append(frame(m.QUERY, msg.body))
+        self._classified_last = None
         # It is answered here: no server owes anything for it.
         self.scanner.tracked.clear()
         return Reply(m.command_complete(tag) + m.ready_for_query(b"T"))
