@@ -392,15 +392,26 @@ def test_a_read_whose_standby_goes_away_runs_on_the_primary(
     sql = "/* pooler: standby */ SELECT pg_sleep(0.5), inet_server_port()"
     stop = threading.Event()
 
+    # Connections of its own, opened before the reads: a psql started per look can
+    # take longer than the read itself on a loaded machine, and the read would finish
+    # on the standby first.
+    watchers = [
+        psycopg.connect(
+            f"host={node.host} port={node.port} user=postgres password=postgres dbname=app",
+            autocommit=True,
+        )
+        for node in cluster.standbys
+    ]
+
     def terminator() -> None:
         while not stop.is_set():
-            for node in cluster.standbys:
-                node.psql(
+            for watcher in watchers:
+                watcher.execute(
                     "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
                     " WHERE usename = 'app' AND query LIKE '%pg_sleep(0.5)%'"
                     " AND pid <> pg_backend_pid()"
                 )
-            time.sleep(0.05)
+            time.sleep(0.01)
 
     thread = threading.Thread(target=terminator)
     thread.start()
@@ -412,3 +423,5 @@ def test_a_read_whose_standby_goes_away_runs_on_the_primary(
     finally:
         stop.set()
         thread.join()
+        for watcher in watchers:
+            watcher.close()
