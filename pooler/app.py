@@ -109,8 +109,12 @@ class Pooler:
             [backend.weight for backend in config.backends],
             Limits(lb.max_lag_bytes, lb.max_lag_seconds, lb.fallback_to_primary),
         )
-        #: Reads leave the primary (transaction pooling only, for now).
-        self.routing = lb.enabled and config.pool.mode == "transaction" and len(config.backends) > 1
+        #: Reads leave the primary.
+        self.routing = lb.enabled and len(config.backends) > 1
+        #: Session mode with routing: each client keeps the servers it used, one per
+        #: node, between its transactions (``ClientConnection``), instead of giving
+        #: them back to the pool.
+        self.keeps_servers = self.routing and config.pool.mode == "session"
         #: The query cache works in transaction pooling, where statements are classified.
         caching = config.query_cache.enabled and config.pool.mode == "transaction"
         self.catalogs: Catalogs | None = None
@@ -123,10 +127,10 @@ class Pooler:
                 lb.write_functions,
                 lb.read_only_functions,
             )
-        #: Transaction pooling classifies statements (for what pins a client); session
-        #: mode needs no classification at all.
+        #: Transaction pooling classifies statements (for what pins a client), and so
+        #: does routing; session mode without routing needs no classification at all.
         self.classify: Classify | None = None
-        if config.pool.mode == "transaction":
+        if config.pool.mode == "transaction" or self.keeps_servers:
             self.classify = _classifier()
         self._classifier = Classifier()
         #: Real pid of each server -> the pid of the last client it served, so that a

@@ -187,7 +187,7 @@ class Failover:
 
 @dataclass(frozen=True, slots=True)
 class LoadBalance:
-    """How reads are spread over the nodes (transaction pooling)."""
+    """How reads are spread over the nodes (both pool modes)."""
 
     enabled: bool = True
     #: A standby further behind the primary than this many bytes of WAL gets no reads;

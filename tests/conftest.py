@@ -129,7 +129,8 @@ def start_pooler(
     """Start poolers (for ``cluster`` unless another is given); all stop after the test.
 
     Raises (failing the test) with the pooler's stderr when it does not accept TCP
-    connections within POOLER_START_TIMEOUT seconds.
+    connections within POOLER_START_TIMEOUT seconds. ``pool={"mode": "session"}``
+    without ``load_balance`` gets ``load_balance.enabled: false``.
     """
     started: list[PoolerProcess] = []
 
@@ -138,6 +139,11 @@ def start_pooler(
         port = find_free_ports(1)[0]
         workdir = tmp_path_factory.mktemp("pooler")
         config_path = workdir / "pooler.yaml"
+        if overrides.get("pool", {}).get("mode") == "session" and "load_balance" not in overrides:
+            # Session mode here means one server for the client's whole session, the
+            # relay the tests written for it check: routing in session mode (each
+            # client keeping one server per node) is asked for by its own tests.
+            overrides = {**overrides, "load_balance": {"enabled": False}}
         config = _deep_merge(served.pooler_config(port), overrides)
         config_path.write_text(yaml.safe_dump(config, sort_keys=False))
         log_path = workdir / "stderr.log"

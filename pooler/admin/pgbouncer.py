@@ -198,6 +198,7 @@ def show_pools(ctx: Context) -> Result:
         count["sv_total"] += pool.total
     for client in clients(app):
         count = counts.setdefault((client.database, client.user), Counter())
+        count["sv_active"] += len(client.kept_servers())
         if client.server is not None:
             count["cl_active"] += 1
             count["sv_active"] += 1

@@ -95,9 +95,12 @@ def clients(app: Pooler) -> list[ClientConnection]:
 
 def servers(app: Pooler) -> list[tuple[ServerConnection, ClientConnection | None]]:
     """Every server connection: those serving a client with it, then the idle ones."""
-    found: list[tuple[ServerConnection, ClientConnection | None]] = [
-        (client.server, client) for client in clients(app) if client.server is not None
-    ]
+    found: list[tuple[ServerConnection, ClientConnection | None]] = []
+    for client in clients(app):
+        if client.server is not None:
+            found.append((client.server, client))
+        # Session mode with routing: its other nodes' servers are its too.
+        found.extend((server, client) for server in client.kept_servers())
     for pool in app.pools.pools.values():
         for idle in pool.idle.values():
             found.extend((server, None) for server in idle)  # type: ignore[misc]

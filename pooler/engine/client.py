@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from parser_api import Classification, TokenKind, tokens
+from parser_api import Classification, Route, TokenKind, tokens
 from pooler.engine.actions import Action, Close, HandOver, NeedServer, Reply
 from pooler.engine.server import ServerEngine
 from pooler.engine.session_state import SessionState
@@ -84,6 +84,7 @@ class ClientEngine:
         "_held",
         "_held_ops",
         "_held_owing",
+        "_may_write",
         "_ops",
         "_parse_check",
         "_retry",
@@ -93,6 +94,8 @@ class ClientEngine:
         "_target_of",
         "_targets",
         "_unnamed",
+        "_unnamed_writes",
+        "_writers",
         "admin_wait",
         "cache",
         "defer_begin",
@@ -168,6 +171,12 @@ class ClientEngine:
         # Where each named statement, and the unnamed one, may run.
         self._targets: dict[bytes, Target] = {}
         self._unnamed = Target.PRIMARY
+        # What ran (or is held) since the server was taken may write data, so that the
+        # client's next reads must see it (a SET, or a read kept on the primary, need
+        # not); and which of its statements may (None: none named yet).
+        self._may_write = False
+        self._writers: set[bytes] | None = None
+        self._unnamed_writes = True
         #: Answer a lone BEGIN here and send it with the transaction's first statement,
         #: which then places the transaction (routing).
         self.defer_begin = False
@@ -219,8 +228,11 @@ class ClientEngine:
         # _tell, written out: this runs once per read of every client.
         requests = server.requests
         if scanner.tracked:
-            if self.cache is not None and FUNCTION_CALL in scanner.tracked:
-                self.cache.function_called()
+            if FUNCTION_CALL in scanner.tracked:
+                # It may write: what it runs is not known.
+                self._may_write = True
+                if self.cache is not None:
+                    self.cache.function_called()
             requests.sent(scanner.tracked)
             scanner.tracked.clear()
         requests.unsynced = scanner.last_type in UNSYNCED
@@ -306,8 +318,11 @@ class ClientEngine:
         scanner = self.scanner
         requests = server.requests
         if scanner.tracked:
-            if self.cache is not None and FUNCTION_CALL in scanner.tracked:
-                self.cache.function_called()
+            if FUNCTION_CALL in scanner.tracked:
+                # It may write: what it runs is not known.
+                self._may_write = True
+                if self.cache is not None:
+                    self.cache.function_called()
             requests.sent(scanner.tracked)
             scanner.tracked.clear()
         requests.unsynced = scanner.last_type in UNSYNCED
@@ -321,7 +336,7 @@ class ClientEngine:
             # Session mode splits messages only for the admin port to look at.
             return frame(t, body)
         if t == m.QUERY:
-            target, rewritten = self._classified(body[:-1], server, rewrite=True)
+            target, rewritten, _ = self._classified(body[:-1], server, rewrite=True)
             if target > self._target:
                 self._target = target
             self._seg_parses = 0
@@ -342,7 +357,15 @@ class ClientEngine:
             raw, text = rewrite_parse(
                 body, self.statements, server.prepared if server is not None else None
             )
-            target, _ = self._classified(text, server)
+            target, _, writes = self._classified(text, server)
+            if not name:
+                self._unnamed_writes = writes
+            elif writes:
+                if self._writers is None:
+                    self._writers = set()
+                self._writers.add(name)
+            elif self._writers and not known:
+                self._writers.discard(name)
             if self._ops:
                 # It sets something each time a Bind runs it.
                 if self.statement_ops is None:
@@ -366,6 +389,8 @@ class ClientEngine:
         if t == m.BIND:
             name = bind_statement(body)
             target = self._targets.get(name, Target.PRIMARY) if name else self._unnamed
+            if self._unnamed_writes if not name else bool(self._writers and name in self._writers):
+                self._may_write = True
             if self.cache is not None:
                 self.cache.bound(name)
             if target > self._target:
@@ -380,10 +405,10 @@ class ClientEngine:
 
     def _classified(
         self, text: bytes, server: ServerEngine | None, rewrite: bool = False
-    ) -> tuple[Target, str | None]:
-        """Note the session state a statement text leaves; where it may run, and (with
+    ) -> tuple[Target, str | None, bool]:
+        """Note the session state a statement text leaves; where it may run, (with
         ``rewrite``) the text to send instead, naming the pooler's prepared statements,
-        where it names the client's."""
+        where it names the client's, and whether it may write data."""
         classify = self._classify
         assert classify is not None
         sql = text.decode("utf-8", "replace")
@@ -393,7 +418,11 @@ class ClientEngine:
         if self.cache is not None:
             self.cache.classified(classification, text)
         if classification is None:
-            return Target.PRIMARY, None
+            self._may_write = True
+            return Target.PRIMARY, None, True
+        writes = classification.route is Route.WRITE
+        if writes:
+            self._may_write = True
         if server is None and classification.transaction:
             self._begins = True
         errors = server.errors if server is not None else 0
@@ -417,7 +446,7 @@ class ClientEngine:
             if "\ufffd" in sql:
                 # Not UTF-8 (or not as sent): rewritten, it would not be the same text.
                 self.session.pin("prepare", sql)
-                return self._target_of(classification, sql), None
+                return self._target_of(classification, sql), None, writes
             rewritten = rewrite_sql(
                 sql,
                 classification,
@@ -425,7 +454,7 @@ class ClientEngine:
                 server.prepared if server is not None else None,
                 server.errors if server is not None else None,
             )
-        return self._target_of(classification, sql), rewritten
+        return self._target_of(classification, sql), rewritten, writes
 
     def _hold(self, events: bytes | list[Event]) -> list[bytes | Action]:
         cache = self.cache
@@ -528,9 +557,11 @@ class ClientEngine:
         return _NEED[target]
 
     def wrote(self) -> bool:
-        """What ran on the server it has may have written (the primary's statements,
-        and any that could not be told a read); asked before ``detach``."""
-        return self._target is Target.PRIMARY
+        """What ran on the server it has may have written data (a statement the
+        grammar and the catalog call a write, one that does not parse, a function
+        call); asked before ``detach``. Settings and reads kept on the primary are not
+        writes: the client's next reads need not wait for a standby to replay them."""
+        return self._may_write
 
     def refuse(self, error: bytes) -> bytes | None:
         """No server can take the held requests: the answers PostgreSQL gives requests
@@ -675,6 +706,7 @@ class ClientEngine:
         if not self._held:
             # Held requests keep their target; the next server must suit them too.
             self._target = Target.ANY
+            self._may_write = False
         return again
 
     def releasable(self) -> bool:

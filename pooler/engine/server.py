@@ -394,6 +394,15 @@ class ServerEngine:
         self._errors_at_reset = self.errors
         self.requests.sent([m.QUERY])
 
+    def forget_session(self) -> None:
+        """The reset query ran: the settings and prepared statements the pooler noted
+        for this server are gone (what a reset query that is not DISCARD ALL leaves is
+        the operator's choice: ``pool.reset_query``). Kept, the notes would have the
+        next client's settings taken as made already and never sent."""
+        self.settings = {}
+        self.prepared.clear()
+        self.alignment_failed = False
+
     def reset_result(self) -> bool | None:
         """None while the reset query is unanswered; then whether it left the server
         reusable (no error, idle)."""

@@ -17,7 +17,7 @@ from pooler.engine.actions import Action, Close, HandOver, NeedServer, Reply
 from pooler.engine.client import ClientEngine
 from pooler.net.client_auth import AuthClosed
 from pooler.net.handshake import ConnectionClosed, HandshakeReader
-from pooler.net.server import ServerConnection
+from pooler.net.server import Mode, ServerConnection
 from pooler.net.server_login import Credentials, LoginError
 from pooler.pool import Opener, ParamKey, PoolKey, ServerPool
 from pooler.protocol import messages as m
@@ -62,6 +62,7 @@ class ClientConnection(asyncio.Protocol):
         "_creds",
         "_handshake_task",
         "_held_by_pause",
+        "_kept",
         "_openers",
         "_params",
         "_paused",
@@ -102,6 +103,11 @@ class ClientConnection(asyncio.Protocol):
         self.node = -1
         self.logged_in = False
         self.pooling = app.classify is not None
+        # Session mode with routing: the servers it used, one per node, kept for it
+        # between its transactions (None: servers go back to the pool, or it has one).
+        self._kept: dict[int, tuple[ServerConnection, ServerPool]] | None = (
+            {} if app.keeps_servers else None
+        )
         # How to get a server (transaction pooling), and the checkout under way.
         self._params: ParamKey = ()
         self._openers: dict[int, Opener] = {}
@@ -261,6 +267,15 @@ class ClientConnection(asyncio.Protocol):
         if node is None:
             self._no_node(target)
             return
+        if self._kept is not None:
+            kept = self._kept.pop(node, None)
+            if kept is not None:
+                server, pool = kept
+                if server.mode is Mode.KEPT:
+                    self._use_server(server, pool, node)
+                    return
+                # It closed while kept (a shutdown, pg_terminate_backend).
+                pool.discard(server)
         pool = self._pool_of(node)
         idle = pool.take_idle(self._params)
         if idle is not None:
@@ -377,7 +392,11 @@ class ClientConnection(asyncio.Protocol):
             self._left_node()
             self._account(server, pool)
             self.engine.detach()
-            server.back_to_pool(pool)
+            if self._kept is not None:
+                server.keep()
+                self._kept[node] = (server, pool)
+            else:
+                server.back_to_pool(pool)
             if self.engine.refusal is not None:
                 self.app.standby_refused(node, *self.engine.refusal)
             if self.engine.waiting():
@@ -585,14 +604,17 @@ class ClientConnection(asyncio.Protocol):
         self._cancel_auth_timer()
         reported = pool.reported.get(params)
         server: ServerConnection | None = None
-        if reported is None or not self.engine.pooling:
+        # Transaction pooling shares servers; session mode (routed or not) gives the
+        # client the primary's server at once, whose pid it is told.
+        sharing = self.engine.pooling and self._kept is None
+        if reported is None or not sharing:
             # A server tells what the client's session looks like (its ParameterStatus
             # values); in transaction pooling only the first of its kind is needed.
             server = cast(
                 ServerConnection, await pool.checkout(params, opener, app.checkout_timeout)
             )
             reported = tuple(server.engine.params.items())
-        if self.engine.pooling:
+        if sharing:
             # Servers change under the client: its pid is the pooler's own, unique
             # among its clients and never a real backend's.
             self.pid = app.clients.new_pid()
@@ -608,7 +630,10 @@ class ClientConnection(asyncio.Protocol):
         out.append(m.ready_for_query(b"I"))
         self.transport.writelines(out)
         if server is not None:
-            if self.engine.pooling:
+            if self._kept is not None:
+                server.keep()
+                self._kept[primary] = (server, pool)
+            elif sharing:
                 pool.checkin(server)
             else:
                 self._attach(server)
@@ -709,6 +734,20 @@ class ClientConnection(asyncio.Protocol):
         if self._checkout is not None:
             self._checkout.cancel()
             self._checkout = None
+        if self._kept:
+            # Session mode: they are reset and go back to the pool, as the one it
+            # has does below.
+            for kept, kept_pool in self._kept.values():
+                kept.detach()
+                self.app.spawn(
+                    kept.release(
+                        kept_pool,
+                        self.app.reset_query,
+                        client_partial=False,
+                        timeout=self.app.connect_timeout,
+                    )
+                )
+            self._kept.clear()
         server = self.server
         pool = self.pool
         self.server = None
@@ -720,7 +759,7 @@ class ClientConnection(asyncio.Protocol):
         server.detach()
         # Transaction pooling resets only what a pinned client may have left.
         reset = self.app.reset_query
-        if self.engine.pooling and not self.engine.session.pins:
+        if self.engine.pooling and self._kept is None and not self.engine.session.pins:
             reset = None
         self.app.spawn(
             server.release(
@@ -732,6 +771,10 @@ class ClientConnection(asyncio.Protocol):
         )
 
     # --- administration -------------------------------------------------------------
+
+    def kept_servers(self) -> list[ServerConnection]:
+        """Session mode with routing: the servers kept for it, not serving it now."""
+        return [] if self._kept is None else [server for server, _ in self._kept.values()]
 
     def read_nodes(self, target: Target = Target.ANY) -> list[int]:
         """The nodes this client's next read (of ``target``) may go to now (admin

@@ -57,6 +57,9 @@ class Mode(Enum):
     ACTIVE = "active"
     RESET = "reset"
     IDLE = "idle"
+    #: Session mode with routing: idle between its client's transactions, kept for
+    #: that client (in no pool's idle list).
+    KEPT = "kept"
     CLOSED = "closed"
 
 
@@ -149,11 +152,12 @@ class ServerConnection(asyncio.Protocol):
             result = self.engine.reset_result()
             if result is not None and done is not None and not done.done():
                 done.set_result(result)
-        elif mode is Mode.IDLE:
+        elif mode is Mode.IDLE or mode is Mode.KEPT:
             # An idle server speaks only to say it is going away (an administrator's
-            # pg_terminate_backend, a shutdown); it is of no further use.
+            # pg_terminate_backend, a shutdown); it is of no further use. (A kept one,
+            # closed, is dropped by its client when it next looks at it.)
             log.info("idle server spoke; closing it", extra=self.log_fields())
-            if self.pool is None or not self.pool.remove_idle(self):
+            if mode is Mode.KEPT or self.pool is None or not self.pool.remove_idle(self):
                 self.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -240,8 +244,15 @@ class ServerConnection(asyncio.Protocol):
     def detach(self) -> None:
         """The client is done with this server: nothing more is relayed to it."""
         self.client = None
-        if self.mode is Mode.ACTIVE:
+        if self.mode is Mode.ACTIVE or self.mode is Mode.KEPT:
             self.mode = Mode.RESET
+
+    def keep(self) -> None:
+        """Session mode with routing: its client's transaction is over and the server
+        idle; it stays that client's, unattached, until the client needs its node
+        again (``attach``) or leaves (``release``)."""
+        self.client = None
+        self.mode = Mode.KEPT
 
     def back_to_pool(self, pool: ServerPool) -> None:
         """Transaction pooling: the client's transaction is over and the server idle;
@@ -294,6 +305,7 @@ class ServerConnection(asyncio.Protocol):
             ok = False
         self._reset_done = None
         if ok and self.mode is Mode.RESET:
+            self.engine.forget_session()
             self._to_pool(pool)
         else:
             self._give_up(pool, "reset failed")
@@ -315,7 +327,7 @@ class ServerConnection(asyncio.Protocol):
         """Close at once (a Terminate first when the connection is in a known state)."""
         transport = self.transport
         if transport is not None and not transport.is_closing():
-            if self.mode is Mode.IDLE:
+            if self.mode is Mode.IDLE or self.mode is Mode.KEPT:
                 transport.write(_TERMINATE)
             transport.close()
         self.mode = Mode.CLOSED

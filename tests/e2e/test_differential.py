@@ -75,15 +75,18 @@ class _Pooler:
 
     def __init__(self, start_pooler: StartPooler, mode: str) -> None:
         self._start = start_pooler
-        self._pool = {"size": 1, "mode": mode}
-        self.process: PoolerProcess = start_pooler(pool=self._pool)
+        routed = mode == "session-routed"
+        self._pool = {"size": 1, "mode": "session" if routed else mode}
+        # Session mode with routing: each client keeps a server per node it used.
+        self._more = {"load_balance": {"enabled": True}} if routed else {}
+        self.process: PoolerProcess = start_pooler(pool=self._pool, **self._more)
         self.started = [self.process]
         self.dirty = False
 
     def fresh(self) -> PoolerProcess:
         if self.dirty:
             self.process.stop()
-            self.process = self._start(pool=self._pool)
+            self.process = self._start(pool=self._pool, **self._more)
             self.started.append(self.process)
             self.dirty = False
         return self.process
@@ -109,7 +112,7 @@ def _failure(result: CaseResult, unaccepted: list[Difference]) -> str:
     )
 
 
-@pytest.mark.parametrize("mode", ["transaction", "session"])
+@pytest.mark.parametrize("mode", ["transaction", "session", "session-routed"])
 def test_pooler_answers_any_pipeline_like_postgres(
     cluster: LocalCluster, start_pooler: StartPooler, mode: str
 ) -> None:

@@ -232,6 +232,30 @@ def test_a_client_reads_its_own_writes(
         assert ports[delayed_standby] > 0, ports
 
 
+def test_a_set_is_not_a_write_its_reads_need_not_wait_for(
+    cluster: LocalCluster,
+    start_pooler: StartPooler,
+    table: str,
+    delayed_standby: int,
+) -> None:
+    """Read-your-writes waits only for data the client wrote: after a SET (or a read
+    kept on the primary) its reads still go to a standby that has not replayed the
+    primary's latest WAL, someone else's write."""
+    pooler = start_pooler(health_check=FAST_CHECKS)
+    with (
+        psycopg.connect(pooler.dsn(), autocommit=True) as conn,
+        psycopg.connect(direct_dsn(cluster), autocommit=True) as direct,
+    ):
+        # The delayed standby is 2 s behind this write (not the client's) from now on.
+        direct.execute(f"INSERT INTO {table} VALUES (1, 'not through the pooler')")
+        began = time.monotonic()
+        conn.execute("SET work_mem = '7MB'")
+        conn.execute("/* pooler: primary */ SELECT 1")
+        ports = Counter(_port_of(conn, "extended") for _ in range(30))
+        assert time.monotonic() - began < 1.5, "too slow to tell: the standby has caught up"
+        assert ports[delayed_standby] > 0, ports
+
+
 def test_a_standby_over_the_lag_limit_gets_no_reads(
     cluster: LocalCluster, start_pooler: StartPooler, table: str, delayed_standby: int
 ) -> None:
