@@ -197,4 +197,4 @@ def test_hot_path_runs_every_mode_through_the_pooler_code() -> None:
     lines = done.stdout.splitlines()
     assert [line.split()[0] for line in lines] == ["simple", "extended", "prepared"]
     for line in lines:
-        assert re.search(r"routing=on: \d+\.\d us/txn$", line), line
+        assert re.search(r"routing=on: \d+\.\d us/txn \(best batch \d+\.\d\)$", line), line

@@ -42,6 +42,8 @@ REFUSALS = frozenset({"25006", "0A000", "55000", "57P01", "57P02", "57P03"})
 # NoData, parameter and row descriptions, parameter status, notices): held while
 # probing, since a refusal may still follow them.
 _BEFORE_RESULTS = frozenset(b"123ntTSN")
+# What the answers so far show while probing (see ``ServerEngine.probed``).
+_RESULT, _REFUSED = 1, 2
 
 
 class ServerEngine:
@@ -206,6 +208,15 @@ class ServerEngine:
         if self.refused is not None:
             return b""
         held = self._held_back
+        if not held and type(events) is bytes and not self._let_go:
+            # The usual answer, whole in one read: looked at where it lies.
+            verdict = self._verdict(events)
+            if verdict is _RESULT:
+                self.probing = False
+                return events
+            if verdict is None:
+                held += events
+            return b""
         if isinstance(events, bytes):
             held += events
         else:
@@ -219,23 +230,33 @@ class ServerEngine:
                     return self._end_probe([event])
         if self._let_go:
             return self._end_probe([])
+        verdict = self._verdict(held)
+        if verdict is _RESULT:
+            return self._end_probe([])
+        if verdict is _REFUSED:
+            held.clear()
+        return b""
+
+    def _verdict(self, data: bytes | bytearray) -> int | None:
+        """``_RESULT`` once ``data`` (answers from the probe's start) holds a result,
+        ``_REFUSED`` once it holds a refusal (then ``refused`` is its SQLSTATE), None
+        while neither shows yet."""
         pos = 0
-        end_of_data = len(held)
+        end_of_data = len(data)
         while pos + 5 <= end_of_data:
-            t = held[pos]
-            end = pos + 1 + int.from_bytes(held[pos + 1 : pos + 5], "big")
+            t = data[pos]
+            end = pos + 1 + int.from_bytes(data[pos + 1 : pos + 5], "big")
             if end > end_of_data:
                 break
             if t == m.ERROR_RESPONSE:
-                code = m.parse_fields(bytes(held[pos + 5 : end])).get("C")
+                code = m.parse_fields(bytes(data[pos + 5 : end])).get("C")
                 if code in REFUSALS:
                     self.refused = code
-                    held.clear()
-                    return b""
+                    return _REFUSED
             if t not in _BEFORE_RESULTS:
-                return self._end_probe([])
+                return _RESULT
             pos = end
-        return b""
+        return None
 
     def let_go(self) -> None:
         """The client's stream ended: what is held goes out with the next answers."""
