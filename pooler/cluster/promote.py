@@ -305,15 +305,16 @@ class Failover:
             "why": decision.why,
             "writes_possibly_lost_bytes": decision.lost_bound,
         }
+        command = self._policy.command
+        if command is not None and self._commanded == old_primary:
+            return
         # A hung primary may resume: sessions still on it would write to a second primary.
         self._cluster.fence(old_primary)
-        if self._policy.command is not None:
-            if self._commanded == old_primary:
-                return
+        if command is not None:
             self._commanded = old_primary
             log.warning("the primary is down: running failover.command", extra=fields)
             await self._run_command(
-                self._policy.command, CommandValues(old_primary, node, old_primary, old_primary)
+                command, CommandValues(old_primary, node, old_primary, old_primary)
             )
         else:
             log.warning("the primary is down: promoting a standby", extra=fields)
@@ -325,13 +326,23 @@ class Failover:
             log.info(
                 "promoted", extra={"node": node, "seconds": round(time.monotonic() - started, 3)}
             )
-        self._replaced.add(old_primary)
         # Routing follows the view: publish the new primary now, not at its next check.
         await self._monitor.check_now(node)
         primary = self._cluster.view.primary
         if primary is None:
             log.error("no primary after the promotion; retrying", extra={"node": node})
             return
+        if primary == old_primary:
+            # It answered again before the promoted node did: the monitor keeps the
+            # primary it had while that one claims to be one, so writes go on to it
+            # alone, and the promoted node is fenced as a false primary.
+            log.error(
+                "the old primary came back during the promotion and stays the primary; "
+                "the promoted node is fenced: rebuild it as a standby",
+                extra={"node": node, "primary": primary},
+            )
+            return
+        self._replaced.add(old_primary)
         # failover.command may have promoted another node than the one it was given.
         log.warning(
             "new primary: writes go to it", extra={"node": primary, "old_primary": old_primary}
