@@ -236,8 +236,11 @@ class Assessor:
             not self._auto_failback
             and probe.in_recovery
             and node in self._held
+            # It comes back now: it was down or a false primary, not already held (as
+            # one attached by the pooler is), nor detached, nor never seen.
+            and not before.held
+            and before.status is not NodeStatus.DETACHED
             and before.role is not NodeRole.UNKNOWN
-            and node not in self._detached
         ):
             # pgpool-II without auto_failback: a node that left stays out until attached.
             log.warning(

@@ -279,14 +279,21 @@ def test_without_auto_failback_a_standby_back_is_detached_until_attached() -> No
     assert view is not None and view.primary == 0
 
 
-def test_attached_by_the_pooler_a_node_is_held_until_it_streams() -> None:
-    assessor, _ = started(primary(timeline=2), primary(timeline=1))
-    assessor.detach(1, NOW + 1)
-    assessor.attach(1, NOW + 2, held=True)
-    view = assessor.succeeded(1, standby(streaming=False, timeline=2), NOW + 3)
-    assert view is not None and view.nodes[1].held
-    view = assessor.succeeded(1, standby(timeline=2), NOW + 4)
-    assert view is not None and view.nodes[1].is_standby
+@pytest.mark.parametrize("auto_failback", [True, False])
+def test_attached_by_the_pooler_a_node_is_held_until_it_streams(auto_failback: bool) -> None:
+    # A switchover: the old primary detached, the standby promoted.
+    assessor = Assessor(HEALTH, 2, auto_failback)
+    assessor.succeeded(0, primary(timeline=1), NOW)
+    assessor.succeeded(1, standby(), NOW)
+    assessor.detach(0, NOW + 1)
+    assessor.succeeded(1, primary(timeline=2), NOW + 1)
+    # Rebuilt by failover.switchover_command, attached by the pooler.
+    assessor.attach(0, NOW + 2, held=True)
+    for later in (3, 4):
+        assessor.succeeded(0, standby(streaming=False, timeline=2), NOW + later)
+        assert assessor.view.nodes[0].held, "held, not detached again"
+    view = assessor.succeeded(0, standby(timeline=2), NOW + 5)
+    assert view is not None and view.nodes[0].is_standby and view.primary == 1
 
 
 def test_down_bound() -> None:
