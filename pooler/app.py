@@ -141,13 +141,19 @@ class Pooler:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._server: asyncio.Server | None = None
         self.cluster.on_change(self._nodes_changed)
+        self.cluster.on_fence(self._fence)
         self.monitor: Monitor | None = None
         #: Promotes a standby when the primary is down (needs the monitor).
         self.failover: Failover | None = None
         #: The primary's WAL position after writes, when reads must see them.
         self.wal: WalPositions | None = None
         if config.health_check.period:
-            self.monitor = Monitor(config.backends, config.health_check, self.cluster)
+            self.monitor = Monitor(
+                config.backends,
+                config.health_check,
+                self.cluster,
+                config.failover.auto_failback,
+            )
             self.failover = Failover(
                 config.backends, config.health_check, config.failover, self.cluster, self.monitor
             )
@@ -238,6 +244,15 @@ class Pooler:
                 for client in self._client_connections():
                     if client.node == now.node:
                         client.node_down()
+
+    def _fence(self, node: int) -> None:
+        self.pools.close_idle_of(node)
+        for client in self._client_connections():
+            server = client.server
+            if client.node == node and server is not None and server.transport is not None:
+                # Its client sees the connection close, as a direct client of a dead
+                # primary would: in a transaction or pinned, it must not go on there.
+                server.transport.abort()
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run ``coro`` in the background, keeping a reference until it ends."""

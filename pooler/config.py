@@ -183,6 +183,14 @@ class Failover:
     #: user (and its password).
     replication_user: str | None = None
     replication_password: str | None = None
+    #: A standby that was down (or a false primary) and answers again comes back into
+    #: rotation once it streams from the primary; false: it stays detached until ATTACH
+    #: NODE (pgpool-II's auto_failback).
+    auto_failback: bool = True
+    #: Run after a switchover (PROMOTE NODE) to restart the old primary as a standby of
+    #: the new one, with failover.command's placeholders; None: the old primary stays
+    #: fenced until the operator rebuilds it and attaches it.
+    switchover_command: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -708,6 +716,8 @@ def _failover(top: _Reader, users: Mapping[str, str]) -> Failover:
         max_lag_bytes=_LAG_SIZE,
         replication_user=_optional(_TEXT),
         replication_password=_optional(_SECRET),
+        auto_failback=_BOOLEAN,
+        switchover_command=_optional(_TEXT),
     )
     reader.finish()
     _plain_password(

@@ -183,6 +183,7 @@ def test_minimal_config_takes_every_default() -> None:
         enabled=False, max_size=64 * 1024**2, max_entry_size=1024**2, ttl=0.0
     )
     assert config.failover.auto_promote and config.failover.follow_primary
+    assert config.failover.auto_failback and config.failover.switchover_command is None
     assert config.load_balance.enabled
     assert config.tls.cert is None and config.tls.key is None
     assert (config.log.level, config.log.format) == ("info", "json")

@@ -133,10 +133,11 @@ def _status(state: NodeState) -> str:
 
 
 def _pg_status(state: NodeState) -> str:
-    """What the node's last check said: a detached node is not checked."""
+    """What the node's last check said: a detached node is not checked; a held one
+    answers (it waits to stream from the primary to take queries)."""
     if state.status is NodeStatus.DETACHED:
         return "unknown"
-    return "up" if state.status is NodeStatus.UP else "down"
+    return "up" if state.status is NodeStatus.UP or state.held else "down"
 
 
 def _role(state: NodeState, primary: int | None) -> str:

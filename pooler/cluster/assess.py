@@ -8,12 +8,19 @@ statuses and lag from the outcomes and the previous view.
 A node counts as down after ``max_retries + 1`` failed checks in a row, the retries
 ``retry_delay`` apart, each check bounded by ``timeout``; so a node that dies right
 after a good check is down within ``down_bound(health)`` seconds.
+
+Failback (pgpool-II's ``auto_failback``): a node that was down, or a false primary, and
+answers again as a standby is *held*: it stays DOWN until its WAL receiver streams the
+primary's timeline (a standby that still follows a fenced old primary, or none, would
+serve reads the primary's writes never reach), then comes back UP by itself. With
+``failover.auto_failback`` off it is DETACHED instead, until the operator attaches it.
+While no node is the primary there is nothing to stream from: it comes back at once.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 from pooler.cluster.checks import Probe
@@ -25,6 +32,10 @@ __all__ = ["Assessor", "Outcome", "Unreachable", "assess", "down_bound"]
 log = logging.getLogger("pooler.cluster")
 
 DETACHED_REASON = "detached by the operator"
+NO_FAILBACK_REASON = (
+    "back after being down; failover.auto_failback is false: ATTACH NODE returns it"
+)
+HELD_REASON = "back, but not streaming from the primary yet"
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,15 +62,18 @@ def down_bound(health: HealthCheck) -> float:
 def assess(
     previous: ClusterView,
     outcomes: Sequence[Outcome],
-    detached: Collection[int],
+    detached: Mapping[int, str],
     primary: int | None,
     now: float,
+    held: Collection[int] = (),
 ) -> tuple[ClusterView, int | None]:
     """The new view, and the node that is primary now (or still ``primary``, the one
     chosen last, when no node is).
 
     A node with no outcome keeps its previous state; an unreachable one keeps its role
-    and last readings. ``now`` (time.time()) stamps status and role changes.
+    and last readings. ``detached``: node -> why. A node in ``held`` that answers as a
+    standby stays DOWN (``NodeState.held``) until it streams the primary's timeline.
+    ``now`` (time.time()) stamps status and role changes.
     """
     chosen = _choose_primary(previous, outcomes, detached, primary)
     head = outcomes[chosen] if chosen is not None else None
@@ -67,11 +81,13 @@ def assess(
     nodes = []
     for node, (before, outcome) in enumerate(zip(previous.nodes, outcomes, strict=True)):
         if node in detached:
-            after = before.with_(status=NodeStatus.DETACHED, reason=DETACHED_REASON)
+            after = before.with_(status=NodeStatus.DETACHED, reason=detached[node], held=False)
         elif isinstance(outcome, Unreachable):
-            after = before.with_(status=NodeStatus.DOWN, reason=outcome.reason)
+            after = before.with_(status=NodeStatus.DOWN, reason=outcome.reason, held=False)
         elif isinstance(outcome, Probe):
             after = _reached(before, outcome, node == chosen, primary_lsn)
+            if node in held and isinstance(head, Probe) and not _follows(outcome, head):
+                after = after.with_(status=NodeStatus.DOWN, reason=HELD_REASON, held=True)
         else:
             after = before
         if (after.status, after.role) != (before.status, before.role):
@@ -80,10 +96,19 @@ def assess(
     return ClusterView(tuple(nodes)), chosen if chosen is not None else primary
 
 
+def _follows(standby: Probe, primary: Probe) -> bool:
+    """Whether ``standby`` streams the timeline of ``primary`` (from it, or from a
+    standby of it): a standby still streaming from a fenced old primary streams the old
+    timeline."""
+    if not standby.in_recovery:
+        return True  # a false primary: fenced by its role, not held
+    return standby.streaming and primary.timeline in (None, standby.timeline)
+
+
 def _choose_primary(
     previous: ClusterView,
     outcomes: Sequence[Outcome],
-    detached: Collection[int],
+    detached: Mapping[int, str],
     primary: int | None,
 ) -> int | None:
     """Among the nodes out of recovery: the primary of before while it claims to be one.
@@ -140,6 +165,7 @@ def _reached(before: NodeState, probe: Probe, chosen: bool, primary_lsn: int | N
             timeline=probe.timeline,
             reason="",
             replicas=probe.replicas,
+            held=False,
         )
     replay = probe.replay_lsn
     lag_bytes = 0
@@ -167,6 +193,7 @@ def _reached(before: NodeState, probe: Probe, chosen: bool, primary_lsn: int | N
         timeline=probe.timeline,
         reason="",
         replicas=(),
+        held=False,
     )
 
 
@@ -179,15 +206,20 @@ class Assessor:
     knowing every node (and a failing node had its retries).
     """
 
-    def __init__(self, health: HealthCheck, count: int) -> None:
+    def __init__(self, health: HealthCheck, count: int, auto_failback: bool = True) -> None:
         self._health = health
+        self._auto_failback = auto_failback
         #: Before the first check no role is known; status UP as in ``initial_view``.
         self.view = ClusterView(tuple(NodeState(node) for node in range(count)))
         #: The node chosen as primary last; kept while no node is primary.
         self.primary: int | None = None
         self._outcomes: list[Outcome] = [None] * count
         self._failures = [0] * count
-        self._detached: set[int] = set()
+        #: Detached nodes -> why (the operator, or failover.auto_failback off).
+        self._detached: dict[int, str] = {}
+        #: Nodes that must stream from the primary before they are UP again: they were
+        #: down or a false primary (see the module's docstring).
+        self._held: set[int] = set()
         self._ready = False
 
     @property
@@ -199,6 +231,25 @@ class Assessor:
         """A check of ``node`` read ``probe``."""
         self._failures[node] = 0
         self._outcomes[node] = probe
+        before = self.view.nodes[node]
+        if (
+            not self._auto_failback
+            and probe.in_recovery
+            and node in self._held
+            # It comes back now: it was down or a false primary, not already held (as
+            # one attached by the pooler is), nor detached, nor never seen.
+            and not before.held
+            and before.status is not NodeStatus.DETACHED
+            and before.role is not NodeRole.UNKNOWN
+        ):
+            # pgpool-II without auto_failback: a node that left stays out until attached.
+            log.warning(
+                "node back as a standby: detached until ATTACH NODE "
+                "(failover.auto_failback is false)",
+                extra={"node": node},
+            )
+            self._detached[node] = NO_FAILBACK_REASON
+            self._held.discard(node)
         return self._update(now)
 
     def failed(self, node: int, reason: str, now: float) -> ClusterView | None:
@@ -207,6 +258,7 @@ class Assessor:
         if self._failures[node] <= self._health.max_retries:
             return None
         self._outcomes[node] = Unreachable(reason)
+        self._held.add(node)
         return self._update(now)
 
     def retrying(self, node: int) -> bool:
@@ -220,19 +272,25 @@ class Assessor:
 
     def detach(self, node: int, now: float) -> ClusterView | None:
         """The operator took ``node`` out: DETACHED, not checked, until ``attach``."""
-        self._detached.add(node)
+        self._detached[node] = DETACHED_REASON
         self._failures[node] = 0
         return self._update(now)
 
-    def attach(self, node: int, now: float) -> ClusterView | None:
+    def attach(self, node: int, now: float, held: bool = False) -> ClusterView | None:
         """The operator gave ``node`` back: it stays DETACHED until its next check.
 
         A node found a false primary gets a fresh judgement: attaching it is how the
-        operator says which one is right (detach the other).
+        operator says which one is right (detach the other). The operator's word also
+        ends a hold; ``held``: the node must still stream from the primary before it is
+        UP (attached by the pooler itself, after failover.switchover_command).
         """
         if node not in self._detached:
             return None
-        self._detached.discard(node)
+        del self._detached[node]
+        if held:
+            self._held.add(node)
+        else:
+            self._held.discard(node)
         self._outcomes[node] = None
         if self.view.nodes[node].role is NodeRole.FALSE_PRIMARY:
             nodes = list(self.view.nodes)
@@ -249,7 +307,15 @@ class Assessor:
             ):
                 return None
             self._ready = True
-        view, self.primary = assess(self.view, self._outcomes, self._detached, self.primary, now)
+        view, self.primary = assess(
+            self.view, self._outcomes, self._detached, self.primary, now, self._held
+        )
+        for state in view.nodes:
+            if state.role is NodeRole.FALSE_PRIMARY and state.up:
+                # Rebuilt as a standby later, it must first show that it follows.
+                self._held.add(state.node)
+            elif state.up:
+                self._held.discard(state.node)
         if view == self.view:
             return None
         _log_changes(self.view, view)
@@ -260,6 +326,12 @@ class Assessor:
 def _log_changes(old: ClusterView, new: ClusterView) -> None:
     """One line per node whose status or role changed; a false primary is an alarm."""
     for before, after in zip(old.nodes, new.nodes, strict=True):
+        if after.held and not before.held:
+            log.info(
+                "node answers again as a standby; out of rotation until it streams from "
+                "the primary",
+                extra={"node": after.node, "primary": new.primary},
+            )
         if (before.status, before.role) == (after.status, after.role):
             continue
         fields = {

@@ -31,6 +31,7 @@ SELECT pg_is_in_recovery() AS in_recovery,
             THEN ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int
             ELSE coalesce(r.received_tli, (SELECT timeline_id FROM pg_control_checkpoint()))
        END AS timeline,
+       coalesce(r.status = 'streaming', false) AS streaming,
        r.written_lsn AS receive_lsn,
        pg_last_wal_receive_lsn() AS flush_lsn,
        pg_last_wal_replay_lsn() AS replay_lsn,
@@ -60,6 +61,8 @@ class Probe:
     replay_time: float | None = None
     #: Out of recovery: its ``pg_stat_replication``.
     replicas: tuple[Replica, ...] = ()
+    #: In recovery: its WAL receiver streams (of ``timeline``: the receiver's).
+    streaming: bool = False
 
     @property
     def received_lsn(self) -> int | None:
@@ -81,6 +84,7 @@ def probe_from_rows(
         flush_lsn=state["flush_lsn"],
         replay_lsn=state["replay_lsn"],
         replay_time=state["replay_time"],
+        streaming=bool(state.get("streaming", False)),
         replicas=tuple(
             Replica(
                 name=row["application_name"],

@@ -41,10 +41,17 @@ class Monitor:
 
     Roles are discovered: whichever node is out of recovery is the primary (see
     ``pooler.cluster.assess`` for two of them). Nodes that recover come back UP by
-    themselves; only ``detach`` makes a node DETACHED, and only ``attach`` undoes it.
+    themselves once they stream from the primary (``auto_failback``; when false they
+    are DETACHED instead); only ``attach`` undoes DETACHED.
     """
 
-    def __init__(self, backends: Sequence[Backend], health: HealthCheck, cluster: Cluster) -> None:
+    def __init__(
+        self,
+        backends: Sequence[Backend],
+        health: HealthCheck,
+        cluster: Cluster,
+        auto_failback: bool = True,
+    ) -> None:
         if len(backends) != len(cluster.view.nodes):
             raise ValueError(
                 f"{len(backends)} backends for a cluster view of {len(cluster.view.nodes)} nodes"
@@ -52,7 +59,7 @@ class Monitor:
         self._backends = tuple(backends)
         self._health = health
         self._cluster = cluster
-        self._assessor = Assessor(health, len(backends))
+        self._assessor = Assessor(health, len(backends), auto_failback)
         self._tasks: list[asyncio.Task[None]] = []
         self._first_view = asyncio.Event()
         # Set by suspect, check_now, detach and attach: the node's task stops waiting.
@@ -102,10 +109,11 @@ class Monitor:
         self._publish(self._assessor.detach(node, time.time()))
         self._wake[node].set()
 
-    def attach(self, node: int) -> None:
+    def attach(self, node: int, held: bool = False) -> None:
         """Give a detached ``node`` back: it is checked at once and comes back UP (or
-        DOWN) with the outcome. A false primary attached gets a fresh judgement."""
-        self._publish(self._assessor.attach(node, time.time()))
+        DOWN) with the outcome. A false primary attached gets a fresh judgement.
+        ``held``: UP only once it streams from the primary (see ``Assessor.attach``)."""
+        self._publish(self._assessor.attach(node, time.time(), held))
         self._wake[node].set()
 
     async def check_now(self, node: int) -> NodeState:

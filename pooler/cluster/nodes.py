@@ -87,6 +87,10 @@ class NodeState:
     replay_time: float | None = None
     #: Primary: its ``pg_stat_replication``, by standby name.
     replicas: tuple[Replica, ...] = ()
+    #: DOWN although it answers its checks as a standby: it came back (after being down,
+    #: or a false primary) and stays out of rotation until it streams from the primary
+    #: (``failover.auto_failback``).
+    held: bool = False
 
     @property
     def up(self) -> bool:
@@ -147,12 +151,13 @@ class Cluster:
     the data path reports what it sees through ``suspect``.
     """
 
-    __slots__ = ("_listeners", "_suspects", "view")
+    __slots__ = ("_fences", "_listeners", "_suspects", "view")
 
     def __init__(self, view: ClusterView) -> None:
         self.view = view
         self._listeners: list[Listener] = []
         self._suspects: list[Callable[[int, str], None]] = []
+        self._fences: list[Callable[[int], None]] = []
 
     def publish(self, view: ClusterView) -> None:
         """Replace the view and tell every listener (old view, new view)."""
@@ -172,3 +177,14 @@ class Cluster:
         """The data path saw a node fail (refused or reset connection): check it now."""
         for callback in self._suspects:
             callback(node, reason)
+
+    def on_fence(self, callback: Callable[[int], None]) -> None:
+        """Call ``callback(node)`` when ``node`` is fenced."""
+        self._fences.append(callback)
+
+    def fence(self, node: int) -> None:
+        """Another node is about to be promoted in place of ``node``: every server
+        connection to it is closed now, those serving a client too, so that no session
+        writes there once it may come back (a hung primary resumes) as a second primary."""
+        for callback in self._fences:
+            callback(node)

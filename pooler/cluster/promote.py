@@ -6,9 +6,11 @@ DOWN it asks every standby about its WAL receiver, lets ``decide`` choose, and c
 the decision out: ``SELECT pg_promote()`` on the chosen standby (or the operator's
 ``failover.command``), a check of that node at once so the monitor publishes it as the
 primary (routing follows the view by itself), then each other standby repointed at it
-(``failover.follow_primary``). A refusal is logged once per change of its reason, and
-writes get an error until a person acts. The old primary coming back as a primary is
-fenced by the monitor (a false primary gets no query); this logs it as an error.
+(``failover.follow_primary``). A standby that was down or detached at that moment is
+repointed when it answers again (it still points at the old primary). A refusal is
+logged once per change of its reason, and writes get an error until a person acts.
+The old primary coming back as a primary is fenced by the monitor (a false primary gets
+no query); this logs it as an error.
 
 Wiring::
 
@@ -24,6 +26,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import replace
@@ -128,6 +132,12 @@ class Failover:
         #: Nodes that were the primary before a promotion: back as primaries, they are
         #: fenced, and said so loudly.
         self._replaced: set[int] = set()
+        #: Standbys that were not repointed when the primary changed (down or detached
+        #: then): repointed once they answer again, by a task of their own.
+        self._unfollowed: set[int] = set()
+        self._following: dict[int, asyncio.Task[None]] = {}
+        #: failover.switchover_command runs.
+        self._background: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         cluster.on_change(self._changed)
@@ -140,10 +150,15 @@ class Failover:
     async def stop(self) -> None:
         """Stop; a promotion under way is abandoned where it is."""
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        tasks = [
+            *self._following.values(),
+            *self._background,
+            *([task] if task is not None else []),
+        ]
+        self._following.clear()
+        for each in tasks:
+            each.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     # --- the views --------------------------------------------------------------------
 
@@ -171,6 +186,17 @@ class Failover:
                     "query; rebuild it as a standby of the new primary (pg_rewind)",
                     extra={"node": after.node, "primary": primary},
                 )
+            if (
+                after.node in self._unfollowed
+                and (after.held or after.is_standby)
+                and primary is not None
+                and after.node not in self._following
+            ):
+                self._unfollowed.discard(after.node)
+                self._following[after.node] = asyncio.create_task(
+                    self._follow_late(after.node, primary),
+                    name=f"pooler failover: node {after.node} follows",
+                )
         self._wake.set()
 
     async def _run(self) -> None:
@@ -189,7 +215,9 @@ class Failover:
         while self._down:
             node, primary = self._down.pop(0)
             if acting and self._policy.command is not None:
-                await self._run_command(CommandValues(node, primary, primary, primary))
+                await self._run_command(
+                    self._policy.command, CommandValues(node, primary, primary, primary)
+                )
         view = self._cluster.view
         if view.primary is not None:
             stale = time.monotonic() - self._sync_read_at > SYNC_REFRESH
@@ -200,6 +228,8 @@ class Failover:
         reports: list[StandbyReport] = []
         if acting and last is not None:
             reports = await self._reports(view, last.node)
+            # The old primary may be back while the standbys were asked: decide on now.
+            view = self._cluster.view
         decision = decide(view, last, reports, self._policy)
         if isinstance(decision, Refuse):
             if decision.reason != self._refusal:
@@ -275,12 +305,17 @@ class Failover:
             "why": decision.why,
             "writes_possibly_lost_bytes": decision.lost_bound,
         }
-        if self._policy.command is not None:
-            if self._commanded == old_primary:
-                return
+        command = self._policy.command
+        if command is not None and self._commanded == old_primary:
+            return
+        # A hung primary may resume: sessions still on it would write to a second primary.
+        self._cluster.fence(old_primary)
+        if command is not None:
             self._commanded = old_primary
             log.warning("the primary is down: running failover.command", extra=fields)
-            await self._run_command(CommandValues(old_primary, node, old_primary, old_primary))
+            await self._run_command(
+                command, CommandValues(old_primary, node, old_primary, old_primary)
+            )
         else:
             log.warning("the primary is down: promoting a standby", extra=fields)
             started = time.monotonic()
@@ -291,23 +326,55 @@ class Failover:
             log.info(
                 "promoted", extra={"node": node, "seconds": round(time.monotonic() - started, 3)}
             )
-        self._replaced.add(old_primary)
         # Routing follows the view: publish the new primary now, not at its next check.
         await self._monitor.check_now(node)
         primary = self._cluster.view.primary
         if primary is None:
             log.error("no primary after the promotion; retrying", extra={"node": node})
             return
+        if primary == old_primary:
+            # It answered again before the promoted node did: the monitor keeps the
+            # primary it had while that one claims to be one, so writes go on to it
+            # alone, and the promoted node is fenced as a false primary.
+            log.error(
+                "the old primary came back during the promotion and stays the primary; "
+                "the promoted node is fenced: rebuild it as a standby",
+                extra={"node": node, "primary": primary},
+            )
+            return
+        self._replaced.add(old_primary)
         # failover.command may have promoted another node than the one it was given.
         log.warning(
             "new primary: writes go to it", extra={"node": primary, "old_primary": old_primary}
         )
         if self._policy.follow_primary:
-            await self._follow_all(primary)
+            await self._follow_all(primary, old_primary)
 
-    async def _follow_all(self, primary: int) -> None:
+    async def _follow_all(self, primary: int, old_primary: int) -> None:
+        """Repoint every standby up at ``primary``; the others (down, detached, held)
+        are repointed when they answer again (``_follow_late``)."""
         others = [n for n in self._cluster.view.standbys() if n != primary]
+        self._unfollowed |= set(range(len(self._backends))) - {primary, old_primary, *others}
+        self._unfollowed -= self._following.keys()
+        if self._unfollowed:
+            log.info(
+                "standbys not up now follow the new primary once they answer",
+                extra={"nodes": sorted(self._unfollowed), "primary": primary},
+            )
         await asyncio.gather(*(self._follow(standby, primary) for standby in others))
+
+    async def _follow_late(self, node: int, primary: int) -> None:
+        """A standby that missed the change of primary answers again: repoint it (it
+        comes back into rotation once it streams, ``failover.auto_failback``)."""
+        try:
+            log.info(
+                "standby that missed the promotion answers: repointing it",
+                extra={"node": node, "primary": primary},
+            )
+            if await self._follow(node, primary) is None:
+                self._unfollowed.add(node)  # not reached: again when it answers
+        finally:
+            self._following.pop(node, None)
 
     # --- switchover -------------------------------------------------------------------
 
@@ -353,7 +420,28 @@ class Failover:
             raise SwitchoverError(f"node {new} was promoted but is not seen as the primary")
         log.warning("switchover: new primary", extra={"node": new, "old_primary": old})
         if self._policy.follow_primary:
-            await self._follow_all(new)
+            await self._follow_all(new, old)
+        if self._policy.switchover_command is not None:
+            # In the background: the switchover is over, and held clients go on.
+            task = asyncio.create_task(
+                self._restart_old_primary(old, new), name="pooler failover: switchover_command"
+            )
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def _restart_old_primary(self, old: int, new: int) -> None:
+        """Run failover.switchover_command for the old primary; when it succeeds, the
+        node is checked again and comes back into rotation once it streams from the new
+        primary (still a primary, it is fenced as a false primary)."""
+        assert self._policy.switchover_command is not None
+        values = CommandValues(failed=old, new_main=new, old_main=old, old_primary=old)
+        if await self._run_command(self._policy.switchover_command, values, "switchover_command"):
+            self._monitor.attach(old, held=True)
+        else:
+            log.error(
+                "the old primary stays detached: rebuild it as a standby, then ATTACH NODE",
+                extra={"node": old, "primary": new},
+            )
 
     async def _pg_promote(self, node: int) -> str | None:
         """Promote ``node`` with pg_promote(); None when done, else why not."""
@@ -367,29 +455,31 @@ class Failover:
             return str(exc)
         return None if done else "the promotion did not finish in time"
 
-    async def _run_command(self, values: CommandValues) -> None:
-        """Run failover.command for one node that went down, as pgpool-II would."""
-        assert self._policy.command is not None
-        line = command_line(self._policy.command, values, self._backends)
-        proc = await asyncio.create_subprocess_shell(
-            line,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-        )
-        output, _ = await proc.communicate()
-        fields = {
-            "command": line,
-            "status": proc.returncode,
-            "output": output.decode(errors="replace")[-2000:],
-        }
+    async def _run_command(
+        self, template: str, values: CommandValues, key: str = "command"
+    ) -> bool:
+        """Run ``template`` (failover.command for one node that went down, as pgpool-II
+        would, or failover.switchover_command); whether it exited with 0."""
+        line = command_line(template, values, self._backends)
+        # Its output goes to a file, not a pipe: a server the command starts may keep
+        # the pipe open for good, and the end of the command is what counts.
+        with tempfile.TemporaryFile() as output:
+            proc = await asyncio.create_subprocess_shell(
+                line, stdin=asyncio.subprocess.DEVNULL, stdout=output, stderr=output
+            )
+            await proc.wait()
+            output.seek(max(0, output.seek(0, os.SEEK_END) - 2000))
+            said = output.read().decode(errors="replace")
+        fields = {"command": line, "status": proc.returncode, "output": said}
         if proc.returncode == 0:
-            log.info("failover.command ran", extra=fields)
-        else:
-            log.error("failover.command failed", extra=fields)
+            log.info(f"failover.{key} ran", extra=fields)
+            return True
+        log.error(f"failover.{key} failed", extra=fields)
+        return False
 
-    async def _follow(self, node: int, primary: int) -> None:
-        """Repoint standby ``node`` at ``primary`` and see whether it streams from it."""
+    async def _follow(self, node: int, primary: int) -> bool | None:
+        """Repoint standby ``node`` at ``primary`` and see whether it streams from it;
+        None when it could not be repointed."""
         target = self._backends[primary]
         slot = slot_name(self._backends[node], node)
         try:
@@ -408,7 +498,7 @@ class Failover:
                 "standby not repointed at the new primary",
                 extra={"node": node, "primary": primary, "why": str(exc)},
             )
-            return
+            return None
         fields = {"node": node, "primary": primary, "slot": slot}
         started = time.monotonic()
         if await self._streams_from(node, primary):
@@ -416,15 +506,16 @@ class Failover:
                 "standby follows the new primary",
                 extra={**fields, "seconds": round(time.monotonic() - started, 3)},
             )
-        else:
-            # Time would not help one whose WAL went past the new primary's timeline
-            # switch: it needs pg_rewind.
-            log.error(
-                "standby repointed but not streaming from the new primary within "
-                "failover.follow_timeout: it may have WAL past the new primary's timeline "
-                "switch and need pg_rewind (not done by the pooler)",
-                extra={**fields, "follow_timeout": self._policy.follow_timeout},
-            )
+            return True
+        # Time would not help one whose WAL went past the new primary's timeline
+        # switch: it needs pg_rewind.
+        log.error(
+            "standby repointed but not streaming from the new primary within "
+            "failover.follow_timeout: it may have WAL past the new primary's timeline "
+            "switch and need pg_rewind (not done by the pooler)",
+            extra={**fields, "follow_timeout": self._policy.follow_timeout},
+        )
+        return False
 
     async def _streams_from(self, node: int, primary: int) -> bool:
         """Whether standby ``node`` streams the timeline of ``primary`` within

@@ -20,15 +20,20 @@ def primary(lsn: int = 5000, timeline: int = 1) -> Probe:
 
 
 def standby(
-    replay: int = 5000, received: int | None = None, replay_time: float | None = NOW - 1
+    replay: int = 5000,
+    received: int | None = None,
+    replay_time: float | None = NOW - 1,
+    streaming: bool = True,
+    timeline: int = 1,
 ) -> Probe:
     return Probe(
         in_recovery=True,
         server_time=NOW,
-        timeline=1,
+        timeline=timeline,
         flush_lsn=replay if received is None else received,
         replay_lsn=replay,
         replay_time=replay_time,
+        streaming=streaming,
     )
 
 
@@ -212,6 +217,83 @@ def test_attaching_a_false_primary_is_the_operators_verdict() -> None:
     assert view is not None and view.nodes[1].role is NodeRole.UNKNOWN
     view = assessor.succeeded(1, primary(timeline=1), NOW + 3)
     assert view is not None and view.primary == 1
+
+
+def down(assessor: Assessor, node: int, now: float) -> ClusterView | None:
+    """``max_retries + 1`` failed checks of ``node``: the view then."""
+    for _ in range(HEALTH.max_retries):
+        assessor.failed(node, "refused", now)
+    return assessor.failed(node, "refused", now)
+
+
+def test_a_standby_back_from_down_is_held_until_it_streams_from_the_primary() -> None:
+    assessor, _ = started(primary(timeline=2), standby(timeline=2))
+    view = down(assessor, 1, NOW + 1)
+    assert view is not None and view.nodes[1].status is NodeStatus.DOWN
+    # Answers, but its WAL receiver does not stream (it points at a primary gone).
+    view = assessor.succeeded(1, standby(streaming=False, timeline=2), NOW + 2)
+    assert view is not None and view.nodes[1].held
+    assert view.nodes[1].status is NodeStatus.DOWN and view.standbys() == []
+    # Streams, but the old timeline: from a fenced old primary.
+    assessor.succeeded(1, standby(timeline=1), NOW + 3)
+    assert assessor.view.nodes[1].held and not assessor.view.nodes[1].up
+    view = assessor.succeeded(1, standby(timeline=2), NOW + 4)
+    assert view is not None and view.nodes[1].up and not view.nodes[1].held
+    assert view.nodes[1].changed_at == NOW + 4
+    # Up again, it is judged as any standby: a receiver that stops does not hold it.
+    assert assessor.succeeded(1, standby(streaming=False, timeline=2), NOW + 5) is None
+
+
+def test_a_false_primary_rebuilt_as_a_standby_is_held_until_it_streams() -> None:
+    assessor, first = started(primary(timeline=2), primary(timeline=1))
+    assert roles(first) == [NodeRole.PRIMARY, NodeRole.FALSE_PRIMARY]
+    view = assessor.succeeded(1, standby(streaming=False, timeline=1), NOW + 1)
+    assert view is not None and view.nodes[1].held and not view.nodes[1].up
+    view = assessor.succeeded(1, standby(timeline=2), NOW + 2)
+    assert view is not None and view.nodes[1].is_standby
+
+
+def test_with_no_primary_a_standby_back_is_not_held() -> None:
+    assessor, _ = started(primary(), standby(), standby())
+    down(assessor, 0, NOW + 1)
+    down(assessor, 2, NOW + 1)
+    view = assessor.succeeded(2, standby(streaming=False), NOW + 2)
+    assert view is not None and view.nodes[2].up and view.primary is None
+
+
+def test_without_auto_failback_a_standby_back_is_detached_until_attached() -> None:
+    assessor = Assessor(HEALTH, 2, auto_failback=False)
+    assessor.succeeded(0, primary(), NOW)
+    assessor.succeeded(1, standby(), NOW)
+    down(assessor, 1, NOW + 1)
+    view = assessor.succeeded(1, standby(), NOW + 2)
+    assert view is not None and view.nodes[1].status is NodeStatus.DETACHED
+    assert "auto_failback" in view.nodes[1].reason and not assessor.checked(1)
+    assessor.attach(1, NOW + 3)
+    # The operator's word: up with its next check, streaming or not.
+    view = assessor.succeeded(1, standby(streaming=False), NOW + 4)
+    assert view is not None and view.nodes[1].is_standby
+    # A primary that was down and comes back is no standby to fail back: it is the primary.
+    down(assessor, 0, NOW + 5)
+    view = assessor.succeeded(0, primary(), NOW + 6)
+    assert view is not None and view.primary == 0
+
+
+@pytest.mark.parametrize("auto_failback", [True, False])
+def test_attached_by_the_pooler_a_node_is_held_until_it_streams(auto_failback: bool) -> None:
+    # A switchover: the old primary detached, the standby promoted.
+    assessor = Assessor(HEALTH, 2, auto_failback)
+    assessor.succeeded(0, primary(timeline=1), NOW)
+    assessor.succeeded(1, standby(), NOW)
+    assessor.detach(0, NOW + 1)
+    assessor.succeeded(1, primary(timeline=2), NOW + 1)
+    # Rebuilt by failover.switchover_command, attached by the pooler.
+    assessor.attach(0, NOW + 2, held=True)
+    for later in (3, 4):
+        assessor.succeeded(0, standby(streaming=False, timeline=2), NOW + later)
+        assert assessor.view.nodes[0].held, "held, not detached again"
+    view = assessor.succeeded(0, standby(timeline=2), NOW + 5)
+    assert view is not None and view.nodes[0].is_standby and view.primary == 1
 
 
 def test_down_bound() -> None:
