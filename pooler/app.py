@@ -253,6 +253,7 @@ class Pooler:
                 # Its client sees the connection close, as a direct client of a dead
                 # primary would: in a transaction or pinned, it must not go on there.
                 server.transport.abort()
+            client.forget_kept(node)
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run ``coro`` in the background, keeping a reference until it ends."""

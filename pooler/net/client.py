@@ -772,6 +772,15 @@ class ClientConnection(asyncio.Protocol):
 
     # --- administration -------------------------------------------------------------
 
+    def forget_kept(self, node: int) -> None:
+        """Session mode with routing: close the server kept on ``node`` (fenced); the
+        client opens another should it need that node again."""
+        if self._kept:
+            kept = self._kept.pop(node, None)
+            if kept is not None:
+                server, pool = kept
+                pool.discard(server)
+
     def kept_servers(self) -> list[ServerConnection]:
         """Session mode with routing: the servers kept for it, not serving it now."""
         return [] if self._kept is None else [server for server, _ in self._kept.values()]
