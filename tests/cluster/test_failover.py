@@ -59,13 +59,16 @@ async def eventually(condition: Callable[[], bool], timeout: float, what: str) -
 
 
 class Writers:
-    """Clients inserting unique ids through the pooler, reconnecting after errors."""
+    """Clients inserting unique ids through the pooler and reading each back,
+    reconnecting after errors."""
 
     def __init__(self, pooler: PoolerProcess, clients: int) -> None:
         self.pooler = pooler
         self.clients = clients
         self.acked: set[int] = set()
         self.errors: list[str] = []
+        #: ids a client's read right after its acknowledged insert did not find
+        self.missed: list[int] = []
         #: monotonic time of every acknowledged insert
         self.ack_times: list[float] = []
         self._ids = itertools.count(1)
@@ -97,6 +100,12 @@ class Writers:
                 await conn.execute("INSERT INTO t VALUES ($1)", value, timeout=5)
                 self.acked.add(value)
                 self.ack_times.append(time.monotonic())
+                # A read of its own write: wherever routing sends it, it must find it.
+                found = await conn.fetchval(
+                    "SELECT count(*) FROM t WHERE id = $1", value, timeout=5
+                )
+                if found != 1:
+                    self.missed.append(value)
             except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 self.errors.append(f"{type(exc).__name__}: {exc}")
                 if conn is not None:
@@ -117,7 +126,7 @@ async def kill_primary_under_load(
     thread; default ``pg_ctl stop -m immediate``), writers for ``wait`` more seconds at
     most (1 s after writes succeed again); (writers, the outage: the longest time without
     an acknowledged write, or None when writes never came back)."""
-    writers = Writers(pooler, 12)
+    writers = Writers(pooler, 20)
     writers.start()
     await eventually(lambda: len(writers.acked) >= 100, 10, "writes before the kill")
     killed = time.monotonic()
@@ -149,8 +158,9 @@ def test_sync_failover_under_load_follow_and_fence(
     async def main() -> None:
         writers, outage = await kill_primary_under_load(local, pooler, 15)
         assert outage is not None, f"no write succeeded after the kill: {writers.errors[-3:]}"
-        print(f"\nsync failover (ANY 1 of 2), 12 writers: writes back after {outage:.2f} s")
+        print(f"\nsync failover (ANY 1 of 2), 20 writers: writes back after {outage:.2f} s")
         assert outage < 10
+        assert not writers.missed, f"reads that missed their own write: {writers.missed[:5]}"
         new = next(node for node in standbys if not in_recovery(node))
         other = next(node for node in standbys if node is not new)
         lost = writers.acked - ids_on(new)
