@@ -61,6 +61,14 @@ async def eventually(condition: Callable[[], bool], timeout: float, what: str) -
 class Writers:
     """Clients inserting unique ids through the pooler, reconnecting after errors."""
 
+    #: What a writer takes for an error of the moment: it reconnects and goes on.
+    tolerated: tuple[type[Exception], ...] = (
+        OSError,
+        TimeoutError,
+        asyncpg.PostgresError,
+        asyncpg.InterfaceError,
+    )
+
     def __init__(self, pooler: PoolerProcess, clients: int) -> None:
         self.pooler = pooler
         self.clients = clients
@@ -97,7 +105,7 @@ class Writers:
                 await conn.execute("INSERT INTO t VALUES ($1)", value, timeout=5)
                 self.acked.add(value)
                 self.ack_times.append(time.monotonic())
-            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except self.tolerated as exc:
                 self.errors.append(f"{type(exc).__name__}: {exc}")
                 if conn is not None:
                     conn.terminate()
