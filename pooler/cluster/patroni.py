@@ -346,6 +346,7 @@ class Follower:
         #: Nothing is published before the first poll: until then a node that claims to
         #: be the primary is neither known right nor known wrong.
         self._polled = False
+        self._stopping = False
         observed.on_change(self._observed_changed)
         # The data path reports failures on the cluster it reads; the monitor listens
         # on the observed one.
@@ -355,6 +356,7 @@ class Follower:
         """Ask Patroni once, publish, then keep following it."""
         if self._task is not None:
             return
+        self._stopping = False
         await self._poll()
         self._polled = True
         self._publish()
@@ -362,10 +364,14 @@ class Follower:
 
     async def stop(self) -> None:
         """Stop polling; the last published view stays."""
-        tasks = [t for t in (self._task, *self._checks) if t is not None]
-        self._task = None
-        for task in tasks:
-            task.cancel()
+        task, self._task = self._task, None
+        tasks = [*self._checks] + ([task] if task is not None else [])
+        # A cancellation that lands as a wait or a poll ends can be lost (asyncio's
+        # wait_for in Python 3.11): the loop also stops on its own once told.
+        self._stopping = True
+        self._wake.set()
+        for pending in tasks:
+            pending.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
     def _observed_changed(self, old: ClusterView, new: ClusterView) -> None:
@@ -387,10 +393,12 @@ class Follower:
             self._cluster.publish(view)
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._health.period)
             self._wake.clear()
+            if self._stopping:
+                return
             try:
                 await self._poll()
             # A bug or an odd answer must not end the following for good.
