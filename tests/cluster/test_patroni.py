@@ -65,7 +65,8 @@ class PatroniWriters(Writers):
     is in progress"), seen about once per switchover as Patroni stops the old leader
     (``pg_ctl stop -m fast``): what the pooler sends one client then leaves asyncpg
     in its error-consuming state on a connection the pooler keeps open. A data-path
-    matter (not seen with ``-m immediate``), not Patroni's; to be fixed there."""
+    matter, not Patroni's (not reproduced by a plain ``pg_ctl stop -m fast`` of a
+    LocalCluster primary under the same load); to be fixed there."""
 
     tolerated = (*Writers.tolerated, asyncpg.exceptions.InternalClientError)
 
