@@ -19,6 +19,7 @@ from pooler.clients import ClientRegistry
 from pooler.cluster.catalog import Catalogs, DatabaseCatalog
 from pooler.cluster.monitor import Monitor
 from pooler.cluster.nodes import Cluster, ClusterView, initial_view
+from pooler.cluster.patroni import Follower
 from pooler.cluster.promote import Failover
 from pooler.cluster.wal import WalPositions
 from pooler.config import Config, auth_secret_key
@@ -143,11 +144,29 @@ class Pooler:
         self.cluster.on_change(self._nodes_changed)
         self.cluster.on_fence(self._fence)
         self.monitor: Monitor | None = None
-        #: Promotes a standby when the primary is down (needs the monitor).
+        #: Promotes a standby when the primary is down (needs the monitor; never with
+        #: Patroni, which promotes).
         self.failover: Failover | None = None
+        #: Follows Patroni's leader (failover.patroni_urls).
+        self.patroni: Follower | None = None
         #: The primary's WAL position after writes, when reads must see them.
         self.wal: WalPositions | None = None
-        if config.health_check.period:
+        if config.health_check.period and config.failover.patroni_urls:
+            # The monitor publishes what it observes on a cluster of its own; the
+            # follower republishes it with Patroni's leader as the only possible primary.
+            observed = Cluster(initial_view(len(config.backends)))
+            self.monitor = Monitor(
+                config.backends, config.health_check, observed, config.failover.auto_failback
+            )
+            self.patroni = Follower(
+                config.failover.patroni_urls,
+                config.backends,
+                config.health_check,
+                observed,
+                self.cluster,
+                self.monitor,
+            )
+        elif config.health_check.period:
             self.monitor = Monitor(
                 config.backends,
                 config.health_check,
@@ -157,8 +176,8 @@ class Pooler:
             self.failover = Failover(
                 config.backends, config.health_check, config.failover, self.cluster, self.monitor
             )
-            if self.routing and lb.read_your_writes and len(config.backends) > 1:
-                self.wal = WalPositions(config.backends, config.health_check, self.cluster)
+        if self.monitor is not None and self.routing and lb.read_your_writes:
+            self.wal = WalPositions(config.backends, config.health_check, self.cluster)
         self._janitor_task: asyncio.Task[None] | None = None
         #: What admin commands keep: paused and disabled databases (pooler.admin).
         self.admin = AdminState()
@@ -297,6 +316,8 @@ class Pooler:
             await self.monitor.start()
         if self.failover is not None:
             await self.failover.start()
+        if self.patroni is not None:
+            await self.patroni.start()
         if self.catalogs is not None:
             self.catalogs.start()
         if cfg.metrics.port:
@@ -345,6 +366,8 @@ class Pooler:
         if self.failover is not None:
             # First: a promotion must not go on without the monitor that checks it.
             await self.failover.stop()
+        if self.patroni is not None:
+            await self.patroni.stop()
         if self.monitor is not None:
             await self.monitor.stop()
         if self.wal is not None:

@@ -25,6 +25,7 @@ from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, Literal, TypeVar, get_args
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -166,7 +167,8 @@ class HealthCheck:
 class Failover:
     """What happens when the primary goes down (see ``pooler.cluster.failover``)."""
 
-    #: Promote a standby when the primary is down (and it is safe: see max_lag_bytes).
+    #: Promote a standby when the primary is down (and it is safe: see max_lag_bytes);
+    #: false whenever ``patroni_urls`` is set.
     auto_promote: bool = True
     #: Repoint the other standbys at the new primary.
     follow_primary: bool = True
@@ -191,6 +193,10 @@ class Failover:
     #: the new one, with failover.command's placeholders; None: the old primary stays
     #: fenced until the operator rebuilds it and attaches it.
     switchover_command: str | None = None
+    #: The REST API base URLs of the Patroni members (``http://host:8008``): Patroni
+    #: decides who is primary, the pooler follows its ``/cluster`` view and promotes
+    #: nothing (see ``pooler.cluster.patroni``). Empty: the pooler decides.
+    patroni_urls: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -706,8 +712,43 @@ def _plain_password(
             values[key] = known
 
 
+def _url(value: object) -> str:
+    text = _string(empty=False)(value)
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018 (raises ValueError for a port out of range)
+    except ValueError:
+        raise ValueError from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query:
+        raise ValueError
+    return text
+
+
+_URL = _Kind("an http:// or https:// URL (http://host:8008)", _url)
+
+
+def _patroni_urls(reader: _Reader) -> tuple[str, ...]:
+    items = reader.take("patroni_urls")
+    if items is _MISSING or items is None:
+        return ()
+    if not isinstance(items, list):
+        reader.problem(
+            f"must be a list of Patroni REST API URLs (http://host:8008), got {_show(items)}",
+            "patroni_urls",
+        )
+        return ()
+    urls = []
+    for index, item in enumerate(items):
+        try:
+            urls.append(_URL.parse(item))
+        except ValueError:
+            reader.problem(f"must be {_URL.what}, got {_show(item)}", "patroni_urls", index)
+    return tuple(urls)
+
+
 def _failover(top: _Reader, users: Mapping[str, str]) -> Failover:
     reader = top.section("failover")
+    patroni_urls = _patroni_urls(reader)
     values = reader.fields(
         auto_promote=_BOOLEAN,
         follow_primary=_BOOLEAN,
@@ -728,6 +769,21 @@ def _failover(top: _Reader, users: Mapping[str, str]) -> Failover:
         values.get("replication_user"),
         "the standbys log in with it",
     )
+    if patroni_urls:
+        # Patroni promotes; a second promoter beside it would make two primaries.
+        values["patroni_urls"] = patroni_urls
+        if values.setdefault("auto_promote", False):
+            reader.problem(
+                "must be false with failover.patroni_urls: Patroni decides who is primary "
+                "and the pooler promotes nothing",
+                "auto_promote",
+            )
+        if values.get("command") is not None:
+            reader.problem(
+                "cannot be set with failover.patroni_urls: Patroni decides who is primary "
+                "and the pooler runs no failover (use Patroni's callbacks)",
+                "command",
+            )
     return Failover(**values)
 
 
@@ -860,6 +916,11 @@ def parse_config(
         **top.fields(shutdown_timeout=_DURATION),
     )
     top.finish()
+    if config.failover.patroni_urls and not config.health_check.period:
+        problems.append(
+            "failover.patroni_urls: needs health_check.period above 0: the pooler follows "
+            "Patroni's view once per period"
+        )
     if problems:
         raise ConfigError(source, problems)
     return config

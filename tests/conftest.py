@@ -114,6 +114,42 @@ def _accepts_connections(host: str, port: int) -> bool:
     return False
 
 
+def launch_pooler(config: Mapping[str, Any], workdir: Path) -> PoolerProcess:
+    """Run ``pooler run`` with ``config`` (written to ``workdir``) until it listens on
+    ``config["listen"]``; the caller stops it.
+
+    Raises RuntimeError with the pooler's output when it does not accept TCP
+    connections within POOLER_START_TIMEOUT seconds.
+    """
+    config_path = workdir / "pooler.yaml"
+    config_path.write_text(yaml.safe_dump(dict(config), sort_keys=False))
+    log_path = workdir / "stderr.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [*POOLER_COMMAND, str(config_path)],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    port = config["listen"]["port"]
+    pooler = PoolerProcess(proc, "127.0.0.1", port, config_path, log_path)
+    deadline = time.monotonic() + POOLER_START_TIMEOUT
+    while not _accepts_connections(pooler.host, port):
+        if proc.poll() is not None:
+            raise RuntimeError(
+                f"pooler exited with status {proc.returncode} before listening on port"
+                f" {port}; its output:\n{pooler.log_text()}"
+            )
+        if time.monotonic() > deadline:
+            pooler.stop(signal.SIGKILL)
+            raise RuntimeError(
+                f"pooler did not listen on port {port} within {POOLER_START_TIMEOUT:.0f} s;"
+                f" its output:\n{pooler.log_text()}"
+            )
+        time.sleep(0.05)
+    return pooler
+
+
 class StartPooler(Protocol):
     """The ``start_pooler`` fixture: ``start_pooler([cluster], **config_overrides)``."""
 
@@ -137,39 +173,14 @@ def start_pooler(
     def start(target: LocalCluster | None = None, /, **overrides: Any) -> PoolerProcess:
         served = target if target is not None else cluster
         port = find_free_ports(1)[0]
-        workdir = tmp_path_factory.mktemp("pooler")
-        config_path = workdir / "pooler.yaml"
         if overrides.get("pool", {}).get("mode") == "session" and "load_balance" not in overrides:
             # Session mode here means one server for the client's whole session, the
             # relay the tests written for it check: routing in session mode (each
             # client keeping one server per node) is asked for by its own tests.
             overrides = {**overrides, "load_balance": {"enabled": False}}
         config = _deep_merge(served.pooler_config(port), overrides)
-        config_path.write_text(yaml.safe_dump(config, sort_keys=False))
-        log_path = workdir / "stderr.log"
-        with log_path.open("wb") as log:
-            proc = subprocess.Popen(
-                [*POOLER_COMMAND, str(config_path)],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        pooler = PoolerProcess(proc, "127.0.0.1", port, config_path, log_path)
+        pooler = launch_pooler(config, tmp_path_factory.mktemp("pooler"))
         started.append(pooler)
-        deadline = time.monotonic() + POOLER_START_TIMEOUT
-        while not _accepts_connections(pooler.host, port):
-            if proc.poll() is not None:
-                raise RuntimeError(
-                    f"pooler exited with status {proc.returncode} before listening on port"
-                    f" {port}; its output:\n{pooler.log_text()}"
-                )
-            if time.monotonic() > deadline:
-                pooler.stop(signal.SIGKILL)
-                raise RuntimeError(
-                    f"pooler did not listen on port {port} within {POOLER_START_TIMEOUT:.0f} s;"
-                    f" its output:\n{pooler.log_text()}"
-                )
-            time.sleep(0.05)
         return pooler
 
     yield start

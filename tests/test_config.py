@@ -191,6 +191,16 @@ def test_minimal_config_takes_every_default() -> None:
     assert check_warnings(config) == []
 
 
+def test_patroni_urls_turn_auto_promote_off() -> None:
+    urls = ["http://127.0.0.1:8008", "https://db2.example:8008/"]
+    failover = parse_config(with_minimal(failover={"patroni_urls": urls})).failover
+    assert failover.patroni_urls == tuple(urls)
+    assert not failover.auto_promote
+    explicit = with_minimal(failover={"patroni_urls": urls, "auto_promote": False})
+    assert parse_config(explicit).failover == failover
+    assert parse_config(with_minimal(failover={"patroni_urls": []})).failover.auto_promote
+
+
 def test_null_sections_keep_their_defaults() -> None:
     config = parse_config(with_minimal(pool=None, listen=None, tls=None, admin_users=None))
     assert config.pool == Pool()

@@ -171,7 +171,13 @@ def promote_node(ctx: Context, node: int) -> Later:
     app = ctx.app
     _monitor(ctx)
     failover = app.failover
-    assert failover is not None  # there is one whenever there is a monitor
+    if failover is None:
+        # With failover.patroni_urls there is none: Patroni decides who is primary.
+        raise AdminError(
+            "55000",
+            "PROMOTE NODE is not available: Patroni decides which node is primary",
+            hint="Use patronictl switchover; the pooler follows.",
+        )
     if not app.cluster.view.nodes[node].is_standby:
         raise AdminError("55000", f"node {node} is not a standby that is up")
     if SWITCHOVER in app.admin.paused:

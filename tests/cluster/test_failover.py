@@ -62,6 +62,14 @@ class Writers:
     """Clients inserting unique ids through the pooler and reading each back,
     reconnecting after errors."""
 
+    #: What a writer takes for an error of the moment: it reconnects and goes on.
+    tolerated: tuple[type[Exception], ...] = (
+        OSError,
+        TimeoutError,
+        asyncpg.PostgresError,
+        asyncpg.InterfaceError,
+    )
+
     def __init__(self, pooler: PoolerProcess, clients: int) -> None:
         self.pooler = pooler
         self.clients = clients
@@ -106,7 +114,7 @@ class Writers:
                 )
                 if found != 1:
                     self.missed.append(value)
-            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except self.tolerated as exc:
                 self.errors.append(f"{type(exc).__name__}: {exc}")
                 if conn is not None:
                     conn.terminate()
