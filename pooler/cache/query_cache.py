@@ -84,7 +84,13 @@ class QueryCache:
         raw = text.encode()
 
         def match(key: Hashable) -> bool:
-            return isinstance(key, tuple) and key[0] in spaces and statement_text(key) == raw
+            if not isinstance(key, tuple):
+                return False
+            space = key[0]
+            if isinstance(space, tuple):
+                # (space, settings): a client that changed a setting.
+                space = space[0]
+            return space in spaces and statement_text(key) == raw
 
         return self.store.drop_where(match)
 

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 import psycopg
 import pytest
 from conftest import PoolerProcess, StartPooler
-from helpers_clients import unique_name
+from helpers_clients import superuser_dsn, unique_name
 
 from cache.conftest import cached_pooler, direct, made, reset_statements, runs, wait_serving
 from pooler.localcluster import LocalCluster
@@ -275,3 +275,66 @@ def test_clients_with_other_settings_read_their_own_rows(
             for _ in range(3):
                 assert read(other, sql) == [(42,)]
                 assert read(plain, sql) == [(0,)]
+
+
+@pytest.fixture
+def other_database_table(cache_cluster: LocalCluster, table: str) -> Iterator[None]:
+    """A table of the same name in the database postgres, which app may read."""
+    dsn = superuser_dsn(cache_cluster, dbname="postgres")
+    create = [
+        f"CREATE TABLE {table} (id int PRIMARY KEY, v int NOT NULL)",
+        f"INSERT INTO {table} VALUES (1, 0)",
+        f"GRANT SELECT ON {table} TO app",
+    ]
+    with made(dsn, create, [f"DROP TABLE {table}"]):
+        yield
+
+
+def test_pgpool_set_cache_delete_and_clear_cache(
+    cache_cluster: LocalCluster, pooler: PoolerProcess, table: str, other_database_table: None
+) -> None:
+    """PGPOOL SET CACHE DELETE drops the caller's entries of that exact text in its
+    database (the next read runs), not another user's or another database's; PGPOOL
+    CLEAR CACHE is for admin users and drops everything."""
+    sql = f"SELECT v FROM {table} WHERE id = 1;"
+    notices: list[str] = []
+    with (
+        psycopg.connect(pooler.dsn(), autocommit=True) as app,
+        psycopg.connect(pooler.dsn("postgres", "postgres"), autocommit=True) as admin,
+        psycopg.connect(pooler.dsn(dbname="postgres"), autocommit=True) as elsewhere,
+    ):
+        app.add_notice_handler(lambda diag: notices.append(str(diag.message_primary)))
+        for conn in (app, admin, elsewhere):
+            assert_hit(cache_cluster, conn, sql, table)
+        # Extended protocol (psycopg binds server-side), the text quoted as SQL quotes it.
+        cur = app.execute(f"PGPOOL SET CACHE DELETE '{sql}'")
+        assert cur.statusmessage == "SET"
+        assert notices == [f'query cache deleted. query: "{sql}"']
+        reset_statements(cache_cluster)
+        for conn in (app, admin, elsewhere):
+            read(conn, sql)
+        assert runs(cache_cluster, table) == 1, "only app's own entry in app was deleted"
+        # Simple protocol; a text with no entry (one more space) says so.
+        psycopg.ClientCursor(app).execute(f"PGPOOL SET CACHE DELETE $q${sql} $q$")
+        assert notices[-1] == f'query cache does not exist for query: "{sql} "'
+        for malformed in (
+            "PGPOOL SET CACHE DELETE 12",
+            "PGPOOL SET CACHE DELETE 'a' 'b'",
+            "PGPOOL SET CACHE 'a'",
+            "PGPOOL CLEAR CACHE now",
+        ):
+            with pytest.raises(psycopg.errors.SyntaxError):
+                app.execute(malformed)
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            app.execute("PGPOOL CLEAR CACHE")
+        read(app, sql)
+        assert_hit(cache_cluster, app, sql, table)
+        assert psycopg.ClientCursor(admin).execute("PGPOOL CLEAR CACHE").statusmessage == (
+            "CLEAR CACHE"
+        )
+        row = admin.execute("SHOW POOL_CACHE").fetchone()
+        assert row is not None and row[5] == "0", "num_cache_entries"
+        reset_statements(cache_cluster)
+        for conn in (app, admin, elsewhere):
+            read(conn, sql)
+        assert runs(cache_cluster, table) == 3, "every entry was dropped"

@@ -228,3 +228,23 @@ def test_clients_with_other_settings_never_share_an_entry() -> None:
     # The plain client still hits its own entry.
     out = plain.feed(m.query(SELECT))
     assert any(isinstance(action, Reply) for action in out)
+
+
+def test_delete_by_text_reaches_clients_that_changed_a_setting() -> None:
+    """Their keys hold their settings beside the key space: PGPOOL SET CACHE DELETE
+    drops those entries too."""
+    cache = new_cache()
+    engine, session = client_of(cache)
+    engine.feed(m.query("SET search_path = elsewhere"))
+    server = ServerEngine({}, b"I")
+    engine.attach(server)
+    server.feed(frame(ord("C"), b"SET\0") + m.ready_for_query(b"I"))
+    assert engine.releasable()
+    engine.detach()
+    # The next server is given the setting first.
+    aligned = frame(ord("C"), b"SET\0") + m.ready_for_query(b"I")
+    answer = aligned + ROWS + m.ready_for_query(b"I")
+    exchange(engine, session, m.query(SELECT), answer, ServerEngine({}, b"I"))
+    assert cache.stats.entries == 1
+    assert cache.delete("db", "app", SELECT) == 1
+    assert cache.stats.entries == 0
