@@ -4,6 +4,7 @@ cache that stores nothing is never stale)."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -338,3 +339,42 @@ def test_pgpool_set_cache_delete_and_clear_cache(
         for conn in (app, admin, elsewhere):
             read(conn, sql)
         assert runs(cache_cluster, table) == 3, "every entry was dropped"
+
+
+@contextlib.contextmanager
+def side_by_side(
+    cluster: LocalCluster, pooler: PoolerProcess, sql: str, needle: str, begin: str
+) -> Iterator[tuple[Conn, Conn, Conn]]:
+    """A client of the pooler and one of PostgreSQL itself, each in a transaction
+    ``begin`` started once ``sql`` was a hit (and the nodes' statements were reset),
+    and a writer through the pooler in autocommit; both transactions commit after."""
+    with (
+        psycopg.connect(pooler.dsn(), autocommit=True) as conn,
+        psycopg.connect(direct(cluster), autocommit=True) as pg,
+        psycopg.connect(pooler.dsn(), autocommit=True) as writer,
+    ):
+        assert_hit(cluster, conn, sql, needle)
+        reset_statements(cluster)
+        for session in (conn, pg):
+            session.execute(begin)
+        yield conn, pg, writer
+        for session in (conn, pg):
+            session.execute("COMMIT")
+
+
+def test_reads_in_a_read_only_transaction_at_read_committed(
+    cache_cluster: LocalCluster, pooler: PoolerProcess, table: str
+) -> None:
+    """Each statement of a READ ONLY transaction at READ COMMITTED sees what committed
+    before it, as one in autocommit does: cached reads are served and stored there, and
+    a write committed meanwhile is seen, as directly on PostgreSQL."""
+    warm = f"SELECT v FROM {table} WHERE id = 4"
+    cold = f"SELECT v FROM {table} WHERE id = 5"
+    with side_by_side(cache_cluster, pooler, warm, table, "BEGIN READ ONLY") as (conn, pg, writer):
+        assert read(conn, warm) == read(pg, warm) == [(0,)]
+        assert read(conn, cold) == read(pg, cold) == [(0,)]
+        assert read(conn, cold) == [(0,)]
+        assert read(writer, cold) == [(0,)]
+        assert runs(cache_cluster, table) == 3, "a hit, a miss stored, a hit, one outside"
+        writer.execute(f"UPDATE {table} SET v = 6 WHERE id = 4")
+        assert read(conn, warm) == read(pg, warm) == [(6,)]
