@@ -73,6 +73,7 @@ class CacheSession:
         "_default_isolation",
         "_facts",
         "_fill",
+        "_fresh",
         "_last",
         "_primary",
         "_space",
@@ -101,6 +102,10 @@ class CacheSession:
         self._primary = False
         # The transaction status of the ReadyForQuery that ends the answer captured.
         self._status = _IDLE
+        # No statement was classified since the client last gave its server up: a BEGIN
+        # now starts a transaction (after another, PostgreSQL only warns and the open
+        # one goes on, maybe with writes of its own).
+        self._fresh = True
         self._candidate: _Candidate | None = None
         # A cacheable miss on its way: key, key size and the versions it read under.
         self._fill: tuple[Hashable, int, Snapshot] | None = None
@@ -210,6 +215,7 @@ class CacheSession:
         elif self.reading and not classification.cacheable:
             # (Also SET LOCAL, DECLARE, a temporary table: anything but a cacheable read.)
             self.reading = False
+        self._fresh = False
         if classification is not None and any(
             effect.kind in _DROPS_STATEMENTS and effect.name in (None, "all")
             for effect in classification.session_effects
@@ -240,11 +246,13 @@ class CacheSession:
         answers itself, answered): whether the transaction it leaves is one whose reads
         are cached."""
         controls = classification.transaction
+        fresh = self._fresh
+        self._fresh = False
         if len(classification.statements) != 1 or len(controls) != 1:
             self.reading = False
             return
         control: TransactionControl = controls[0]
-        if control.action == "begin":
+        if control.action == "begin" and fresh:
             settings = self.settings
             default = self._default_isolation and (
                 settings is None or "default_transaction_isolation" not in settings.committed
@@ -401,6 +409,7 @@ class CacheSession:
             self._capturing = None
         self._fill = None
         self.reading = False
+        self._fresh = True
         self._settle()
 
     def _settle(self) -> None:

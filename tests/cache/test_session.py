@@ -310,6 +310,17 @@ def test_no_read_of_other_transactions_is_served() -> None:
     server.feed(m.error_response("ERROR", "22012", "division by zero") + m.ready_for_query(b"E"))
     assert in_transaction(engine, session, server) == [m.query(SELECT)]
     engine.detach()
+    # A BEGIN READ ONLY inside a transaction that wrote: PostgreSQL only warns.
+    server = begun(engine, "BEGIN")
+    engine.feed(m.query("UPDATE t SET v = 2"))
+    server.feed(frame(ord("C"), b"UPDATE 1\0") + m.ready_for_query(b"T"))
+    engine.feed(m.query("BEGIN READ ONLY"))
+    server.feed(frame(ord("C"), b"BEGIN\0") + m.ready_for_query(b"T"))
+    reader, reading = client_of(cache)
+    round_trip(reader, reading, SELECT, ROWS + m.ready_for_query(b"I"))
+    assert cache.stats.entries == 1, "a read of the committed value"
+    assert in_transaction(engine, session, server) == [m.query(SELECT)]
+    engine.detach()
     # SET LOCAL (or anything but a cacheable read) ends it for the transaction.
     server = begun(engine, "BEGIN READ ONLY")
     engine.feed(m.query("SET LOCAL search_path = elsewhere"))
