@@ -29,7 +29,7 @@ from parser_api.model import (
     Statement,
     TransactionControl,
 )
-from parser_api.tokens import Span, Token, TokenKind, split, tokens
+from parser_api.tokens import Span, Token, TokenKind, split, string_value, tokens
 
 __all__ = [
     "NODE_IDENTITY_FUNCTIONS",
@@ -53,5 +53,6 @@ __all__ = [
     "Volatility",
     "classify",
     "split",
+    "string_value",
     "tokens",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from enum import StrEnum
 from typing import NamedTuple
 
@@ -111,3 +112,18 @@ def split(sql: str) -> list[Span]:
     except pglast.parser.ParseError as error:
         raise from_pglast(error, sql) from None
     return [Span(piece.start, piece.stop, sql[piece]) for piece in slices]
+
+
+def string_value(token: Token) -> str | None:
+    """The value of a string constant token (``'a''b'``, ``E'a\\'b'``, ``$$a$$``), as
+    PostgreSQL reads it; None when ``token`` is not one."""
+    if token.name != "SCONST":
+        return None
+    # The token alone after SELECT is one constant: the parser decodes its escapes.
+    try:
+        tree = json.loads(pglast.parser.parse_sql_json("SELECT " + token.text))
+    except pglast.parser.ParseError:
+        return None
+    target = tree["stmts"][0]["stmt"]["SelectStmt"]["targetList"][0]["ResTarget"]["val"]
+    value = target.get("A_Const", {}).get("sval", {}).get("sval")
+    return value if isinstance(value, str) else None

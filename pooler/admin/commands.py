@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
 
-from pooler.admin import control, explain, pgbouncer, pgpool, settings
+from pooler.admin import cache, control, explain, pgbouncer, pgpool, settings
 from pooler.admin.state import Context
 from pooler.admin.wire import AdminError, Column, Later, Result, notice, syntax_error
 from pooler.admin.words import Statement, Word
@@ -75,6 +75,10 @@ _COMMANDS = (
     ),
     Command(("EXPLAIN", "ROUTE"), explain.COLUMNS, explain.explain_route, (TEXT,), anywhere=True),
     Command(("PGPOOL", "SHOW"), settings.COLUMNS, settings.pgpool_show, (WORDS,), anywhere=True),
+    Command(
+        ("PGPOOL", "SET", "CACHE"), (), cache.set_cache, (WORDS,), anywhere=True, session=True
+    ),
+    Command(("PGPOOL", "CLEAR", "CACHE"), (), cache.clear_cache, anywhere=True, control=True),
     Command(("PGPOOL", "SET"), (), settings.pgpool_set, (WORDS,), anywhere=True, session=True),
     Command(("PGPOOL", "RESET"), (), settings.pgpool_reset, (WORDS,), anywhere=True, session=True),
     Command(("SHOW", "HELP"), (), show_help),
@@ -105,8 +109,8 @@ TABLE: dict[tuple[str, ...], Command] = {command.words: command for command in _
 def lookup(words: tuple[Word, ...], console: bool) -> Command | None:
     """The command a statement's leading words name (in the admin database, or
     ``console`` False: one answered on any connection), or None."""
-    keys = tuple(word.upper for word in words[:2])
-    for size in (2, 1):
+    keys = tuple(word.upper for word in words[:3])
+    for size in (3, 2, 1):
         command = TABLE.get(keys[:size])
         if command is not None and (console or command.anywhere):
             return command

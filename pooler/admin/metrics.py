@@ -5,7 +5,8 @@ no other thread reads state the loop changes.
 Nothing is counted for the metrics alone: the families are what the pooler already
 keeps (clients, server connections and their pools' counters: requests, transactions,
 bytes, time held and waited; reads routed to each node, the monitor's view of each
-node, pins, reads a standby refused, server errors by SQLSTATE class).
+node, pins, reads a standby refused, server errors by SQLSTATE class, the query
+cache's counters).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pooler.admin.state import clients, servers
 
 if TYPE_CHECKING:
     from pooler.app import Pooler
+    from pooler.cache.store import CacheStats
 
 #: Seconds a scraper has to send its request.
 _REQUEST_TIMEOUT = 5.0
@@ -129,6 +131,8 @@ class PoolerCollector:
             "reason",
             app.refusals,
         )
+        if app.cache is not None:
+            yield from _cache(app.cache.stats)
 
     def _nodes(self) -> Iterator[Metric]:
         app = self.app
@@ -149,6 +153,31 @@ class PoolerCollector:
             lag_bytes.add_metric(node, state.lag_bytes)
             lag_seconds.add_metric(node, state.lag_seconds)
         yield from (reads, up, lag_bytes, lag_seconds)
+
+
+#: The query cache's counters (``CacheStats`` fields) as counter families.
+_CACHE_COUNTERS = {
+    "hits": ("num_cache_hits", "Statements answered from the query cache"),
+    "misses": ("num_selects", "Cacheable statements the query cache could not answer"),
+    "stores": ("stores", "Answers stored in the query cache"),
+    "refused": ("refused", "Answers not stored because a write moved a table read meanwhile"),
+    "evictions": ("evictions", "Entries dropped to make room"),
+    "invalidations": ("invalidations", "Entries dropped by writes"),
+    "database_drops": ("whole_database_drops", "Drops of every entry of a database"),
+}
+
+
+def _cache(stats: CacheStats) -> Iterator[Metric]:
+    """The query cache's families (none while the cache is off)."""
+    for name, (field, text) in _CACHE_COUNTERS.items():
+        yield CounterMetricFamily(f"pooler_cache_{name}", text, getattr(stats, field))
+    yield GaugeMetricFamily("pooler_cache_entries", "Entries in the query cache", stats.entries)
+    yield GaugeMetricFamily(
+        "pooler_cache_bytes", "Bytes the query cache's entries take", stats.used_bytes
+    )
+    yield GaugeMetricFamily(
+        "pooler_cache_max_bytes", "Bytes the query cache may take (max_size)", stats.max_bytes
+    )
 
 
 async def serve_metrics(app: Pooler, host: str, port: int) -> asyncio.Server:

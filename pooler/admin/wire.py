@@ -130,9 +130,11 @@ class Result:
         return b"".join(out)
 
 
-def notice(message: str, detail: str) -> bytes:
+def notice(message: str, detail: str | None = None) -> bytes:
     """A NoticeResponse (severity NOTICE, SQLSTATE 00000)."""
-    fields = [b"SNOTICE", b"VNOTICE", b"C00000", b"M" + message.encode(), b"D" + detail.encode()]
+    fields = [b"SNOTICE", b"VNOTICE", b"C00000", b"M" + message.encode()]
+    if detail is not None:
+        fields.append(b"D" + detail.encode())
     return _fields(ord("N"), fields)
 
 

@@ -5,8 +5,9 @@ the server is idle again the answer is complete, and it is kept only if it is wh
 a cache may replay: the answers of Parse, Bind and Describe, one RowDescription, its
 rows and one CommandComplete (a Bind and Execute of a prepared statement without
 Describe has no RowDescription: its key says so), then ReadyForQuery outside a
-transaction. An error, a notice, a notification, a parameter change, an empty
-query, a portal suspended by a row limit, or a second result: not cached.
+transaction (or inside a read-only one, when the read was made there). An error, a
+notice, a notification, a parameter change, an empty query, a portal suspended by a
+row limit, or a second result: not cached.
 """
 
 from __future__ import annotations
@@ -57,18 +58,22 @@ class Capture:
         self.failed = True
         self._parts.clear()
 
-    def answer(self) -> bytes | None:
-        """The whole answer if it may be replayed, else None."""
+    def answer(self, status: bytes = b"I") -> bytes | None:
+        """The whole answer if it may be replayed, else None. ``status``: the transaction
+        status its ReadyForQuery must have (b"T": a read inside a read-only transaction);
+        the answer kept says b"I", as outside any."""
         if self.failed:
             return None
         data = b"".join(self._parts)
-        return data if replayable(data) else None
+        if not replayable(data, status):
+            return None
+        return data if status == b"I" else data[:-1] + b"I"
 
 
-def replayable(data: bytes) -> bool:
+def replayable(data: bytes, status: bytes = b"I") -> bool:
     """``data`` is one result (with what Parse, Bind and Describe answered before it)
-    ending in ReadyForQuery outside a transaction, and nothing else."""
-    if not data.endswith(_IDLE):
+    ending in ReadyForQuery with transaction status ``status``, and nothing else."""
+    if not data.endswith(_IDLE[:-1] + status):
         return False
     end = len(data) - len(_IDLE)
     pos = 0

@@ -13,7 +13,7 @@ bytes). Never a fingerprint: it is the same for ``id = 1`` and ``id = 2``.
 from __future__ import annotations
 
 from collections.abc import Hashable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from pooler.protocol import messages as m
 from pooler.protocol.codec import Event, Message
@@ -22,6 +22,8 @@ _EXECUTE = ord("E")
 _SYNC = ord("S")
 _FLUSH = ord("H")
 _NO_ROW_LIMIT = b"\0\0\0\0"
+# Execute of the unnamed portal with no row limit.
+_EXECUTE_ALL = b"E\0\0\0\x09\0" + _NO_ROW_LIMIT
 
 Key = Hashable
 
@@ -57,9 +59,9 @@ def statement_text(key: Key) -> bytes:
     return bytes(key[2][: key[2].find(b"\0")])
 
 
-@dataclass(frozen=True, slots=True)
-class Batch:
-    """One extended-protocol execution up to its Sync, as a cache sees it."""
+class Batch(NamedTuple):
+    """One extended-protocol execution up to its Sync, as a cache sees it (a tuple:
+    made on every prepared execution, faster than a frozen dataclass)."""
 
     #: The unnamed statement's Parse (text and parameter types), when the batch has one.
     parse: bytes | None
@@ -87,6 +89,22 @@ def batch(events: bytes | list[Event]) -> Batch | None:
     nothing else; None otherwise."""
     if type(events) is not list or len(events) < 2:
         return None
+    if len(events) == 3:
+        # The common prepared execution (pgbench -M prepared): Bind of a named
+        # statement, Execute of the unnamed portal with no row limit, Sync.
+        first, second, last = events
+        if (
+            type(second) is bytes
+            and second == _EXECUTE_ALL
+            and type(first) is Message
+            and first.type == m.BIND
+            and type(last) is Message
+            and last.type == m.SYNC
+        ):
+            body = first.body
+            name_end = body.find(b"\0", 1)
+            if body[:1] == b"\0" and name_end > 1:
+                return Batch(None, body[1:name_end], body[name_end + 1 :], b"")
     parse: bytes | None = None
     bound: tuple[bytes, bytes] | None = None
     describe = b""

@@ -75,7 +75,12 @@ class QueryCache:
             self.watch.wanted.add(database)
             if self.on_database is not None:
                 self.on_database(database)
-        return CacheSession(self, database, self._spaces.of(database, user, params))
+        # (A default isolation given at startup, even READ COMMITTED, is not looked into.)
+        default_isolation = not any(
+            "default_transaction_isolation" in f"{name}={value}".lower() for name, value in params
+        )
+        space = self._spaces.of(database, user, params)
+        return CacheSession(self, database, space, default_isolation)
 
     def delete(self, database: str, user: str, text: str) -> int:
         """Drop every entry of ``user`` in ``database`` whose statement text is exactly
@@ -84,7 +89,13 @@ class QueryCache:
         raw = text.encode()
 
         def match(key: Hashable) -> bool:
-            return isinstance(key, tuple) and key[0] in spaces and statement_text(key) == raw
+            if not isinstance(key, tuple):
+                return False
+            space = key[0]
+            if isinstance(space, tuple):
+                # (space, settings): a client that changed a setting.
+                space = space[0]
+            return space in spaces and statement_text(key) == raw
 
         return self.store.drop_where(match)
 

@@ -225,6 +225,11 @@ class ClientEngine:
         if not self.writable and (self._held or not _ends_at_once(events)):
             # Its next requests wait for this standby to finish.
             return self._hold(events)
+        cache = self.cache
+        if cache is not None and cache.reading:
+            hit = self._cached_in_transaction(cache, events, server)
+            if hit is not None:
+                return [hit]
         # _tell, written out: this runs once per read of every client.
         requests = server.requests
         if scanner.tracked:
@@ -250,6 +255,25 @@ class ClientEngine:
                 to_server, reply = _ending_of(event)  # type: ignore[arg-type]
                 out.append(self._end(server, to_server, reply))
         return out
+
+    def _cached_in_transaction(
+        self, cache: CacheSession, events: bytes | list[Event], server: ServerEngine
+    ) -> Reply | None:
+        """A request inside a read-only transaction the cache serves: the cached answer
+        when the server owes nothing, the transaction has not failed and nothing pins
+        the client (SET ROLE, a temporary table); else None, and it goes to the server."""
+        if (
+            server.status != b"T"
+            or not server.requests.idle()
+            or self.session.pins
+            or self.scanner.mid_message()
+        ):
+            return None
+        hit = cache.lookup(events, True, True, server)
+        if hit is not None:
+            # Answered here: the server owes nothing for it.
+            self.scanner.tracked.clear()
+        return hit
 
     def _record(self, server: ServerEngine, events: list[Event], i: int, t: int) -> None:
         """The message ``events[i]`` (a Query, a Bind of a statement that sets
@@ -459,8 +483,9 @@ class ClientEngine:
     def _hold(self, events: bytes | list[Event]) -> list[bytes | Action]:
         cache = self.cache
         if cache is not None:
-            idle = self.server is None and not self._held and not self._deferred
-            hit = cache.lookup(events, idle and not self.scanner.mid_message())
+            # (After a BEGIN the pooler answered: inside that transaction.)
+            idle = self.server is None and not self._held and not self.scanner.mid_message()
+            hit = cache.lookup(events, idle, bool(self._deferred))
             if hit is not None:
                 # Answered here: no server owes anything for it.
                 self.scanner.tracked.clear()
@@ -528,6 +553,8 @@ class ClientEngine:
         if control.isolation == "serializable":
             # Hot standbys refuse serializable transactions.
             self._deferred_read_only = False
+        if self.cache is not None:
+            self.cache.transaction_control(classification)
         self._deferred.append(frame(m.QUERY, msg.body))
         self._classified_last = None
         # It is answered here: no server owes anything for it.
@@ -609,6 +636,7 @@ class ClientEngine:
         (the held bytes), and the held ending if the stream ended meanwhile."""
         self.server = server
         server.names = self.statements.theirs
+        primary = writable
         if self._begins:
             # A read-only transaction on a standby: it runs there to its end (a write
             # in it gets PostgreSQL's own read-only error there).
@@ -616,7 +644,7 @@ class ClientEngine:
             writable = True
         self.writable = writable
         if self.cache is not None:
-            self.cache.attached(server, writable, bool(self._deferred))
+            self.cache.attached(server, primary, bool(self._deferred))
         if not writable and self._retryable and self._ending is None and not self._deferred:
             # A standby may refuse a read the catalog could not foresee: then it runs
             # again on the primary, as it was sent.

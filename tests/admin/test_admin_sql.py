@@ -453,23 +453,29 @@ def test_pgpool_set_keeps_this_sessions_reads_on_the_primary(
             conn.execute("PGPOOL SET default_hint")
 
 
+#: Metric samples by name, then by their labels (sorted pairs).
+Scraped = dict[str, dict[tuple[tuple[str, str], ...], float]]
+
+
+def _scrape(port: int) -> Scraped:
+    """The metrics endpoint on ``port``, parsed as Prometheus parses it."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    found: Scraped = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            found.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = sample.value
+    return found
+
+
 def test_metrics_endpoint_moves_with_the_traffic(
     cluster: LocalCluster, start_pooler: StartPooler
 ) -> None:
     port = find_free_ports(1)[0]
     pooler = start_pooler(metrics={"port": port})
-    url = f"http://127.0.0.1:{port}/metrics"
 
-    def scrape() -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            text = response.read().decode()
-        found: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                found.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = (
-                    sample.value
-                )
-        return found
+    def scrape() -> Scraped:
+        return _scrape(port)
 
     before = scrape()
     with psycopg.connect(pooler.dsn(), autocommit=True) as conn:
@@ -486,7 +492,7 @@ def test_metrics_endpoint_moves_with_the_traffic(
         conn.execute("LISTEN admin_test")
         after = scrape()
 
-    def total(name: str, scraped: dict[str, dict[tuple[tuple[str, str], ...], float]]) -> float:
+    def total(name: str, scraped: Scraped) -> float:
         return sum(scraped.get(name, {}).values())
 
     # (Counted as servers are given back: the pinned LISTEN's is not yet.)
@@ -510,6 +516,34 @@ def test_metrics_endpoint_moves_with_the_traffic(
     assert any(labels for labels in after["pooler_server_connections_opened_total"])
     with pytest.raises(urllib.error.HTTPError):
         urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5)
+
+
+def test_metrics_of_the_query_cache(cluster: LocalCluster, start_pooler: StartPooler) -> None:
+    """Hits, misses, entries and bytes move with the traffic; no family while the cache
+    is off."""
+    port = find_free_ports(1)[0]
+    pooler = start_pooler(
+        metrics={"port": port},
+        query_cache={"enabled": True, "ttl": 0},
+        load_balance={"enabled": False},
+    )
+    before = _scrape(port)
+    assert before["pooler_cache_entries"][()] == 0
+    sql = "SELECT 'metrics of the query cache' AS probe"
+    with psycopg.connect(pooler.dsn(), autocommit=True) as conn:
+        deadline = time.monotonic() + 10
+        # (Served once the change stream of the database is up.)
+        while _scrape(port)["pooler_cache_hits_total"][()] == 0:
+            assert time.monotonic() < deadline, "no hit"
+            psycopg.ClientCursor(conn).execute(sql)
+    after = _scrape(port)
+    assert after["pooler_cache_misses_total"][()] >= 1
+    assert after["pooler_cache_stores_total"][()] >= 1
+    assert after["pooler_cache_entries"][()] >= 1
+    assert 0 < after["pooler_cache_bytes"][()] <= after["pooler_cache_max_bytes"][()]
+    off_port = find_free_ports(1)[0]
+    start_pooler(metrics={"port": off_port})
+    assert not any(name.startswith("pooler_cache") for name in _scrape(off_port))
 
 
 def test_reload_changes_the_spread_and_names_what_waits(

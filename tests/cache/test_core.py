@@ -142,6 +142,15 @@ def test_simple_query_and_batches() -> None:
     assert batch([bind(b""), EXECUTE + SYNC]) is None
     assert batch([bind(b"s1"), EXECUTE + SYNC + EXECUTE]) is None
     assert batch([parse(b"SELECT 1", b"named"), bind(b"named"), EXECUTE + SYNC]) is None
+    # The prepared execution's own path (Sync split out) says what the general one says.
+    sync = Message(m.SYNC, b"")
+    values = b"\0\0\0\x01\0\0\0\x015\0\0"
+    fast = batch([bind(b"s1", values), EXECUTE, sync])
+    assert fast == batch([bind(b"s1", values), EXECUTE + SYNC])
+    assert fast is not None and fast.statement == b"s1" and fast.bind == values
+    assert batch([bind(b"s1", portal=b"p"), EXECUTE, sync]) is None
+    assert batch([bind(b""), EXECUTE, sync]) is None
+    assert batch([bind(b"s1"), limited, sync]) is None
 
 
 # --- answers --------------------------------------------------------------------------------

@@ -79,3 +79,21 @@ def test_each_client_reads_its_own_writes(
     ran = runs(cache_cluster, f"SELECT v FROM {table}")
     print(f"{reads[0]} reads, {ran} ran on PostgreSQL")
     assert ran < reads[0], "the cache answered none"
+
+
+def test_a_read_only_transaction_served_from_the_cache_needs_no_server(
+    cache_cluster: LocalCluster, start_pooler: StartPooler, table: str
+) -> None:
+    """With routing, the pooler answers a lone BEGIN itself: a READ ONLY transaction
+    whose reads are hits runs nowhere until its COMMIT."""
+    pooler = balanced(start_pooler, cache_cluster)
+    sql = f"SELECT v FROM {table} WHERE id = 2"
+    wait_serving(cache_cluster, pooler.dsn(), sql, table)
+    reset_statements(cache_cluster)
+    with psycopg.connect(pooler.dsn(), autocommit=True) as conn:
+        conn.execute("BEGIN READ ONLY")
+        for _ in range(3):
+            assert read(conn, sql) == [(0,)]
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
+        conn.execute("COMMIT")
+    assert runs(cache_cluster, table) == 0

@@ -4,6 +4,7 @@ cache that stores nothing is never stale)."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -11,7 +12,7 @@ from collections.abc import Callable, Iterator
 import psycopg
 import pytest
 from conftest import PoolerProcess, StartPooler
-from helpers_clients import unique_name
+from helpers_clients import superuser_dsn, unique_name
 
 from cache.conftest import cached_pooler, direct, made, reset_statements, runs, wait_serving
 from pooler.localcluster import LocalCluster
@@ -275,3 +276,105 @@ def test_clients_with_other_settings_read_their_own_rows(
             for _ in range(3):
                 assert read(other, sql) == [(42,)]
                 assert read(plain, sql) == [(0,)]
+
+
+@pytest.fixture
+def other_database_table(cache_cluster: LocalCluster, table: str) -> Iterator[None]:
+    """A table of the same name in the database postgres, which app may read."""
+    dsn = superuser_dsn(cache_cluster, dbname="postgres")
+    create = [
+        f"CREATE TABLE {table} (id int PRIMARY KEY, v int NOT NULL)",
+        f"INSERT INTO {table} VALUES (1, 0)",
+        f"GRANT SELECT ON {table} TO app",
+    ]
+    with made(dsn, create, [f"DROP TABLE {table}"]):
+        yield
+
+
+def test_pgpool_set_cache_delete_and_clear_cache(
+    cache_cluster: LocalCluster, pooler: PoolerProcess, table: str, other_database_table: None
+) -> None:
+    """PGPOOL SET CACHE DELETE drops the caller's entries of that exact text in its
+    database (the next read runs), not another user's or another database's; PGPOOL
+    CLEAR CACHE is for admin users and drops everything."""
+    sql = f"SELECT v FROM {table} WHERE id = 1;"
+    notices: list[str] = []
+    with (
+        psycopg.connect(pooler.dsn(), autocommit=True) as app,
+        psycopg.connect(pooler.dsn("postgres", "postgres"), autocommit=True) as admin,
+        psycopg.connect(pooler.dsn(dbname="postgres"), autocommit=True) as elsewhere,
+    ):
+        app.add_notice_handler(lambda diag: notices.append(str(diag.message_primary)))
+        for conn in (app, admin, elsewhere):
+            assert_hit(cache_cluster, conn, sql, table)
+        # Extended protocol (psycopg binds server-side), the text quoted as SQL quotes it.
+        cur = app.execute(f"PGPOOL SET CACHE DELETE '{sql}'")
+        assert cur.statusmessage == "SET"
+        assert notices == [f'query cache deleted. query: "{sql}"']
+        reset_statements(cache_cluster)
+        for conn in (app, admin, elsewhere):
+            read(conn, sql)
+        assert runs(cache_cluster, table) == 1, "only app's own entry in app was deleted"
+        # Simple protocol; a text with no entry (one more space) says so.
+        psycopg.ClientCursor(app).execute(f"PGPOOL SET CACHE DELETE $q${sql} $q$")
+        assert notices[-1] == f'query cache does not exist for query: "{sql} "'
+        for malformed in (
+            "PGPOOL SET CACHE DELETE 12",
+            "PGPOOL SET CACHE DELETE 'a' 'b'",
+            "PGPOOL SET CACHE 'a'",
+            "PGPOOL CLEAR CACHE now",
+        ):
+            with pytest.raises(psycopg.errors.SyntaxError):
+                app.execute(malformed)
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            app.execute("PGPOOL CLEAR CACHE")
+        read(app, sql)
+        assert_hit(cache_cluster, app, sql, table)
+        assert psycopg.ClientCursor(admin).execute("PGPOOL CLEAR CACHE").statusmessage == (
+            "CLEAR CACHE"
+        )
+        row = admin.execute("SHOW POOL_CACHE").fetchone()
+        assert row is not None and row[5] == "0", "num_cache_entries"
+        reset_statements(cache_cluster)
+        for conn in (app, admin, elsewhere):
+            read(conn, sql)
+        assert runs(cache_cluster, table) == 3, "every entry was dropped"
+
+
+@contextlib.contextmanager
+def side_by_side(
+    cluster: LocalCluster, pooler: PoolerProcess, sql: str, needle: str, begin: str
+) -> Iterator[tuple[Conn, Conn, Conn]]:
+    """A client of the pooler and one of PostgreSQL itself, each in a transaction
+    ``begin`` started once ``sql`` was a hit (and the nodes' statements were reset),
+    and a writer through the pooler in autocommit; both transactions commit after."""
+    with (
+        psycopg.connect(pooler.dsn(), autocommit=True) as conn,
+        psycopg.connect(direct(cluster), autocommit=True) as pg,
+        psycopg.connect(pooler.dsn(), autocommit=True) as writer,
+    ):
+        assert_hit(cluster, conn, sql, needle)
+        reset_statements(cluster)
+        for session in (conn, pg):
+            session.execute(begin)
+        yield conn, pg, writer
+        for session in (conn, pg):
+            session.execute("COMMIT")
+
+
+def test_reads_in_a_read_only_transaction_at_read_committed(
+    cache_cluster: LocalCluster, pooler: PoolerProcess, table: str
+) -> None:
+    """Each statement of a READ ONLY transaction at READ COMMITTED sees what committed
+    before it, as one in autocommit does: cached reads are served and stored there, and
+    a write committed meanwhile is seen, as directly on PostgreSQL."""
+    warm = f"SELECT v FROM {table} WHERE id = 4"
+    cold = f"SELECT v FROM {table} WHERE id = 5"
+    with side_by_side(cache_cluster, pooler, warm, table, "BEGIN READ ONLY") as (conn, pg, writer):
+        assert read(conn, warm) == read(pg, warm) == [(0,)]
+        assert read(conn, cold) == read(pg, cold) == [(0,)]
+        assert read(conn, cold) == [(0,)]
+        assert read(writer, cold) == [(0,)]
+        assert runs(cache_cluster, table) == 3, "a hit, a miss stored, a hit, one outside"
+        writer.execute(f"UPDATE {table} SET v = 6 WHERE id = 4")
+        assert read(conn, warm) == read(pg, warm) == [(6,)]

@@ -228,3 +228,112 @@ def test_clients_with_other_settings_never_share_an_entry() -> None:
     # The plain client still hits its own entry.
     out = plain.feed(m.query(SELECT))
     assert any(isinstance(action, Reply) for action in out)
+
+
+def test_delete_by_text_reaches_clients_that_changed_a_setting() -> None:
+    """Their keys hold their settings beside the key space: PGPOOL SET CACHE DELETE
+    drops those entries too."""
+    cache = new_cache()
+    engine, session = client_of(cache)
+    engine.feed(m.query("SET search_path = elsewhere"))
+    server = ServerEngine({}, b"I")
+    engine.attach(server)
+    server.feed(frame(ord("C"), b"SET\0") + m.ready_for_query(b"I"))
+    assert engine.releasable()
+    engine.detach()
+    # The next server is given the setting first.
+    aligned = frame(ord("C"), b"SET\0") + m.ready_for_query(b"I")
+    answer = aligned + ROWS + m.ready_for_query(b"I")
+    exchange(engine, session, m.query(SELECT), answer, ServerEngine({}, b"I"))
+    assert cache.stats.entries == 1
+    assert cache.delete("db", "app", SELECT) == 1
+    assert cache.stats.entries == 0
+
+
+def begun(engine: ClientEngine, begin: str) -> ServerEngine:
+    """``begin`` sent to a new primary server, which answered it."""
+    out = engine.feed(m.query(begin))
+    assert isinstance(out, list) and isinstance(out[-1], NeedServer)
+    server = ServerEngine({}, b"I")
+    engine.attach(server)
+    server.feed(frame(ord("C"), b"BEGIN\0") + m.ready_for_query(b"T"))
+    return server
+
+
+def in_transaction(engine: ClientEngine, session: CacheSession, server: ServerEngine) -> object:
+    """SELECT inside the transaction ``server`` runs: a hit's reply, or what was
+    forwarded (then the server answers ROWS)."""
+    out = engine.feed(m.query(SELECT))
+    if out == [m.query(SELECT)]:
+        server.feed(ROWS + m.ready_for_query(b"T"))
+        if session.busy:
+            session.answered(server)
+    return out
+
+
+def test_reads_in_a_read_only_transaction_at_read_committed() -> None:
+    cache = new_cache()
+    engine, session = client_of(cache)
+    server = begun(engine, "BEGIN READ ONLY")
+    assert in_transaction(engine, session, server) == [m.query(SELECT)]
+    assert cache.stats.entries == 1, "stored as a read outside a transaction"
+    assert in_transaction(engine, session, server) == [Reply(ROWS + m.ready_for_query(b"T"))]
+    engine.feed(m.query("COMMIT"))
+    server.feed(frame(ord("C"), b"COMMIT\0") + m.ready_for_query(b"I"))
+    session.answered(server)
+    assert engine.releasable()
+    engine.detach()
+    assert engine.feed(m.query(SELECT)) == [Reply(ROWS + m.ready_for_query(b"I"))]
+    # A BEGIN the pooler answers itself (routing): hits need no server at all.
+    engine.defer_begin = True
+    out = engine.feed(m.query("BEGIN ISOLATION LEVEL READ COMMITTED READ ONLY"))
+    assert out == [Reply(frame(ord("C"), b"BEGIN\0") + m.ready_for_query(b"T"))]
+    assert engine.feed(m.query(SELECT)) == [Reply(ROWS + m.ready_for_query(b"T"))]
+
+
+def test_no_read_of_other_transactions_is_served() -> None:
+    cache = new_cache()
+    engine, session = client_of(cache)
+    round_trip(engine, session, SELECT, ROWS + m.ready_for_query(b"I"))
+    for begin in (
+        "BEGIN",
+        "BEGIN READ WRITE",
+        "BEGIN READ ONLY ISOLATION LEVEL REPEATABLE READ",
+        "START TRANSACTION ISOLATION LEVEL SERIALIZABLE, READ ONLY",
+    ):
+        server = begun(engine, begin)
+        assert in_transaction(engine, session, server) == [m.query(SELECT)], begin
+        engine.detach()
+    # A failed transaction: PostgreSQL answers 25P02.
+    server = begun(engine, "BEGIN READ ONLY")
+    engine.feed(m.query("SELECT 1/0"))
+    server.feed(m.error_response("ERROR", "22012", "division by zero") + m.ready_for_query(b"E"))
+    assert in_transaction(engine, session, server) == [m.query(SELECT)]
+    engine.detach()
+    # A BEGIN READ ONLY inside a transaction that wrote: PostgreSQL only warns.
+    server = begun(engine, "BEGIN")
+    engine.feed(m.query("UPDATE t SET v = 2"))
+    server.feed(frame(ord("C"), b"UPDATE 1\0") + m.ready_for_query(b"T"))
+    engine.feed(m.query("BEGIN READ ONLY"))
+    server.feed(frame(ord("C"), b"BEGIN\0") + m.ready_for_query(b"T"))
+    reader, reading = client_of(cache)
+    round_trip(reader, reading, SELECT, ROWS + m.ready_for_query(b"I"))
+    assert cache.stats.entries == 1, "a read of the committed value"
+    assert in_transaction(engine, session, server) == [m.query(SELECT)]
+    engine.detach()
+    # SET LOCAL (or anything but a cacheable read) ends it for the transaction.
+    server = begun(engine, "BEGIN READ ONLY")
+    engine.feed(m.query("SET LOCAL search_path = elsewhere"))
+    server.feed(frame(ord("C"), b"SET\0") + m.ready_for_query(b"T"))
+    assert in_transaction(engine, session, server) == [m.query(SELECT)]
+    engine.detach()
+    # A client whose default isolation is not known to be READ COMMITTED.
+    other = ClientEngine(frontend_limits(1 << 30), classify)
+    other.cache = cache.session("db", "app", (("default_transaction_isolation", "serializable"),))
+    other.cache.settings = other.settings
+    server = begun(other, "BEGIN READ ONLY")
+    assert in_transaction(other, other.cache, server) == [m.query(SELECT)]
+    other.detach()
+    server = begun(other, "BEGIN READ ONLY ISOLATION LEVEL READ COMMITTED")
+    assert in_transaction(other, other.cache, server) == [m.query(SELECT)], "its own key space"
+    assert in_transaction(other, other.cache, server) == [Reply(ROWS + m.ready_for_query(b"T"))]

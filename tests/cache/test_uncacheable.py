@@ -13,7 +13,7 @@ from helpers_clients import superuser_dsn, unique_name
 from wire import address_of, bind, connect, execute, parse, sync
 
 from cache.conftest import made, reset_statements, runs
-from cache.test_never_stale import assert_hit, read
+from cache.test_never_stale import assert_hit, read, side_by_side
 from pooler.localcluster import LocalCluster
 
 
@@ -50,13 +50,14 @@ def test_temporary_tables(cache_cluster: LocalCluster, pooler: PoolerProcess) ->
     assert runs(cache_cluster, name) == 3
 
 
+@pytest.mark.parametrize("begin", ["BEGIN", "BEGIN READ ONLY"])
 def test_aborted_transaction_gets_postgresql_error(
-    cache_cluster: LocalCluster, pooler: PoolerProcess, table: str
+    cache_cluster: LocalCluster, pooler: PoolerProcess, table: str, begin: str
 ) -> None:
     sql = f"SELECT v FROM {table} WHERE id = 1"
     with psycopg.connect(pooler.dsn(), autocommit=True) as conn:
         assert_hit(cache_cluster, conn, sql, table)
-        conn.execute("BEGIN")
+        conn.execute(begin)
         with pytest.raises(psycopg.errors.DivisionByZero):
             conn.execute("SELECT 1 / 0")
         with pytest.raises(psycopg.errors.InFailedSqlTransaction):
@@ -98,3 +99,24 @@ def test_a_portal_read_in_parts(
             answer = wire.read_until("Z")
             assert [msg.type for msg in answer] == ["1", "2", "D", "D", "D", "D", "s", "Z"]
     assert runs(cache_cluster, table) == 3
+
+
+@pytest.mark.parametrize(
+    "begin",
+    [
+        "BEGIN READ ONLY ISOLATION LEVEL REPEATABLE READ",
+        "BEGIN ISOLATION LEVEL SERIALIZABLE, READ ONLY",
+        "BEGIN",
+    ],
+)
+def test_transactions_with_one_snapshot_or_that_may_write(
+    cache_cluster: LocalCluster, pooler: PoolerProcess, table: str, begin: str
+) -> None:
+    """Reads in them run on PostgreSQL each time, and see what PostgreSQL shows (a
+    REPEATABLE READ transaction keeps its first snapshot after a write commits)."""
+    sql = f"SELECT v FROM {table} WHERE id = 1"
+    with side_by_side(cache_cluster, pooler, sql, table, begin) as (conn, pg, writer):
+        assert read(conn, sql) == read(pg, sql) == [(0,)]
+        writer.execute(f"UPDATE {table} SET v = 8 WHERE id = 1")
+        assert read(conn, sql) == read(pg, sql)
+    assert runs(cache_cluster, table) == 4 + 1, "two reads each, and the UPDATE"
