@@ -58,6 +58,29 @@ def _names(items: tuple[str, ...]) -> str:
     return ", ".join(items) if items else "none"
 
 
+def _cache(ctx: Context, classification: Classification | None, sql: str) -> str:
+    """What the query cache would do with ``sql`` sent now as a Query, and why."""
+    app = ctx.app
+    client = ctx.client
+    if classification is not None and not classification.cacheable:
+        return f"never served or stored: {classification.uncacheable_reason}"
+    if app.cache is None:
+        if app.config.query_cache.enabled:
+            return "not served or stored: the query cache works in transaction pooling only"
+        return "not served or stored: the query cache is off (query_cache.enabled)"
+    if classification is None:
+        return "not served or stored: the statement does not parse"
+    reading = client.engine.cache is not None and client.engine.cache.reading
+    if client.engine.transaction_status != b"I" and not reading:
+        return (
+            "not served or stored inside this transaction (only one declared READ ONLY"
+            " at READ COMMITTED, with nothing but cacheable reads in it, may be)"
+        )
+    if app.cache.stored(client.database, client.user, sql):
+        return "cacheable: an answer to this text is stored, served if the settings match"
+    return "cacheable: no answer to this text is stored yet; the next one is stored"
+
+
 def explain_route(ctx: Context, sql: str) -> Result:
     """EXPLAIN ROUTE: the classification, then the node that runs the statement or the
     candidates and the rule that picks among them, then the cache's answer."""
@@ -112,9 +135,5 @@ def explain_route(ctx: Context, sql: str) -> Result:
             )
         rule = "the less busy of two weighted random picks among the candidates"
         rows.append(["rule", rule if len(nodes) > 1 else "the only candidate"])
-    if classification is not None and not classification.cacheable:
-        cache = f"never served or stored: {classification.uncacheable_reason}"
-    else:
-        cache = "cacheable, but not served or stored: the pooler has no query cache yet"
-    rows.append(["cache", cache])
+    rows.append(["cache", _cache(ctx, classification, sql)])
     return Result(rows, "EXPLAIN")

@@ -85,6 +85,14 @@ class QueryCache:
     def delete(self, database: str, user: str, text: str) -> int:
         """Drop every entry of ``user`` in ``database`` whose statement text is exactly
         ``text`` (pgpool-II's ``PGPOOL SET CACHE DELETE``); how many there were."""
+        return self.store.drop_where(self._of_text(database, user, text))
+
+    def stored(self, database: str, user: str, text: str) -> int:
+        """How many entries of ``user`` in ``database`` have exactly ``text`` (EXPLAIN
+        ROUTE)."""
+        return self.store.count_where(self._of_text(database, user, text))
+
+    def _of_text(self, database: str, user: str, text: str) -> Callable[[Hashable], bool]:
         spaces = self._spaces.of_user(database, user)
         raw = text.encode()
 
@@ -97,7 +105,7 @@ class QueryCache:
                 space = space[0]
             return space in spaces and statement_text(key) == raw
 
-        return self.store.drop_where(match)
+        return match
 
     def pool_cache_row(self) -> list[tuple[str, str]]:
         """SHOW POOL_CACHE's one row, column by column: pgpool-II's columns (0 where one

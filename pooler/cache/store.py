@@ -222,6 +222,10 @@ class Store:
             self._remove(key)
         return len(keys)
 
+    def count_where(self, match: Callable[[Hashable], bool]) -> int:
+        """How many entries' keys ``match``."""
+        return sum(1 for key in self._entries if match(key))
+
     def clear(self) -> None:
         """Drop everything (a failover, a role change, ``PGPOOL CLEAR CACHE``)."""
         self._dropped(_EVERYWHERE, None)

@@ -251,6 +251,27 @@ def test_a_hit_is_counted_in_show_pool_cache(
     assert after["decoding"] == "on"
 
 
+def test_explain_route_says_what_the_cache_would_do(
+    cache_cluster: LocalCluster, pooler: PoolerProcess, table: str
+) -> None:
+    sql = f"SELECT v FROM {table} WHERE id = 3"
+
+    def cache_row(conn: Conn) -> str:
+        rows = psycopg.ClientCursor(conn).execute(f"EXPLAIN ROUTE {sql}").fetchall()
+        return next(str(value) for name, value in rows if name == "cache")
+
+    with psycopg.connect(pooler.dsn(), autocommit=True) as conn:
+        assert cache_row(conn).startswith("cacheable: no answer to this text is stored yet")
+        psycopg.ClientCursor(conn).execute(sql)
+        assert cache_row(conn).startswith("cacheable: an answer to this text is stored")
+        conn.execute("BEGIN")
+        assert cache_row(conn).startswith("not served or stored inside this transaction")
+        conn.execute("ROLLBACK")
+        conn.execute("BEGIN READ ONLY")
+        assert cache_row(conn).startswith("cacheable: an answer to this text is stored")
+        conn.execute("COMMIT")
+
+
 def test_clients_with_other_settings_read_their_own_rows(
     cache_cluster: LocalCluster, pooler: PoolerProcess, table: str
 ) -> None:
