@@ -121,7 +121,9 @@ def test_pooler_answers_any_pipeline_like_postgres(
     pooler = _Pooler(start_pooler, mode)
 
     @settings(
-        max_examples=MAX_EXAMPLES,
+        # Transaction pooling runs the whole engine; the relay of plain session mode, and
+        # session mode with routing (the same engine, servers kept), get half as many.
+        max_examples=MAX_EXAMPLES if mode == "transaction" else MAX_EXAMPLES // 2,
         deadline=None,
         derandomize=True,
         database=None,
