@@ -5,7 +5,8 @@ connection (``timeout`` covers connect, login and queries, so a node that hangs 
 as down as surely as one that refuses), retries a failed check ``max_retries`` times
 ``retry_delay`` apart, and hands the outcome to the ``Assessor``, whose views it
 publishes on the ``Cluster``. ``Cluster.suspect`` from the data path checks a node at
-once instead of at its next period.
+once instead of at its next period. A reload adds nodes (``add``: a new task, the next
+id) and removes them (``remove``: its task ends, the node shows ``unused``).
 
 Wiring::
 
@@ -141,11 +142,10 @@ class Monitor:
         self._unchecked.discard(node)
         if self._tasks:
             self._tasks[node].cancel()
-        for waiters in (self._waiting[node], self._told_at_outcome[node]):
-            for waiter in waiters:
-                waiter.cancel()
-            waiters.clear()
         self._assessor.detach(node, time.time())
+        # Whoever waits for a check of it gets its state now (no check is coming).
+        self._tell(node, self._waiting[node])
+        self._tell(node, self._told_at_outcome[node])
         # Published even when the assessor saw no change (the node was detached).
         self._publish(self._assessor.view)
 
