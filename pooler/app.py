@@ -11,18 +11,26 @@ from typing import TYPE_CHECKING, Any
 
 from parser_api import Classification, Classifier, ParseError, Route
 from pooler.admin.metrics import serve_metrics
+from pooler.admin.periods import Periods, database_totals
 from pooler.admin.port import AdminPort
 from pooler.admin.state import ADMIN_DATABASES, AdminState, Context
 from pooler.cache.decoding import Decoder
 from pooler.cache.query_cache import QueryCache
 from pooler.clients import ClientRegistry
 from pooler.cluster.catalog import Catalogs, DatabaseCatalog
-from pooler.cluster.monitor import Monitor
-from pooler.cluster.nodes import Cluster, ClusterView, initial_view
+from pooler.cluster.monitor import REMOVED_REASON, Monitor
+from pooler.cluster.nodes import (
+    Cluster,
+    ClusterView,
+    NodeRole,
+    NodeState,
+    NodeStatus,
+    initial_view,
+)
 from pooler.cluster.patroni import Follower
 from pooler.cluster.promote import Failover
 from pooler.cluster.wal import WalPositions
-from pooler.config import Config, auth_secret_key
+from pooler.config import Backend, Config, auth_secret_key
 from pooler.engine.client import Classify, ClientEngine, TargetOf
 from pooler.net.client import ClientConnection
 from pooler.net.client_auth import Authenticator
@@ -91,6 +99,10 @@ class Pooler:
         self.config = config
         self.frontend_limits = frontend_limits(config.limits.max_message_size)
         self.pools = PoolManager(config.pool.size)
+        #: The nodes by id: the configured backends, then those reloads added; a node a
+        #: reload removed keeps its place (status unused), so ids are never reused.
+        #: One list, shared with the parts that connect to nodes by id.
+        self.nodes: list[Backend] = list(config.backends)
         self.addresses = [NodeAddress(b.host, b.port, b.unix_socket_path) for b in config.backends]
         self.authenticator = Authenticator(
             config.auth.method, config.users, auth_secret_key(config)
@@ -121,7 +133,7 @@ class Pooler:
         self.catalogs: Catalogs | None = None
         if self.routing or caching:
             self.catalogs = Catalogs(
-                config.backends,
+                self.nodes,
                 config.health_check,
                 self.cluster,
                 lb.catalog_refresh,
@@ -156,7 +168,7 @@ class Pooler:
             # follower republishes it with Patroni's leader as the only possible primary.
             observed = Cluster(initial_view(len(config.backends)))
             self.monitor = Monitor(
-                config.backends, config.health_check, observed, config.failover.auto_failback
+                self.nodes, config.health_check, observed, config.failover.auto_failback
             )
             self.patroni = Follower(
                 config.failover.patroni_urls,
@@ -168,19 +180,22 @@ class Pooler:
             )
         elif config.health_check.period:
             self.monitor = Monitor(
-                config.backends,
+                self.nodes,
                 config.health_check,
                 self.cluster,
                 config.failover.auto_failback,
             )
             self.failover = Failover(
-                config.backends, config.health_check, config.failover, self.cluster, self.monitor
+                self.nodes, config.health_check, config.failover, self.cluster, self.monitor
             )
         if self.monitor is not None and self.routing and lb.read_your_writes:
-            self.wal = WalPositions(config.backends, config.health_check, self.cluster)
+            self.wal = WalPositions(self.nodes, config.health_check, self.cluster)
         self._janitor_task: asyncio.Task[None] | None = None
         #: What admin commands keep: paused and disabled databases (pooler.admin).
         self.admin = AdminState()
+        #: SHOW STATS' averages over the last admin.stats_period.
+        self.stats_periods = Periods()
+        self._periods_task: asyncio.Task[None] | None = None
         self._metrics: asyncio.Server | None = None
         #: The file the config came from, read again by RELOAD and SIGHUP.
         self.config_path: str | None = None
@@ -191,7 +206,7 @@ class Pooler:
             self.cache = QueryCache(config.query_cache, self.catalogs.get)
             if self.wal is not None:
                 self.cache.place = self.wal.after_write
-            self.decoder = Decoder(self.cache, config.backends, config.health_check, self.cluster)
+            self.decoder = Decoder(self.cache, self.nodes, config.health_check, self.cluster)
 
     def primary_node(self) -> int:
         """The node that takes writes (while there is none, node 0, whose refusal
@@ -257,7 +272,7 @@ class Pooler:
             if before.up and (not now.up or now.role is not before.role):
                 # Its idle connections are dead, or of a role it no longer has.
                 self.pools.close_idle_of(now.node)
-            if before.up and not now.up:
+            if before.up and now.status is NodeStatus.DOWN:
                 # A node that hangs answers nothing: reads waiting on it that have sent
                 # nothing to their client yet run elsewhere.
                 for client in self._client_connections():
@@ -274,6 +289,45 @@ class Pooler:
                 server.transport.abort()
             client.forget_kept(node)
 
+    def add_node(self, backend: Backend, weight: float) -> int:
+        """Take ``backend`` as a new node (a reload added it): its id, the next one.
+
+        Its pools open on first use; the monitor checks it, and reads go to it once a
+        check found it a standby (with no monitor, it is a standby at once).
+        """
+        node = len(self.nodes)
+        if self.monitor is not None:
+            self.monitor.add(backend)
+        else:
+            self.cluster.grow(NodeState(node, NodeStatus.UP, NodeRole.STANDBY))
+        self.nodes.append(backend)
+        self.addresses.append(NodeAddress(backend.host, backend.port, backend.unix_socket_path))
+        if self.failover is not None:
+            # It copied the list it was given; a new node may be the one it promotes.
+            self.failover._backends = tuple(self.nodes)
+        self.balancer.add_node(weight)
+        log.warning("node added", extra={"node": node, "host": backend.host, "port": backend.port})
+        return node
+
+    def remove_node(self, node: int) -> None:
+        """Drain ``node`` (a reload removed it): no new work goes to it, its idle
+        server connections close now and the others as their clients give them back
+        (a transaction, or a pinned session, there ends normally); it shows unused and
+        its id is not reused."""
+        self.pools.retire_node(node)
+        self.balancer.remove_node(node)
+        if self.monitor is not None:
+            self.monitor.remove(node)
+        else:
+            nodes = list(self.cluster.view.nodes)
+            nodes[node] = nodes[node].with_(status=NodeStatus.UNUSED, reason=REMOVED_REASON)
+            self.cluster.publish(ClusterView(tuple(nodes)))
+        backend = self.nodes[node]
+        log.warning(
+            "node removed; it is drained",
+            extra={"node": node, "host": backend.host, "port": backend.port},
+        )
+
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run ``coro`` in the background, keeping a reference until it ends."""
         task = asyncio.get_running_loop().create_task(coro)
@@ -289,7 +343,8 @@ class Pooler:
 
         async def open_server(params: ParamKey) -> PooledServer:
             owners = self.server_owners if self.classify is not None else None
-            server = ServerConnection(address, pool_key, params, owners, self.error_classes)
+            stats = self.pools.get(pool_key).stats
+            server = ServerConnection(address, pool_key, params, owners, self.error_classes, stats)
             try:
                 await address.connect(lambda: server, timeout)
                 await asyncio.wait_for(server.login(user, database, creds), timeout)
@@ -328,9 +383,10 @@ class Pooler:
             log.warning("query_cache works in pool.mode transaction only: it is off")
         factory = lambda: ClientConnection(self)  # noqa: E731
         self._server = await listen(cfg.listen.host, cfg.listen.port, factory)
+        loop = asyncio.get_running_loop()
         if cfg.pool.idle_timeout:
-            loop = asyncio.get_running_loop()
             self._janitor_task = loop.create_task(self._janitor(cfg.pool.idle_timeout))
+        self._periods_task = loop.create_task(self._stats_periods())
         log.info(
             "listening",
             extra={"host": cfg.listen.host, "port": cfg.listen.port, "mode": cfg.pool.mode},
@@ -341,6 +397,19 @@ class Pooler:
         while True:
             await asyncio.sleep(min(idle_timeout / 2, 30.0))
             self.pools.close_expired(time.monotonic() - idle_timeout)
+
+    async def _stats_periods(self) -> None:
+        """End a stats period every ``admin.stats_period`` (read again each time: a
+        reload changes it)."""
+        loop = asyncio.get_running_loop()
+        self._tick_stats(loop.time())
+        while True:
+            await asyncio.sleep(self.config.admin.stats_period)
+            self._tick_stats(loop.time())
+
+    def _tick_stats(self, now: float) -> None:
+        names = {key.database for key in self.pools.pools} - ADMIN_DATABASES
+        self.stats_periods.tick(database_totals(self.pools.pools.values(), names), now)
 
     async def shutdown(self, timeout: float) -> None:
         """Stop accepting, let running queries finish for ``timeout`` s, then close all."""
@@ -360,6 +429,8 @@ class Pooler:
         # Let resets of servers released just now finish, then close what is idle.
         if self._janitor_task is not None:
             self._janitor_task.cancel()
+        if self._periods_task is not None:
+            self._periods_task.cancel()
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=1)
         self.pools.close_idle()

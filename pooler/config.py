@@ -258,6 +258,8 @@ class Admin:
 
     #: The read-only pgpool-II views (SHOW POOL_NODES, ...) only for admin_users.
     restrict_show: bool = False
+    #: Seconds over which SHOW STATS' averages are taken (PgBouncer's stats_period).
+    stats_period: float = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -888,7 +890,9 @@ def parse_config(
         backends=_backends(top, base),
         users=users,
         admin_users=_admin_users(top, users),
-        admin=top.section("admin").read(Admin, restrict_show=_BOOLEAN),
+        admin=top.section("admin").read(
+            Admin, restrict_show=_BOOLEAN, stats_period=_POSITIVE_DURATION
+        ),
         metrics=top.section("metrics").read(Metrics, host=_TEXT, port=_PORT_OR_OFF),
         auth=top.section("auth").read(
             Auth,

@@ -70,6 +70,11 @@ class PoolStats:
     #: Seconds clients held a server, and waited for one.
     held_seconds: float = 0.0
     wait_seconds: float = 0.0
+    #: Seconds servers spent answering (from a request sent to an idle server to the
+    #: ReadyForQuery that leaves it owing nothing), and in transactions (from the start
+    #: of the first request to the ReadyForQuery back to idle).
+    query_seconds: float = 0.0
+    xact_seconds: float = 0.0
 
 
 @dataclass(slots=True)
@@ -87,6 +92,8 @@ class ServerPool:
     reported: dict[ParamKey, tuple[tuple[str, str], ...]] = field(default_factory=dict)
     #: Servers in use to close when they come back, not to reuse (admin RECONNECT).
     retiring: set[PooledServer] = field(default_factory=set)
+    #: The node was removed: every server is closed when it comes back.
+    retired: bool = False
     _opening: set[asyncio.Task[PooledServer]] = field(default_factory=set)
 
     @property
@@ -131,7 +138,7 @@ class ServerPool:
 
     def checkin(self, server: PooledServer) -> None:
         """Take back a server that is idle and reset (ReadyForQuery 'I' seen)."""
-        if self.retiring and server in self.retiring:
+        if (self.retiring and server in self.retiring) or self.retired:
             self.discard(server)
             return
         while self.waiters:
@@ -264,6 +271,14 @@ class PoolManager:
         """Close every idle server of ``node`` (it went down or changed role)."""
         for key, pool in self.pools.items():
             if key.node == node:
+                pool.close_idle()
+
+    def retire_node(self, node: int) -> None:
+        """``node`` was removed: close its idle servers now, the others when their
+        clients give them back."""
+        for key, pool in self.pools.items():
+            if key.node == node:
+                pool.retired = True
                 pool.close_idle()
 
     def close_expired(self, idle_before: float) -> None:

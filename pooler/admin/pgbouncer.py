@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from pooler import __version__
+from pooler.admin.periods import Averages, database_totals
 from pooler.admin.state import ADMIN_DATABASES, Context, clients, servers
 from pooler.admin.wire import INT4, NUMERIC, Result, Value, columns
 
@@ -235,25 +236,25 @@ def show_pools(ctx: Context) -> Result:
 
 
 def show_stats(ctx: Context) -> Result:
-    """SHOW STATS: one row per database, summed over its pools since start. Times are
-    in microseconds; ``total_xact_time`` is the time clients held a server (in session
-    mode, their sessions'). The pooler does not time single queries, nor keep
-    PgBouncer's per-period averages: those columns are NULL."""
-    totals: dict[str, list[float]] = {name: [0.0] * 6 for name in _databases(ctx)}
-    for key, pool in ctx.app.pools.pools.items():
-        row = totals.get(key.database)
-        if row is None:
-            continue
-        s = pool.stats
-        for i, value in enumerate(
-            (s.transactions, s.queries, s.received, s.sent, s.held_seconds, s.wait_seconds)
-        ):
-            row[i] += value
+    """SHOW STATS: one row per database, summed over its pools since the start, then
+    PgBouncer's averages over the last ``admin.stats_period`` (0 until one ended).
+    Times are in microseconds: ``total_query_time`` while servers were answering,
+    ``total_xact_time`` while they were in a transaction (or answering outside one),
+    ``total_wait_time`` while clients waited for a server."""
+    names = _databases(ctx)
+    last = ctx.app.stats_periods.last
     rows: list[list[Value]] = []
-    for name, (xacts, queries, received, sent, held, waited) in totals.items():
-        times = [round(held * 1e6), None, round(waited * 1e6)]
-        rows.append([name, int(xacts), int(queries), int(received), int(sent), *times])
-        rows[-1].extend([None] * 7)
+    for name, t in database_totals(ctx.app.pools.pools.values(), names).items():
+        a = last.get(name, Averages())
+        rows.append(
+            [
+                name,
+                *(round(value) for value in (t.xact_count, t.query_count, t.received, t.sent)),
+                *(round(value) for value in (t.xact_time, t.query_time, t.wait_time)),
+                *(a.xact_count, a.query_count, a.recv, a.sent),
+                *(a.xact_time, a.query_time, a.wait_time),
+            ]
+        )
     return Result(rows)
 
 

@@ -121,8 +121,11 @@ def _stamp(when: float) -> str | None:
 
 
 def _status(state: NodeState) -> str:
-    """pgpool-II's status words: down for a node down or detached, quarantine for one
-    kept out because it claims to be a second primary, waiting until its role is known."""
+    """pgpool-II's status words: down for a node down or detached, unused for one a
+    reload removed, quarantine for one kept out because it claims to be a second
+    primary, waiting until its role is known."""
+    if state.status is NodeStatus.UNUSED:
+        return "unused"
     if state.status is not NodeStatus.UP:
         return "down"
     if state.role is NodeRole.FALSE_PRIMARY:
@@ -135,7 +138,7 @@ def _status(state: NodeState) -> str:
 def _pg_status(state: NodeState) -> str:
     """What the node's last check said: a detached node is not checked; a held one
     answers (it waits to stream from the primary to take queries)."""
-    if state.status is NodeStatus.DETACHED:
+    if state.status in (NodeStatus.DETACHED, NodeStatus.UNUSED):
         return "unknown"
     return "up" if state.status is NodeStatus.UP or state.held else "down"
 

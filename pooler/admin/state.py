@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from pooler.admin.wire import AdminError
+from pooler.cluster.nodes import NodeStatus
 
 if TYPE_CHECKING:
     from pooler.app import Pooler
@@ -81,6 +82,12 @@ class Context:
                 "22023",
                 f"node {node} does not exist",
                 hint=f"Node ids are 0 to {count - 1}, as SHOW POOL_NODES lists them.",
+            )
+        if self.app.cluster.view.nodes[node].status is NodeStatus.UNUSED:
+            raise AdminError(
+                "22023",
+                f"node {node} was removed from the config",
+                hint="Its id is not reused: a backend listed again is a new node.",
             )
         return node
 

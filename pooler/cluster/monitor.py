@@ -5,7 +5,8 @@ connection (``timeout`` covers connect, login and queries, so a node that hangs 
 as down as surely as one that refuses), retries a failed check ``max_retries`` times
 ``retry_delay`` apart, and hands the outcome to the ``Assessor``, whose views it
 publishes on the ``Cluster``. ``Cluster.suspect`` from the data path checks a node at
-once instead of at its next period.
+once instead of at its next period. A reload adds nodes (``add``: a new task, the next
+id) and removes them (``remove``: its task ends, the node shows ``unused``).
 
 Wiring::
 
@@ -34,6 +35,8 @@ log = logging.getLogger("pooler.cluster")
 
 #: What the monitor's connections show in ``pg_stat_activity``.
 APPLICATION_NAME = "pooler monitor"
+#: Why a removed node takes no traffic (SHOW POOL_NODES, logs).
+REMOVED_REASON = "removed from the config"
 
 
 class Monitor:
@@ -56,10 +59,14 @@ class Monitor:
             raise ValueError(
                 f"{len(backends)} backends for a cluster view of {len(cluster.view.nodes)} nodes"
             )
-        self._backends = tuple(backends)
+        self._backends = list(backends)
         self._health = health
         self._cluster = cluster
-        self._assessor = Assessor(health, len(backends), auto_failback)
+        self._assessor = _Assessor(health, len(backends), auto_failback)
+        #: Nodes removed from the config (shown ``unused``), and nodes added that have
+        #: had no check yet (shown up with no role: they get no traffic).
+        self._removed: set[int] = set()
+        self._unchecked: set[int] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self._first_view = asyncio.Event()
         # Set by suspect, check_now, detach and attach: the node's task stops waiting.
@@ -78,10 +85,7 @@ class Monitor:
         if it failed) and the first view is published."""
         if self._tasks:
             return
-        self._tasks = [
-            asyncio.create_task(self._watch(node), name=f"pooler monitor: node {node}")
-            for node in range(len(self._backends))
-        ]
+        self._tasks = [self._watcher(node) for node in range(len(self._backends))]
         first_view = asyncio.create_task(self._first_view.wait())
         done, _ = await asyncio.wait(
             [first_view, *self._tasks], return_when=asyncio.FIRST_COMPLETED
@@ -92,6 +96,9 @@ class Monitor:
             failed = next(iter(done))
             await self.stop()
             failed.result()
+
+    def _watcher(self, node: int) -> asyncio.Task[None]:
+        return asyncio.create_task(self._watch(node), name=f"pooler monitor: node {node}")
 
     async def stop(self) -> None:
         """Stop checking; the last published view stays."""
@@ -112,9 +119,43 @@ class Monitor:
     def attach(self, node: int, held: bool = False) -> None:
         """Give a detached ``node`` back: it is checked at once and comes back UP (or
         DOWN) with the outcome. A false primary attached gets a fresh judgement.
-        ``held``: UP only once it streams from the primary (see ``Assessor.attach``)."""
+        ``held``: UP only once it streams from the primary (see ``Assessor.attach``). A
+        node removed from the config stays unused."""
+        if node in self._removed:
+            return
         self._publish(self._assessor.attach(node, time.time(), held))
         self._wake[node].set()
+
+    def add(self, backend: Backend) -> int:
+        """Watch one more node (a reload added it); its id, the next one. It shows up
+        with no role, and so gets no traffic, until its first check says what it is."""
+        node = len(self._backends)
+        self._backends.append(backend)
+        self._wake.append(asyncio.Event())
+        self._waiting.append([])
+        self._told_at_outcome.append([])
+        self._last_check_end.append(0.0)
+        self._urgent.append(False)
+        self._unchecked.add(node)
+        self._cluster.grow(NodeState(node, reason="not checked yet"))
+        self._assessor.add_node()
+        if self._tasks:
+            self._tasks.append(self._watcher(node))
+        return node
+
+    def remove(self, node: int) -> None:
+        """Stop watching ``node`` (a reload removed it): it shows ``unused`` from now on
+        and is never checked again; its id stays taken."""
+        self._removed.add(node)
+        self._unchecked.discard(node)
+        if self._tasks:
+            self._tasks[node].cancel()
+        self._assessor.detach(node, time.time())
+        # Whoever waits for a check of it gets its state now (no check is coming).
+        self._tell(node, self._waiting[node])
+        self._tell(node, self._told_at_outcome[node])
+        # Published even when the assessor saw no change (the node was detached).
+        self._publish(self._assessor.view)
 
     async def check_now(self, node: int) -> NodeState:
         """Check ``node`` now (with its retries, if the check fails); its state after.
@@ -134,7 +175,7 @@ class Monitor:
 
     def _suspect(self, node: int, reason: str) -> None:
         """The data path saw ``node`` fail: check it now rather than at its next period."""
-        if not self._tasks or not 0 <= node < len(self._backends):
+        if not self._tasks or not 0 <= node < len(self._backends) or node in self._removed:
             return
         # A node already down or detached gains nothing from more checks.
         if self._assessor.view.nodes[node].status is not NodeStatus.UP:
@@ -166,8 +207,12 @@ class Monitor:
         except Exception as exc:
             reason = _describe(exc)
             log.debug("check failed", extra={"node": node, "why": reason})
-            self._publish(self._assessor.failed(node, reason, time.time()))
+            view = self._assessor.failed(node, reason, time.time())
+            if not self._assessor.retrying(node):
+                self._unchecked.discard(node)
+            self._publish(view)
         else:
+            self._unchecked.discard(node)
             self._publish(self._assessor.succeeded(node, probe, time.time()))
         self._last_check_end[node] = time.monotonic()
         if not self._assessor.retrying(node):
@@ -214,12 +259,24 @@ class Monitor:
     def _publish(self, view: ClusterView | None) -> None:
         if view is not None:
             try:
-                self._cluster.publish(view)
+                self._cluster.publish(self._shown(view))
             # A listener's bug must not end the checks of a node; the view is in place.
             except Exception:
                 log.exception("a cluster view listener failed")
         if self._assessor.ready:
             self._first_view.set()
+
+    def _shown(self, view: ClusterView) -> ClusterView:
+        """The assessor's view as the pooler sees it: removed nodes unused, added ones
+        unchecked until their first check."""
+        if not self._removed and not self._unchecked:
+            return view
+        nodes = list(view.nodes)
+        for node in self._removed:
+            nodes[node] = nodes[node].with_(status=NodeStatus.UNUSED, reason=REMOVED_REASON)
+        for node in self._unchecked:
+            nodes[node] = NodeState(node, reason="not checked yet")
+        return ClusterView(tuple(nodes))
 
     def _tell(self, node: int, waiters: list[asyncio.Future[NodeState]]) -> None:
         """Resolve ``check_now`` callers with the node's state now."""
@@ -228,6 +285,18 @@ class Monitor:
             if not waiter.done():
                 waiter.set_result(state)
         waiters.clear()
+
+
+class _Assessor(Assessor):
+    """The assessor, able to take one more node (a reload added it)."""
+
+    def add_node(self) -> None:
+        """One more node, not checked yet: it keeps its first state (up, no role) until
+        its first outcome, and does not hold back the views of the others."""
+        node = len(self.view.nodes)
+        self._outcomes.append(None)
+        self._failures.append(0)
+        self.view = ClusterView((*self.view.nodes, NodeState(node)))
 
 
 def _describe(exc: Exception) -> str:

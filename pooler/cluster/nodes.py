@@ -19,6 +19,9 @@ class NodeStatus(StrEnum):
     DOWN = "down"
     #: Taken out of rotation by an operator (or fenced); it gets nothing until attached.
     DETACHED = "detached"
+    #: Removed from the config by a reload: drained, never checked again; its id is
+    #: never given to another server (pgpool-II's ``unused``).
+    UNUSED = "unused"
 
 
 class NodeRole(StrEnum):
@@ -164,6 +167,14 @@ class Cluster:
         old, self.view = self.view, view
         for listener in self._listeners:
             listener(old, view)
+
+    def grow(self, state: NodeState) -> None:
+        """Add a node (id ``len(view.nodes)``) to the view without telling listeners:
+        a node that was not there has no change to report, and every view they are
+        shown has as many nodes as the one before."""
+        if state.node != len(self.view.nodes):
+            raise ValueError(f"node {state.node} added to a view of {len(self.view.nodes)}")
+        self.view = ClusterView((*self.view.nodes, state))
 
     def on_change(self, listener: Listener) -> None:
         """Call ``listener(old, new)`` after each ``publish``."""

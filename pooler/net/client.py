@@ -173,6 +173,8 @@ class ClientConnection(asyncio.Protocol):
         out = self.engine.feed(data)
         if type(out) is bytes:
             server.transport.write(out)  # type: ignore[union-attr]
+            if not server.busy_since:
+                server.busy_since = time.monotonic()
         else:
             self._carry_out(server, out)  # type: ignore[arg-type]
 

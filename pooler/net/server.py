@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import Counter
 from enum import Enum
 from typing import Protocol, cast
@@ -15,7 +16,7 @@ from typing import Protocol, cast
 from pooler.engine.server import ServerEngine
 from pooler.net.handshake import HandshakeReader
 from pooler.net.server_login import Credentials, NodeAddress, login
-from pooler.pool import ParamKey, PoolKey, ServerPool
+from pooler.pool import ParamKey, PoolKey, PoolStats, ServerPool
 from pooler.protocol.codec import Event, FramingError, build_cancel_request
 
 log = logging.getLogger("pooler.server")
@@ -76,8 +77,15 @@ class ServerConnection(asyncio.Protocol):
         param_key: ParamKey,
         owners: dict[int, int] | None = None,
         error_classes: Counter[str] | None = None,
+        stats: PoolStats | None = None,
     ) -> None:
         self.address = address
+        #: Its pool's statistics, which it adds its query and transaction times to.
+        self.stats = stats if stats is not None else PoolStats()
+        #: Clock (time.monotonic) when it was sent a request while it owed nothing, and
+        #: when its transaction began; 0.0: not busy, not in a transaction.
+        self.busy_since = 0.0
+        self.xact_since = 0.0
         self.error_classes = error_classes
         #: Bytes it sent to its clients.
         self.sent = 0
@@ -121,6 +129,8 @@ class ServerConnection(asyncio.Protocol):
         except RuntimeError:
             # The client's transport closed under us; its connection_lost follows.
             return
+        if self.busy_since and not engine.requests.owed:
+            self._answered_all()
         if client.pooling:
             client.server_answered()
         elif client.draining and self.engine.requests.idle():
@@ -128,6 +138,19 @@ class ServerConnection(asyncio.Protocol):
         elif client.admin_waiting:
             # Session mode: an admin command waits for these answers.
             client.admin_turn()
+
+    def _answered_all(self) -> None:
+        """It owes nothing now: the time since the request is query time, and the
+        transaction's time too when it is back to idle. (One clock read.)"""
+        now = time.monotonic()
+        stats = self.stats
+        stats.query_seconds += now - self.busy_since
+        if self.engine.status == b"I":
+            stats.xact_seconds += now - (self.xact_since or self.busy_since)
+            self.xact_since = 0.0
+        elif not self.xact_since:
+            self.xact_since = self.busy_since
+        self.busy_since = 0.0
 
     def _relay_events(self, client: Client, events: list[Event]) -> None:
         out: list[bytes] = []
@@ -206,6 +229,8 @@ class ServerConnection(asyncio.Protocol):
         """Forward the client's bytes (not on the hot path, which writes directly)."""
         if self.transport is not None and not self.transport.is_closing():
             self.transport.writelines(data)
+            if not self.busy_since:
+                self.busy_since = time.monotonic()
 
     def hand_over(self, data: list[bytes]) -> None:
         """Send the end of the client's stream and end the input: the server answers as
@@ -311,6 +336,8 @@ class ServerConnection(asyncio.Protocol):
             self._give_up(pool, "reset failed")
 
     def _to_pool(self, pool: ServerPool) -> None:
+        # A session that ended inside a transaction was reset: nothing is running.
+        self.busy_since = self.xact_since = 0.0
         self.mode = Mode.IDLE
         self.pool = pool
         pool.checkin(self)

@@ -87,6 +87,23 @@ class Balancer:
         self._cached_view = None
         self._cache.clear()
 
+    def add_node(self, weight: float) -> None:
+        """One more node (a reload added it), with its weight."""
+        self.weights = (*self.weights, weight)
+        self.inflight.append(0)
+        self.reads.append(0)
+        self._cached_view = None
+        self._cache.clear()
+
+    def remove_node(self, node: int) -> None:
+        """``node`` was removed: it keeps its counts, and gets weight 0 (it is not up
+        either, so it gets nothing)."""
+        weights = list(self.weights)
+        weights[node] = 0.0
+        self.weights = tuple(weights)
+        self._cached_view = None
+        self._cache.clear()
+
     def candidates(self, view: ClusterView, target: Target, min_lsn: int | None) -> list[int]:
         """The nodes ``pick`` chooses among now for a request of ``target``."""
         if target is Target.PRIMARY:
