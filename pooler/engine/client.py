@@ -75,6 +75,7 @@ class ClientEngine:
 
     __slots__ = (
         "_admin",
+        "_beginners",
         "_begins",
         "_classified_last",
         "_classify",
@@ -94,6 +95,7 @@ class ClientEngine:
         "_target_of",
         "_targets",
         "_unnamed",
+        "_unnamed_begins",
         "_unnamed_writes",
         "_writers",
         "admin_wait",
@@ -177,6 +179,10 @@ class ClientEngine:
         self._may_write = False
         self._writers: set[bytes] | None = None
         self._unnamed_writes = True
+        # Which of its statements start a transaction (BEGIN READ ONLY prepared by a
+        # driver): a Bind of one held starts the transaction where it runs, as a Query does.
+        self._beginners: set[bytes] | None = None
+        self._unnamed_begins = False
         #: Answer a lone BEGIN here and send it with the transaction's first statement,
         #: which then places the transaction (routing).
         self.defer_begin = False
@@ -360,7 +366,7 @@ class ClientEngine:
             # Session mode splits messages only for the admin port to look at.
             return frame(t, body)
         if t == m.QUERY:
-            target, rewritten, _ = self._classified(body[:-1], server, rewrite=True)
+            target, rewritten, _, _ = self._classified(body[:-1], server, rewrite=True)
             if target > self._target:
                 self._target = target
             self._seg_parses = 0
@@ -381,15 +387,13 @@ class ClientEngine:
             raw, text = rewrite_parse(
                 body, self.statements, server.prepared if server is not None else None
             )
-            target, _, writes = self._classified(text, server)
+            target, _, writes, begins = self._classified(text, server)
             if not name:
                 self._unnamed_writes = writes
-            elif writes:
-                if self._writers is None:
-                    self._writers = set()
-                self._writers.add(name)
-            elif self._writers and not known:
-                self._writers.discard(name)
+                self._unnamed_begins = begins
+            else:
+                self._writers = _noted(self._writers, name, writes, known)
+                self._beginners = _noted(self._beginners, name, begins, known)
             if self._ops:
                 # It sets something each time a Bind runs it.
                 if self.statement_ops is None:
@@ -413,8 +417,11 @@ class ClientEngine:
         if t == m.BIND:
             name = bind_statement(body)
             target = self._targets.get(name, Target.PRIMARY) if name else self._unnamed
-            if self._unnamed_writes if not name else bool(self._writers and name in self._writers):
+            if self._unnamed_writes if not name else _has(self._writers, name):
                 self._may_write = True
+            begins = self._unnamed_begins if not name else _has(self._beginners, name)
+            if begins and server is None:
+                self._begins = True
             if self.cache is not None:
                 self.cache.bound(name)
             if target > self._target:
@@ -429,10 +436,11 @@ class ClientEngine:
 
     def _classified(
         self, text: bytes, server: ServerEngine | None, rewrite: bool = False
-    ) -> tuple[Target, str | None, bool]:
+    ) -> tuple[Target, str | None, bool, bool]:
         """Note the session state a statement text leaves; where it may run, (with
         ``rewrite``) the text to send instead, naming the pooler's prepared statements,
-        where it names the client's, and whether it may write data."""
+        where it names the client's, whether it may write data and whether it has
+        transaction control."""
         classify = self._classify
         assert classify is not None
         sql = text.decode("utf-8", "replace")
@@ -443,7 +451,7 @@ class ClientEngine:
             self.cache.classified(classification, text)
         if classification is None:
             self._may_write = True
-            return Target.PRIMARY, None, True
+            return Target.PRIMARY, None, True, False
         writes = classification.route is Route.WRITE
         if writes:
             self._may_write = True
@@ -470,7 +478,12 @@ class ClientEngine:
             if "\ufffd" in sql:
                 # Not UTF-8 (or not as sent): rewritten, it would not be the same text.
                 self.session.pin("prepare", sql)
-                return self._target_of(classification, sql), None, writes
+                return (
+                    self._target_of(classification, sql),
+                    None,
+                    writes,
+                    bool(classification.transaction),
+                )
             rewritten = rewrite_sql(
                 sql,
                 classification,
@@ -478,7 +491,9 @@ class ClientEngine:
                 server.prepared if server is not None else None,
                 server.errors if server is not None else None,
             )
-        return self._target_of(classification, sql), rewritten, writes
+        return self._target_of(classification, sql), rewritten, writes, bool(
+            classification.transaction
+        )
 
     def _hold(self, events: bytes | list[Event]) -> list[bytes | Action]:
         cache = self.cache
@@ -802,6 +817,23 @@ class ClientEngine:
     def partial(self) -> bool:
         """Part of a message was forwarded and the rest never came."""
         return self.scanner.passed_partial()
+
+
+def _has(names: set[bytes] | None, name: bytes) -> bool:
+    return names is not None and name in names
+
+
+def _noted(names: set[bytes] | None, name: bytes, member: bool, known: bool) -> set[bytes] | None:
+    """``names`` with ``name`` in it when ``member``, out of it when not (unless
+    ``known``: a Parse of a name in use fails, and the old text stays); made on first
+    use (most clients name no such statement)."""
+    if member:
+        if names is None:
+            names = set()
+        names.add(name)
+    elif names and not known:
+        names.discard(name)
+    return names
 
 
 def _whole_units(held: list[bytes]) -> int:

@@ -375,6 +375,29 @@ def test_a_read_only_begin_in_a_batch_runs_on_one_standby(
             assert ports == [cluster.primary.port]
 
 
+def test_a_prepared_begin_read_only_keeps_its_transaction_where_it_started(
+    cluster: LocalCluster, routed: PoolerProcess
+) -> None:
+    """psycopg prepares a BEGIN READ ONLY it executed 5 times: then its Bind, sent
+    alone, starts the transaction on whichever node it goes to, and the transaction's
+    next statements must follow it there (they waited for that node to be done, and it
+    never was: the client hung)."""
+    ports_seen: list[set[int]] = []
+
+    def transactions() -> None:
+        with psycopg.connect(routed.dsn(), autocommit=True) as conn:
+            for _ in range(12):
+                conn.execute("BEGIN READ ONLY")
+                ports_seen.append({_port_of(conn, "extended") for _ in range(3)})
+                conn.execute("COMMIT")
+
+    thread = threading.Thread(target=transactions, daemon=True)
+    thread.start()
+    thread.join(30)
+    assert not thread.is_alive(), f"hung after {len(ports_seen)} transactions"
+    assert len(ports_seen) == 12 and all(len(ports) == 1 for ports in ports_seen), ports_seen
+
+
 def test_a_serializable_session_reads_on_the_primary(
     cluster: LocalCluster, routed: PoolerProcess
 ) -> None:
