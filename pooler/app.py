@@ -10,12 +10,9 @@ from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 from parser_api import Classification, Classifier, ParseError, Route
-from pooler.admin.metrics import serve_metrics
 from pooler.admin.periods import Periods, database_totals
 from pooler.admin.port import AdminPort
 from pooler.admin.state import ADMIN_DATABASES, AdminState, Context
-from pooler.cache.decoding import Decoder
-from pooler.cache.query_cache import QueryCache
 from pooler.clients import ClientRegistry
 from pooler.cluster.catalog import Catalogs, DatabaseCatalog
 from pooler.cluster.monitor import REMOVED_REASON, Monitor
@@ -44,6 +41,8 @@ from pooler.routing.balancer import Balancer, Limits
 from pooler.routing.targets import Target, target_of
 
 if TYPE_CHECKING:
+    from pooler.cache.decoding import Decoder
+    from pooler.cache.query_cache import QueryCache
     from pooler.net.client import ClientConnection
 
 log = logging.getLogger("pooler")
@@ -203,6 +202,11 @@ class Pooler:
         #: Writes that bypass the pooler, for the cache (logical decoding).
         self.decoder: Decoder | None = None
         if caching and self.catalogs is not None:
+            # Imported here: most poolers run without the cache, and every start (a
+            # test suite starts hundreds) would pay for its modules.
+            from pooler.cache.decoding import Decoder
+            from pooler.cache.query_cache import QueryCache
+
             self.cache = QueryCache(config.query_cache, self.catalogs.get)
             if self.wal is not None:
                 self.cache.place = self.wal.after_write
@@ -376,6 +380,9 @@ class Pooler:
         if self.catalogs is not None:
             self.catalogs.start()
         if cfg.metrics.port:
+            # Imported here: prometheus_client costs every start that serves no metrics.
+            from pooler.admin.metrics import serve_metrics
+
             self._metrics = await serve_metrics(self, cfg.metrics.host, cfg.metrics.port)
         if self.decoder is not None:
             self.decoder.start()

@@ -208,7 +208,10 @@ class Decoder:
             log.info("query cache watches changes", extra={"database": database, "slot": slot})
             while self._cluster.view.primary == primary:
                 began = watch.now()
-                row = await asyncio.wait_for(conn.fetchrow(POLL_SQL, slot), self._health.timeout)
+                # asyncio.timeout, not wait_for: in Python 3.11 wait_for may swallow the
+                # cancel of a stop that comes as the poll ends, and this loop never ends.
+                async with asyncio.timeout(self._health.timeout):
+                    row = await conn.fetchrow(POLL_SQL, slot)
                 self._apply(database, row[0], row[1], row[2], int(row[3]))
                 watch.polled(database, began)
                 await asyncio.sleep(POLL_INTERVAL)

@@ -231,7 +231,10 @@ class Monitor:
             return
         timeout = self._health.period if self._assessor.checked(node) else None
         try:
-            await asyncio.wait_for(self._wake[node].wait(), timeout)
+            # asyncio.timeout, not wait_for: in Python 3.11 wait_for may swallow the
+            # cancel of stop() when the wait ends at that moment, and stop() never ends.
+            async with asyncio.timeout(timeout):
+                await self._wake[node].wait()
         except TimeoutError:
             return
         if self._urgent[node]:

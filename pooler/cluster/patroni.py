@@ -395,7 +395,8 @@ class Follower:
     async def _run(self) -> None:
         while not self._stopping:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._health.period)
+                async with asyncio.timeout(self._health.period):
+                    await self._wake.wait()
             self._wake.clear()
             if self._stopping:
                 return

@@ -207,8 +207,11 @@ class Failover:
             # A bug or an odd answer must not end failover for good; the next view retries.
             except Exception:
                 log.exception("failover step failed")
+            # asyncio.timeout, not wait_for: in Python 3.11 wait_for may swallow the
+            # cancel of stop() when the wait ends at that moment, and the task runs on.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._health.period)
+                async with asyncio.timeout(self._health.period):
+                    await self._wake.wait()
 
     async def _step(self) -> None:
         acting = self._policy.auto_promote

@@ -71,7 +71,7 @@ def test_each_client_reads_its_own_writes(
     threads += [threading.Thread(target=other, args=(row,)) for row in range(4)]
     for thread in threads:
         thread.start()
-    time.sleep(10)
+    time.sleep(4)
     stop.set()
     for thread in threads:
         thread.join()

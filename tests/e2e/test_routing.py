@@ -226,10 +226,14 @@ def test_a_client_reads_its_own_writes(
             others[_port_of(other, "extended")] += 1
         # Another client's reads still use both standbys, the delayed one included.
         assert others[delayed_standby] > 0 and others[cluster.standbys[0].port] > 0, others
-        # Once the delayed standby has replayed the writes, the writer's reads go back.
-        time.sleep(3)
-        ports = Counter(_port_of(writer, "extended") for _ in range(60))
-        assert ports[delayed_standby] > 0, ports
+        # Once the delayed standby has replayed the writes (2 s on), the writer's reads
+        # go back to it.
+        deadline = time.monotonic() + 8
+        ports: Counter[int] = Counter()
+        while not ports[delayed_standby]:
+            assert time.monotonic() < deadline, ports
+            ports.update(_port_of(writer, "extended") for _ in range(20))
+            time.sleep(0.1)
 
 
 def test_a_set_is_not_a_write_its_reads_need_not_wait_for(
