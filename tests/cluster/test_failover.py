@@ -161,7 +161,8 @@ def test_sync_failover_under_load_follow_and_fence(
     local = cluster_factory(synchronous=1)
     old, *standbys = local.nodes
     create_table(local)
-    pooler = start_pooler(local, health_check=HEALTH)
+    # The check: health checks every second.
+    pooler = start_pooler(local, health_check={**HEALTH, "period": 1})
 
     async def main() -> None:
         writers, outage = await kill_primary_under_load(local, pooler, 15)
