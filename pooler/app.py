@@ -6,11 +6,11 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any
 
 from parser_api import Classification, Classifier, ParseError, Route
-from pooler.admin.periods import Periods, database_totals
+from pooler.admin.periods import Periods, Totals, database_totals
 from pooler.admin.port import AdminPort
 from pooler.admin.state import ADMIN_DATABASES, AdminState, Context
 from pooler.clients import ClientRegistry
@@ -416,7 +416,14 @@ class Pooler:
 
     def _tick_stats(self, now: float) -> None:
         names = {key.database for key in self.pools.pools} - ADMIN_DATABASES
-        self.stats_periods.tick(database_totals(self.pools.pools.values(), names), now)
+        self.stats_periods.tick(self.stats_totals(names), now)
+
+    def stats_totals(self, names: Iterable[str]) -> dict[str, Totals]:
+        """Each database's statistics totals, with what clients holding a server have
+        done so far (else a session counts only once it ends)."""
+        for client in self._client_connections():
+            client.account_now()
+        return database_totals(self.pools.pools.values(), names)
 
     async def shutdown(self, timeout: float) -> None:
         """Stop accepting, let running queries finish for ``timeout`` s, then close all."""

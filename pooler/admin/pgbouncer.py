@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from pooler import __version__
-from pooler.admin.periods import Averages, database_totals
+from pooler.admin.periods import Averages
 from pooler.admin.state import ADMIN_DATABASES, Context, clients, servers
 from pooler.admin.wire import INT4, NUMERIC, Result, Value, columns
 
@@ -244,7 +244,7 @@ def show_stats(ctx: Context) -> Result:
     names = _databases(ctx)
     last = ctx.app.stats_periods.last
     rows: list[list[Value]] = []
-    for name, t in database_totals(ctx.app.pools.pools.values(), names).items():
+    for name, t in ctx.app.stats_totals(names).items():
         a = last.get(name, Averages())
         rows.append(
             [

@@ -774,6 +774,18 @@ class ClientConnection(asyncio.Protocol):
 
     # --- administration -------------------------------------------------------------
 
+    def account_now(self) -> None:
+        """Add what this client did so far on the server it holds to its pool's
+        statistics, as its release would (SHOW STATS, stats periods): a session-mode
+        client holds its server until it leaves."""
+        server = self.server
+        pool = self.pool
+        if server is None or pool is None or self._took is None:
+            return
+        self._account(server, pool)
+        engine = server.engine
+        self._took = (time.monotonic(), engine.requests.answered, engine.transactions, server.sent)
+
     def forget_kept(self, node: int) -> None:
         """Session mode with routing: close the server kept on ``node`` (fenced); the
         client opens another should it need that node again."""

@@ -204,6 +204,26 @@ def test_reload_applies_the_cache_limits(cluster: LocalCluster, start_pooler: St
             direct.execute(f"DROP TABLE {name}")
 
 
+def test_show_stats_counts_a_session_mode_client_before_it_leaves(
+    cluster: LocalCluster, start_pooler: StartPooler
+) -> None:
+    """A session-mode client holds its server until it disconnects; what it did so far
+    is in SHOW STATS all the same, as in PgBouncer."""
+    pooler = start_pooler(pool={"mode": "session"})
+
+    def queries(admin: psycopg.Connection[Any]) -> int:
+        rows = {row["database"]: row for row in _rows(admin, "SHOW STATS")}
+        return int(rows["app"]["total_query_count"]) if "app" in rows else 0
+
+    with _admin(pooler, cluster) as admin, psycopg.connect(pooler.dsn(), autocommit=True) as conn:
+        conn.execute("SELECT 1")
+        before = queries(admin)
+        for _ in range(5):
+            # (Not prepared: psycopg's Parse of the 5th would be a request of its own.)
+            conn.execute("SELECT 1", prepare=False)
+        assert queries(admin) - before == 5
+
+
 def test_show_stats_times_and_period_averages(
     cluster: LocalCluster, start_pooler: StartPooler
 ) -> None:
