@@ -28,7 +28,7 @@ from itertools import count
 import asyncpg
 
 from pooler.cache.query_cache import QueryCache
-from pooler.cluster.control import control_connect
+from pooler.cluster.control import CONTROL_ERRORS, control_connect
 from pooler.cluster.nodes import Cluster, ClusterView
 from pooler.config import Backend, HealthCheck
 
@@ -112,7 +112,7 @@ class Decoder:
                 level = await conn.fetchval("SHOW wal_level")
             finally:
                 conn.terminate()
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except CONTROL_ERRORS as exc:
             # The databases' own watchers will say what is wrong.
             log.debug("cannot read wal_level", extra={"why": str(exc)})
             return
@@ -186,7 +186,7 @@ class Decoder:
                     "query cache change stream failed; its entries are not served",
                     extra={"database": database, "why": str(exc)},
                 )
-            except (OSError, TimeoutError, asyncpg.InterfaceError) as exc:
+            except CONTROL_ERRORS as exc:
                 watch.lost(database)
                 log.warning(
                     "query cache change stream lost; its entries are not served",

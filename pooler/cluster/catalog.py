@@ -19,10 +19,8 @@ import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
-import asyncpg
-
 from parser_api import Persistence, Volatility
-from pooler.cluster.control import control_connect
+from pooler.cluster.control import CONTROL_ERRORS, control_connect
 from pooler.cluster.nodes import Cluster
 from pooler.config import Backend, HealthCheck
 
@@ -260,7 +258,7 @@ class Catalogs:
                     invalidation = await conn.fetch(INVALIDATION_SQL)
                 finally:
                     conn.terminate()
-        except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+        except CONTROL_ERRORS as exc:
             log.warning(
                 "cannot read the catalog; its statements run on the primary",
                 extra={"database": database, "why": str(exc)},

@@ -6,6 +6,18 @@ import asyncpg
 
 from pooler.config import Backend, HealthCheck
 
+#: What a control connection's call raises when its node or the connection fails. An
+#: asyncpg connection that got a FATAL while idle (its backend terminated, a shutdown)
+#: raises InternalClientError ("another operation is in progress") on its next call
+#: rather than an InterfaceError: a loop that does not catch it dies.
+CONTROL_ERRORS = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+)
+
 
 async def control_connect(
     backend: Backend, health: HealthCheck, application_name: str

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 
 import asyncpg
 
-from pooler.cluster.control import control_connect
+from pooler.cluster.control import CONTROL_ERRORS, control_connect
 from pooler.cluster.nodes import Cluster
 from pooler.config import Backend, HealthCheck
 
@@ -77,7 +77,7 @@ class WalPositions:
                 lsn = await self._conn.fetchval(
                     "SELECT CASE WHEN NOT pg_is_in_recovery() THEN pg_current_wal_lsn() END"
                 )
-        except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+        except CONTROL_ERRORS as exc:
             log.debug("cannot read the primary's WAL position", extra={"why": str(exc)})
             await self._drop()
             return None
