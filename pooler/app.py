@@ -306,9 +306,6 @@ class Pooler:
             self.cluster.grow(NodeState(node, NodeStatus.UP, NodeRole.STANDBY))
         self.nodes.append(backend)
         self.addresses.append(NodeAddress(backend.host, backend.port, backend.unix_socket_path))
-        if self.failover is not None:
-            # It copied the list it was given; a new node may be the one it promotes.
-            self.failover._backends = tuple(self.nodes)
         self.balancer.add_node(weight)
         log.warning("node added", extra={"node": node, "host": backend.host, "port": backend.port})
         return node

@@ -113,7 +113,9 @@ class Failover:
         cluster: Cluster,
         monitor: Monitor,
     ) -> None:
-        self._backends = tuple(backends)
+        # Not copied: the pooler's own list, which a reload that adds a node extends (a
+        # new node may be the one promoted).
+        self._backends = backends
         self._health = health
         self._policy = policy
         self._cluster = cluster
