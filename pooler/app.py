@@ -38,7 +38,7 @@ from pooler.pool import Opener, ParamKey, PooledServer, PoolKey, PoolManager
 from pooler.protocol import messages as m
 from pooler.protocol.codec import frontend_limits
 from pooler.routing.balancer import Balancer, Limits
-from pooler.routing.targets import Target, target_of
+from pooler.routing.targets import Target, on_primary, target_of
 
 if TYPE_CHECKING:
     from pooler.cache.decoding import Decoder
@@ -226,12 +226,14 @@ class Pooler:
         if console:
             return ClientEngine(self.frontend_limits, admin=admin)
         if self.catalogs is None:
-            return ClientEngine(self.frontend_limits, self.classify, admin=admin)
+            return ClientEngine(self.frontend_limits, self.classify, on_primary, admin)
         catalogs = self.catalogs
         classify, target = _routed_classifier(
             self._classifier, catalogs.reader(database), lambda: catalogs.changed(database)
         )
-        engine = ClientEngine(self.frontend_limits, classify, target, admin)
+        engine = ClientEngine(
+            self.frontend_limits, classify, target if self.routing else on_primary, admin
+        )
         engine.defer_begin = self.routing
         return engine
 

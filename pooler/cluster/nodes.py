@@ -8,7 +8,7 @@ node 0 is the primary and every other node a healthy standby with no lag.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 
@@ -120,14 +120,13 @@ class ClusterView:
     """Every node at one moment, indexed by node id."""
 
     nodes: tuple[NodeState, ...]
+    #: The node that takes writes, or None while there is none (found once: every
+    #: transaction asks).
+    primary: int | None = field(init=False, repr=False, compare=False)
 
-    @property
-    def primary(self) -> int | None:
-        """The node that takes writes, or None while there is none."""
-        for state in self.nodes:
-            if state.is_primary:
-                return state.node
-        return None
+    def __post_init__(self) -> None:
+        primary = next((state.node for state in self.nodes if state.is_primary), None)
+        object.__setattr__(self, "primary", primary)
 
     def standbys(self) -> list[int]:
         """Nodes up as standbys."""

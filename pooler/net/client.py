@@ -66,6 +66,7 @@ class ClientConnection(asyncio.Protocol):
         "_openers",
         "_params",
         "_paused",
+        "_pools",
         "_received",
         "_took",
         "_wait_began",
@@ -111,6 +112,8 @@ class ClientConnection(asyncio.Protocol):
         # How to get a server (transaction pooling), and the checkout under way.
         self._params: ParamKey = ()
         self._openers: dict[int, Opener] = {}
+        # This client's pool on each node it used (pools are never dropped; found once).
+        self._pools: dict[int, ServerPool] = {}
         self._creds: Credentials | None = None
         self._checkout: asyncio.Task[None] | None = None
         # Reading stopped until a server takes the held requests.
@@ -236,7 +239,10 @@ class ClientConnection(asyncio.Protocol):
     # --- transaction pooling ------------------------------------------------------------
 
     def _pool_of(self, node: int) -> ServerPool:
-        return self.app.pools.get(PoolKey(node, self.database, self.user))
+        pool = self._pools.get(node)
+        if pool is None:
+            pool = self._pools[node] = self.app.pools.get(PoolKey(node, self.database, self.user))
+        return pool
 
     def _opener_of(self, node: int) -> Opener:
         opener = self._openers.get(node)

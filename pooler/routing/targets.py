@@ -47,6 +47,12 @@ def hint_of(text: str) -> Target | None:
     return _HINTS.get(words)
 
 
+def on_primary(classification: Classification | None, text: str) -> Target:
+    """Where a statement runs when reads do not leave the primary: there (and no time is
+    spent asking where else it could)."""
+    return Target.PRIMARY
+
+
 def target_of(classification: Classification | None, text: str) -> Target:
     """Where a statement text may run (``classification`` None: it does not parse)."""
     if (
