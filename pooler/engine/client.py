@@ -49,6 +49,7 @@ if TYPE_CHECKING:
 
 _STOP = frozenset({m.TERMINATE})
 _SYNC_BYTES = frame(m.SYNC, b"")
+_DESCRIBE_PORTAL = frame(m.DESCRIBE, b"P\0")
 _TERMINATE = b"X\x00\x00\x00\x04"
 # Transaction pooling looks inside these: statement texts to classify, statement names
 # to rewrite, and the requests owed a ReadyForQuery, to number those that set something.
@@ -134,6 +135,7 @@ class ClientEngine:
             stop=_STOP,
             transparent=NEUTRAL,
             divert=admin.claims if admin is not None else None,
+            divert_types=admin.types if admin is not None else None,
         )
         self._classify = classify
         # The text ``_defer`` classified and its classification, for the ``_pooled``
@@ -429,6 +431,9 @@ class ClientEngine:
             if self.statement_ops:
                 self._ops = self.statement_ops.get(name, ())
             return rewrite_bind(body, self.statements)
+        if body == b"P\0" and t == m.DESCRIBE:
+            # The unnamed portal (every Execute of pgbench and most drivers): as it came.
+            return _DESCRIBE_PORTAL
         errors = server.errors if server is not None else None
         if self.cache is not None and t == m.CLOSE and body[:1] == b"S":
             self.cache.closed(body[1:-1])

@@ -122,11 +122,12 @@ class Scanner:
         A message of a ``stop`` type is split out too, and ends the stream: nothing after
         it is read (a Terminate, after which PostgreSQL reads nothing more).
 
-        ``divert(type, body, type_before)`` is asked about each split message once it is
-        whole; when it says True the scanner stops right after that message, which is the
-        last event, sets ``diverted``, and keeps the rest of the input for ``take_rest``. A
-        diverted message counts as never scanned: it is not in ``tracked`` and
-        ``last_type`` stays the type before it (the caller answers it itself). With
+        ``divert(type, body, type_before)`` is asked about each split message of
+        ``divert_types`` (default: every split type) once it is whole; when it says True
+        the scanner stops right after that message, which is the last event, sets
+        ``diverted``, and keeps the rest of the input for ``take_rest``. A diverted
+        message counts as never scanned: it is not in ``tracked`` and ``last_type`` stays
+        the type before it (the caller answers it itself). With
         ``divert`` set, a split message received across feeds is put in ``tracked`` only
         once whole (nothing of it was passed on before).
 
@@ -148,6 +149,7 @@ class Scanner:
         "_before",
         "_broken",
         "_divert",
+        "_divert_types",
         "_floor",
         "_hdr",
         "_invalid",
@@ -184,9 +186,16 @@ class Scanner:
         pause: frozenset[int] = frozenset(),
         transparent: frozenset[int] = frozenset(),
         divert: Callable[[int, bytes, int], bool] | None = None,
+        divert_types: frozenset[int] | None = None,
     ) -> None:
         self._split = joined(split, stop)
         self._divert = divert
+        # The types ``divert`` may claim (None: every split type); asking only about
+        # those saves a call per other message.
+        if divert is None:
+            self._divert_types: frozenset[int] = frozenset()
+        else:
+            self._divert_types = self._split if divert_types is None else divert_types
         # The type before a split message received across feeds (for ``divert``).
         self._before = -1
         #: The last feed stopped after a message ``divert`` claimed.
@@ -380,7 +389,12 @@ class Scanner:
                 if end <= n:
                     msg = Message(t, data[pos + 5 : end])
                     out.append(msg)
-                    if self._divert is not None and self._divert(t, msg.body, before):
+                    divert = self._divert
+                    if (
+                        t in self._divert_types
+                        and divert is not None
+                        and divert(t, msg.body, before)
+                    ):
                         return self._diverted(out, t, before, data[end:], True)
                     if t in self._observe:
                         self.observed.append(msg)
