@@ -89,13 +89,17 @@ def batch(events: bytes | list[Event]) -> Batch | None:
     nothing else; None otherwise."""
     if type(events) is not list or len(events) < 2:
         return None
-    if len(events) == 3:
+    count = len(events)
+    if count == 3 or count == 4:
         # The common prepared execution (pgbench -M prepared): Bind of a named
-        # statement, Execute of the unnamed portal with no row limit, Sync.
-        first, second, last = events
+        # statement, [Describe of the unnamed portal,] Execute of that portal with no
+        # row limit, Sync.
+        first = events[0]
+        execute = events[-2]
+        last = events[-1]
         if (
-            type(second) is bytes
-            and second == _EXECUTE_ALL
+            type(execute) is bytes
+            and execute == _EXECUTE_ALL
             and type(first) is Message
             and first.type == m.BIND
             and type(last) is Message
@@ -104,7 +108,11 @@ def batch(events: bytes | list[Event]) -> Batch | None:
             body = first.body
             name_end = body.find(b"\0", 1)
             if body[:1] == b"\0" and name_end > 1:
-                return Batch(None, body[1:name_end], body[name_end + 1 :], b"")
+                if count == 3:
+                    return Batch(None, body[1:name_end], body[name_end + 1 :], b"")
+                middle = events[1]
+                if type(middle) is Message and middle.type == m.DESCRIBE and middle.body == b"P\0":
+                    return Batch(None, body[1:name_end], body[name_end + 1 :], b"P")
     parse: bytes | None = None
     bound: tuple[bytes, bytes] | None = None
     describe = b""

@@ -151,6 +151,12 @@ def test_simple_query_and_batches() -> None:
     assert batch([bind(b"s1", portal=b"p"), EXECUTE, sync]) is None
     assert batch([bind(b""), EXECUTE, sync]) is None
     assert batch([bind(b"s1"), limited, sync]) is None
+    portal = Message(m.DESCRIBE, b"P\0")
+    described_fast = batch([bind(b"s1", values), portal, EXECUTE, sync])
+    assert described_fast == batch([bind(b"s1", values), portal, EXECUTE + SYNC])
+    assert described_fast is not None and described_fast.describe == b"P"
+    assert batch([bind(b"s1"), Message(m.DESCRIBE, b"Pother\0"), EXECUTE, sync]) is None
+    assert batch([bind(b"s1"), Message(m.DESCRIBE, b"Ss1\0"), EXECUTE, sync]) is not None
 
 
 # --- answers --------------------------------------------------------------------------------
