@@ -302,6 +302,10 @@ class ClientEngine:
             self.settings.record(number, ops)
         if parse is not None:
             self.statements.parsed(number, parse[1], parse[0])
+            ours = self.statements.ours(parse[0])
+            if parse[1] == 0 and ours is not None and self.server is not None:
+                # rewrite_parse added a Describe after it.
+                self.server.keep_description(number, ours, self.statements)
 
     def _admin_unit(self, events: list[Event]) -> list[bytes | Action]:
         """The scanner stopped at an admin command: what came before it goes its way,
@@ -387,7 +391,7 @@ class ClientEngine:
                 # A statement exists only once the server said ParseComplete.
                 self._parse_check = (name, index)
             raw, text = rewrite_parse(
-                body, self.statements, server.prepared if server is not None else None
+                body, self.statements, server.prepared if server is not None else None, index == 0
             )
             target, _, writes, begins = self._classified(text, server)
             if not name:
@@ -675,7 +679,7 @@ class ClientEngine:
         # statements this client has and it lacks, then a deferred BEGIN; the client
         # has had their answers.
         aligning = self._alignment(server)
-        prelude, parsed = self.statements.prelude(server.prepared)
+        prelude, parsed, checks = self.statements.prelude(server.prepared)
         deferred = self._deferred
         if aligning or prelude or deferred:
             if aligning:
@@ -683,7 +687,8 @@ class ClientEngine:
                 server.settings = dict(self.settings.committed)
             out.append(prelude)
             out.extend(deferred)
-            server.prelude_sent(parsed, len(deferred), bool(aligning))
+            known = (checks, self.statements) if checks else None
+            server.prelude_sent(parsed, len(deferred), bool(aligning), known)
         if self._held_ops:
             requests = server.requests
             base = requests.answered + requests.owed
@@ -700,7 +705,12 @@ class ClientEngine:
             self._deferred = []
         self.statements.sent_to(server.errors)
         self._tell(server)
-        out.extend(self._held)
+        if checks and self._ending is None:
+            # A statement parsed again may have changed result type: the requests wait
+            # for the prelude's answers (once per statement and server).
+            server.holding = (b"".join(self._held), self.statements)
+        else:
+            out.extend(self._held)
         self._held.clear()
         if self._ending is not None:
             to_server, reply = self._ending

@@ -73,10 +73,10 @@ def test_a_server_lacking_the_clients_statements_gets_them_in_a_prelude() -> Non
     assert ours is not None and ours in first and ours in raw and text == b"SELECT 1"
     # Another server: one Parse and one Sync for it, then nothing more.
     other: OrderedDict[bytes, None] = OrderedDict()
-    prelude, parsed = statements.prelude(other)
+    prelude, parsed, _ = statements.prelude(other)
     assert parsed == [ours]
     assert prelude == frame(ord("P"), _parse(ours, b"SELECT 1")) + frame(ord("S"), b"")
-    assert statements.prelude(other) == (b"", [])
+    assert statements.prelude(other) == (b"", [], {})
     # Bind names the pooler's statement; unnamed statements are left alone.
     bind = rewrite_bind(b"\0s1\0\0\0\0\0\0\0", statements)
     assert bind == frame(ord("B"), b"\0" + ours + b"\0\0\0\0\0\0\0")
@@ -90,7 +90,7 @@ def test_a_statement_parsed_while_waiting_is_not_parsed_twice() -> None:
     rewrite_parse(_parse(b"s1", b"SELECT 1"), statements, None)  # held: no server yet
     server: OrderedDict[bytes, None] = OrderedDict()
     # The held Parse creates it: the prelude must not (PostgreSQL would answer 42P05).
-    assert statements.prelude(server) == (b"", [])
+    assert statements.prelude(server) == (b"", [], {})
     assert statements.ours(b"s1") in server
 
 
@@ -123,6 +123,6 @@ def test_sql_prepared_statements_take_the_pooler_names() -> None:
     assert rewrite('DEALLOCATE PREPARE "Q"') == f"DEALLOCATE PREPARE {name}"
     assert rewrite("DEALLOCATE ALL") == "DEALLOCATE ALL"
     # Another server lacking it gets the PREPARE, by its own text.
-    prelude, parsed = statements.prelude(OrderedDict())
+    prelude, parsed, _ = statements.prelude(OrderedDict())
     assert parsed == [ours]
     assert prelude == frame(ord("Q"), f"PREPARE {name} (int) AS SELECT $1\0".encode())
