@@ -383,6 +383,8 @@ class ServerEngine:
             pos = end
             if not self._prelude and not self._captures and self._capturing is None:
                 self._skipping = None
+                # The next walk starts where nothing of a request was parsed yet.
+                self._walk_parsed = False
                 passed.append(bytes(buf[end:]))
                 return b"".join(passed)
         del buf[:pos]
