@@ -56,6 +56,10 @@ _TERMINATE = b"X\x00\x00\x00\x04"
 _OWING = frozenset({m.QUERY, m.SYNC, FUNCTION_CALL})
 _POOLED = frozenset({m.PARSE, m.BIND, m.DESCRIBE, m.CLOSE}) | _OWING
 
+# A Parse that first names a statement: the name, its place among the Parses of its
+# request, and whether a Describe of it was added (``rewrite_parse``'s ``first``).
+ParseCheck = tuple[bytes, int, bool]
+
 #: Classifies a statement text; None when it does not parse (PostgreSQL will say why).
 Classify = Callable[[str], Classification | None]
 #: Where a classified text may run (``routing.targets.target_of``, or stricter).
@@ -89,6 +93,7 @@ class ClientEngine:
         "_may_write",
         "_ops",
         "_parse_check",
+        "_quiet",
         "_retry",
         "_retryable",
         "_seg_parses",
@@ -159,11 +164,12 @@ class ClientEngine:
         # Held requests owed a ReadyForQuery, and what those that set something set
         # (numbered among them; the next server numbers them its way).
         self._held_owing = 0
-        self._held_ops: list[tuple[int, Sequence[Op], tuple[bytes, int] | None]] | None = None
+        self._held_ops: list[tuple[int, Sequence[Op], ParseCheck | None]] | None = None
         # A Parse that first names a statement, and its place among the Parses of its
         # request (counted in ``_seg_parses``): confirmed by the server's answers.
-        self._parse_check: tuple[bytes, int] | None = None
+        self._parse_check: ParseCheck | None = None
         self._seg_parses = 0
+        self._quiet = False
         # Bytes waiting for a server, and the ending that came after them.
         self._held: list[bytes] = []
         self._ending: tuple[bytes, bytes] | None = None
@@ -240,6 +246,17 @@ class ClientEngine:
                 return [hit]
         # _tell, written out: this runs once per read of every client.
         requests = server.requests
+        # A Parse that starts what the server is sent while it owes nothing: the number
+        # of the request that answers it is sure (a Sync that follows a COPY's start is
+        # ignored by PostgreSQL, which an earlier count could not know).
+        self._quiet = (
+            not requests.owed
+            and not requests.unsynced
+            and type(events) is list
+            and bool(events)
+            and type(events[0]) is Message
+            and events[0].type == m.PARSE
+        )
         if scanner.tracked:
             if FUNCTION_CALL in scanner.tracked:
                 # It may write: what it runs is not known.
@@ -297,11 +314,15 @@ class ClientEngine:
         self._parse_check = None
         server.watch()
 
-    def _note(self, number: int, ops: Sequence[Op], parse: tuple[bytes, int] | None) -> None:
+    def _note(self, number: int, ops: Sequence[Op], parse: ParseCheck | None) -> None:
         if ops:
             self.settings.record(number, ops)
         if parse is not None:
             self.statements.parsed(number, parse[1], parse[0])
+            ours = self.statements.ours(parse[0])
+            if parse[2] and ours is not None and self.server is not None:
+                # rewrite_parse added a Describe after it.
+                self.server.keep_description(number, ours, self.statements)
 
     def _admin_unit(self, events: list[Event]) -> list[bytes | Action]:
         """The scanner stopped at an admin command: what came before it goes its way,
@@ -383,11 +404,15 @@ class ClientEngine:
             known = self.statements.ours(name) is not None
             index = self._seg_parses
             self._seg_parses = index + 1
+            # Its result type is asked for only where its answers can be told apart
+            # for sure: it is the first message of what the server is sent.
+            first = index == 0 and (self._quiet if server is not None else not self._held)
+            self._quiet = False
             if name and not known:
                 # A statement exists only once the server said ParseComplete.
-                self._parse_check = (name, index)
+                self._parse_check = (name, index, first)
             raw, text = rewrite_parse(
-                body, self.statements, server.prepared if server is not None else None
+                body, self.statements, server.prepared if server is not None else None, first
             )
             target, _, writes, begins = self._classified(text, server)
             if not name:
@@ -675,7 +700,7 @@ class ClientEngine:
         # statements this client has and it lacks, then a deferred BEGIN; the client
         # has had their answers.
         aligning = self._alignment(server)
-        prelude, parsed = self.statements.prelude(server.prepared)
+        prelude, parsed, checks = self.statements.prelude(server.prepared)
         deferred = self._deferred
         if aligning or prelude or deferred:
             if aligning:
@@ -683,7 +708,8 @@ class ClientEngine:
                 server.settings = dict(self.settings.committed)
             out.append(prelude)
             out.extend(deferred)
-            server.prelude_sent(parsed, len(deferred), bool(aligning))
+            known = (checks, self.statements) if checks else None
+            server.prelude_sent(parsed, len(deferred), bool(aligning), known)
         if self._held_ops:
             requests = server.requests
             base = requests.answered + requests.owed
@@ -700,7 +726,12 @@ class ClientEngine:
             self._deferred = []
         self.statements.sent_to(server.errors)
         self._tell(server)
-        out.extend(self._held)
+        if checks and self._ending is None:
+            # A statement parsed again may have changed result type: the requests wait
+            # for the prelude's answers (once per statement and server).
+            server.holding = (b"".join(self._held), self.statements)
+        else:
+            out.extend(self._held)
         self._held.clear()
         if self._ending is not None:
             to_server, reply = self._ending

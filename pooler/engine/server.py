@@ -9,10 +9,16 @@ reports, and whether the reset query the pooler sent succeeded.
 from __future__ import annotations
 
 from collections import Counter, OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from pooler.cache.answer import Capture
-from pooler.engine.statements import POOLER_NAME
+from pooler.engine.statements import (
+    POOLER_NAME,
+    STALE,
+    ClientStatements,
+    replanned_error,
+    same_result,
+)
 from pooler.protocol import messages as m
 from pooler.protocol.codec import Event, Message, Scanner, frame
 from pooler.protocol.outstanding import Outstanding
@@ -32,6 +38,12 @@ _WATCH_OBSERVE = _OBSERVE | {m.READY_FOR_QUERY, _PARSE_COMPLETE}
 # The prelude entry of the statements that align a server's settings to its client's.
 _ALIGNMENT = b"\0settings"
 _PAUSE = frozenset({m.COPY_IN_RESPONSE})
+# Answers of a statement Describe, and those that may come between any two answers
+# (notices, parameter status, notifications).
+_PARAMETER_DESCRIPTION = ord("t")
+_RESULT_TYPE = frozenset(b"Tn")
+_ROW_DESCRIPTION = ord("T")
+_ASYNC = frozenset(b"NSA")
 _REWRITTEN = frozenset({m.NOTIFICATION_RESPONSE, m.ERROR_RESPONSE})
 
 #: SQLSTATEs with which a hot standby refuses what a primary runs: read-only
@@ -50,6 +62,10 @@ class ServerEngine:
     """State of a server connection after login; sans-IO."""
 
     __slots__ = (
+        "_captures",
+        "_capturing",
+        "_changed",
+        "_checks",
         "_errors_at_reset",
         "_held_back",
         "_idle_observe",
@@ -57,11 +73,13 @@ class ServerEngine:
         "_prelude",
         "_prelude_error",
         "_skipping",
+        "_walk_parsed",
         "alignment_failed",
         "capture",
         "error_classes",
         "errors",
         "handed_over",
+        "holding",
         "login_params",
         "marks",
         "names",
@@ -74,6 +92,7 @@ class ServerEngine:
         "refused",
         "requests",
         "scanner",
+        "send_held",
         "settings",
         "status",
         "transactions",
@@ -128,6 +147,23 @@ class ServerEngine:
         self._skipping: bytearray | None = None
         self._prelude: list[bytes] = []
         self._prelude_error = False
+        # The prelude's statements whose result type is known (pooler name -> its
+        # RowDescription body) and the client they are of; those found changed.
+        self._checks: tuple[dict[bytes, bytes], ClientStatements] | None = None
+        self._changed: list[bytes] = []
+        #: The client's requests held back until the prelude's answers show which of
+        #: its statements changed result type, and its statements; then sent with
+        #: ``send_held``, those statements renamed (``ClientStatements.replanned``).
+        self.holding: tuple[bytes, ClientStatements] | None = None
+        #: Writes to the server (set by the connection carrying this engine out).
+        self.send_held: Callable[[bytes], None] | None = None
+        # First Parses whose Describe (see ``statements.rewrite_parse``) is answered to
+        # the pooler, by the number of their request: the pooler's name and the client's
+        # statements; the one whose answers are coming, with its ParameterDescription
+        # once seen; whether the request being answered had its ParseComplete.
+        self._captures: dict[int, tuple[bytes, ClientStatements]] | None = None
+        self._capturing: tuple[bytes, ClientStatements, bytes | None] | None = None
+        self._walk_parsed = False
         #: The client's ending was handed to the server, which closes after answering.
         self.handed_over = False
         #: Answers are held back until it is clear the server did not refuse the request
@@ -179,6 +215,8 @@ class ServerEngine:
             elif event.type == m.NOTIFICATION_RESPONSE:
                 pid, rest = m.parse_notification(event.body)
                 out.append(m.notification(owners.get(pid, pid), rest))
+            elif STALE in event.body:
+                out.append(replanned_error(event.body) or event.raw())
             else:
                 out.append(frame(event.type, self._client_names(event.body)))
         return out
@@ -268,16 +306,38 @@ class ServerEngine:
         self._held_back.clear()
         return [data, *tail] if tail else data
 
-    def prelude_sent(self, parsed: list[bytes], queries: int = 0, aligned: bool = False) -> None:
+    def prelude_sent(
+        self,
+        parsed: list[bytes],
+        queries: int = 0,
+        aligned: bool = False,
+        checks: tuple[dict[bytes, bytes], ClientStatements] | None = None,
+    ) -> None:
         """The pooler sent a prelude while the server owed nothing: a Query aligning
-        its settings (``aligned``), a Parse and a Sync for each of ``parsed``, then
+        its settings (``aligned``), a Parse and a Sync for each of ``parsed`` (with a
+        Describe for those in ``checks``: the result types their client knows), then
         ``queries`` Query messages (a deferred BEGIN). Their answers are dropped; a
         statement whose Parse failed is not prepared here."""
         first = [_ALIGNMENT] if aligned else []
         self.requests.sent([m.QUERY] * aligned + [m.SYNC] * len(parsed) + [m.QUERY] * queries)
-        self._skipping = bytearray()
+        if self._skipping is None:
+            self._skipping = bytearray()
         self._prelude = [*first, *parsed, *[b""] * queries]
         self._prelude_error = False
+        self._checks = checks
+        self._changed = []
+
+    def keep_description(self, number: int, ours: bytes, statements: ClientStatements) -> None:
+        """The request ``number`` (see ``watch``) starts with a Parse that first names
+        ``ours``, and the Describe the pooler added: keep what it answers for
+        ``statements`` and drop it."""
+        if self._captures is None:
+            self._captures = {}
+        self._captures[number] = (ours, statements)
+        if self._skipping is None:
+            self._skipping = bytearray()
+            # (Nothing of that request was parsed before its first Parse.)
+            self._walk_parsed = False
 
     def watch(self) -> None:
         """Note every ReadyForQuery from now on in ``marks``, with the transaction
@@ -300,42 +360,107 @@ class ServerEngine:
         return marks
 
     def _skip(self, data: bytes) -> bytes:
+        """Answers walked one by one while the pooler has answers of its own coming:
+        those of a prelude (all dropped, up to its last ReadyForQuery) and those of the
+        Describes it added (dropped, the rest passed on)."""
         buf = self._skipping
         assert buf is not None
         buf += data
         pos = 0
+        passed: list[bytes] = []
+        ready = 0
         while len(buf) - pos >= 5:
             t = buf[pos]
             end = pos + 1 + int.from_bytes(buf[pos + 1 : pos + 5], "big")
             if end > len(buf):
                 break
-            if t == m.ERROR_RESPONSE:
-                self._prelude_error = True
-            elif t == m.PARAMETER_STATUS:
-                # What aligning did: the client was told these values long ago.
-                param, value = m.parse_parameter_status(bytes(buf[pos + 5 : end]))
-                self.params[param] = value
-                self.params_changed = True
-            elif t == m.READY_FOR_QUERY:
-                self.status = bytes(buf[pos + 5 : end])
-                self.requests.ready()
-                if self.marks is not None:
-                    mark = (self.requests.answered, self.status, self.errors, self.parsed)
-                    self.marks.append(mark)
-                name = self._prelude.pop(0)
-                if self._prelude_error:
-                    if name == _ALIGNMENT:
-                        self.alignment_failed = True
-                    # A statement that no longer parses (its table was dropped): the
-                    # client meets "does not exist" when it uses it.
-                    self.prepared.pop(name, None)
-                    self._prelude_error = False
-                if not self._prelude:
-                    self._skipping = None
-                    return bytes(buf[end:])
+            if self._prelude:
+                self._prelude_answer(t, bytes(buf[pos + 5 : end]))
+            elif self._captured(t, buf, pos, end, ready):
+                if t == m.READY_FOR_QUERY:
+                    ready += 1
+                passed.append(bytes(buf[pos:end]))
             pos = end
+            if not self._prelude and not self._captures and self._capturing is None:
+                self._skipping = None
+                # The next walk starts where nothing of a request was parsed yet.
+                self._walk_parsed = False
+                passed.append(bytes(buf[end:]))
+                return b"".join(passed)
         del buf[:pos]
-        return b""
+        return b"".join(passed)
+
+    def _prelude_answer(self, t: int, body: bytes) -> None:
+        if t == m.ERROR_RESPONSE:
+            self._prelude_error = True
+        elif t == m.PARAMETER_STATUS:
+            # What aligning did: the client was told these values long ago.
+            param, value = m.parse_parameter_status(body)
+            self.params[param] = value
+            self.params_changed = True
+        elif t in _RESULT_TYPE and self._checks is not None:
+            known = self._checks[0].get(self._prelude[0])
+            if known is not None and not same_result(known, body if t == _ROW_DESCRIPTION else b""):
+                self._changed.append(self._prelude[0])
+        elif t == m.READY_FOR_QUERY:
+            self.status = body
+            self.requests.ready()
+            if self.marks is not None:
+                mark = (self.requests.answered, self.status, self.errors, self.parsed)
+                self.marks.append(mark)
+            name = self._prelude.pop(0)
+            if self._prelude_error:
+                if name == _ALIGNMENT:
+                    self.alignment_failed = True
+                # A statement that no longer parses (its table was dropped): the
+                # client meets "does not exist" when it uses it.
+                self.prepared.pop(name, None)
+                self._prelude_error = False
+            if not self._prelude:
+                self._prelude_done()
+
+    def _prelude_done(self) -> None:
+        checks = self._checks
+        self._checks = None
+        held = self.holding
+        self.holding = None
+        if held is not None:
+            data, statements = held
+            if self._changed:
+                data = statements.replanned(self._changed, data)
+            assert self.send_held is not None
+            self.send_held(data)
+        elif checks is not None and self._changed:
+            checks[1].replanned(self._changed, b"")
+
+    def _captured(self, t: int, buf: bytearray, pos: int, end: int, ready: int) -> bool:
+        """Whether an answer outside a prelude goes on to the client (not one to a
+        Describe the pooler added); ``ready``: ReadyForQuery passed in this read."""
+        capturing = self._capturing
+        if capturing is not None and t not in _ASYNC:
+            ours, statements, params = capturing
+            if params is None and t == _PARAMETER_DESCRIPTION:
+                self._capturing = (ours, statements, bytes(buf[pos + 5 : end]))
+                return False
+            self._capturing = None
+            if params is not None and t in _RESULT_TYPE:
+                rows = bytes(buf[pos + 5 : end]) if t == _ROW_DESCRIPTION else b""
+                statements.described(ours, params, rows)
+                return False
+        if t == _PARSE_COMPLETE and not self._walk_parsed:
+            self._walk_parsed = True
+            if self._captures:
+                entry = self._captures.pop(self.requests.answered + 1 + ready, None)
+                if entry is not None:
+                    self._capturing = (*entry, None)
+        elif t == m.READY_FOR_QUERY:
+            self._walk_parsed = False
+            if self._captures:
+                # Those whose Parse failed or was skipped are not coming.
+                answered = self.requests.answered + 1 + ready
+                for number in [n for n in self._captures if n <= answered]:
+                    del self._captures[number]
+        return True
 
     def _after_pause(self, events: bytes | list[Event]) -> list[Event]:
         # The scanner stopped after CopyInResponse so that what follows it in the same

@@ -32,6 +32,12 @@ _SYNC = frame(m.SYNC, b"")
 
 #: What every statement name of the pooler's starts with.
 POOLER_NAME = b"_pooler_"
+#: What the names start with that a client's statement goes by once its result type
+#: changed (see ``ClientStatements.replanned``): no server ever has them, so that a Bind
+#: or Describe of them fails where PostgreSQL's would, and the pooler tells the client
+#: PostgreSQL's error instead of the server's.
+STALE = POOLER_NAME + b"stale_"
+_PARAMETER_DESCRIPTION = ord("t")
 
 
 def new_name() -> bytes:
@@ -50,6 +56,8 @@ class ClientStatements:
         "_dropping",
         "_fresh",
         "_sql",
+        "_stale",
+        "shapes",
         "theirs",
         "unconfirmed",
     )
@@ -76,6 +84,13 @@ class ClientStatements:
         #: Names first parsed by requests not answered yet: request number on the
         #: server -> (the Parse's place among that request's Parses, the name).
         self.unconfirmed: dict[int, list[tuple[int, bytes]]] | None = None
+        #: The pooler's name -> the statement as the server described it when the client
+        #: parsed it (ParameterDescription and RowDescription bodies, the latter empty
+        #: for NoData): PostgreSQL holds a statement to that result type.
+        self.shapes: dict[bytes, tuple[bytes, bytes]] | None = None
+        # Statements whose result type changed: stale name -> the name a Describe of
+        # it goes by (carrying the ParameterDescription PostgreSQL sends before its error).
+        self._stale: dict[bytes, bytes] | None = None
 
     def __len__(self) -> int:
         return len(self._by_name)
@@ -190,33 +205,44 @@ class ClientStatements:
         self._closing.clear()
         return dropped
 
-    def prelude(self, prepared: OrderedDict[bytes, None]) -> tuple[bytes, list[bytes]]:
+    def prelude(
+        self, prepared: OrderedDict[bytes, None]
+    ) -> tuple[bytes, list[bytes], dict[bytes, bytes]]:
         """What to send a server whose statements are ``prepared`` (updated here)
-        before this client's transaction, and the statements it parses, in order.
+        before this client's transaction, the statements it parses, in order, and the
+        result types (RowDescription bodies) those the client parsed had then.
 
         Each statement the server lacks gets a Parse and a Sync of its own, so that one
-        that fails (its table was dropped) spoils no other; the least recently used
-        statements over capacity are closed first. Nothing when nothing is lacking.
+        that fails (its table was dropped) spoils no other, and a Describe when its
+        result type is known, to see whether it is still the same; the least recently
+        used statements over capacity are closed first. Nothing when nothing is lacking.
         """
         parses: list[bytes] = []
         names: list[bytes] = []
+        checks: dict[bytes, bytes] = {}
         fresh = self._fresh
         for ours, rest in self._by_name.values():
             if ours in prepared:
                 prepared.move_to_end(ours)
             elif ours in fresh:
                 prepared[ours] = None
+            elif ours.startswith(STALE):
+                continue
             else:
                 sql = self._sql.get(ours) if self._sql else None
+                shape = self.shapes.get(ours) if self.shapes else None
                 if sql is not None:
                     parses.append(m.query(sql))
+                elif shape is not None:
+                    parses.append(frame(m.PARSE, ours + b"\0" + rest) + _describe(ours) + _SYNC)
+                    checks[ours] = shape[1]
                 else:
                     parses.append(frame(m.PARSE, ours + b"\0" + rest) + _SYNC)
                 names.append(ours)
                 prepared[ours] = None
         fresh.clear()
         if not parses:
-            return b"", names
+            return b"", names, checks
         closes: list[bytes] = []
         mine = {ours for ours, _ in self._by_name.values()}
         while len(prepared) > SERVER_CAPACITY:
@@ -225,22 +251,139 @@ class ClientStatements:
                 break
             del prepared[oldest]
             closes.append(frame(m.CLOSE, b"S" + oldest + b"\0"))
-        return b"".join(closes) + b"".join(parses), names
+        return b"".join(closes) + b"".join(parses), names, checks
+
+    def described(self, ours: bytes, params: bytes, rows: bytes) -> None:
+        """The server described ``ours`` as the client parsed it (``rows`` empty: no
+        rows)."""
+        if self.shapes is None:
+            self.shapes = {}
+        self.shapes[ours] = (params, rows)
+
+    def replanned(self, changed: list[bytes], held: bytes) -> bytes:
+        """The statements ``changed`` were parsed again on a server and their result
+        type is no longer the one the client parsed: from now on the client's Binds and
+        Describes of them fail as on PostgreSQL, until it closes them. ``held``, the
+        client's messages waiting for that verdict, with them renamed too."""
+        renamed: dict[bytes, bytes] = {}
+        describes: dict[bytes, bytes] = {}
+        if self._stale is None:
+            self._stale = {}
+        for ours in changed:
+            name = self.theirs.get(ours)
+            known = self._by_name.get(name) if name is not None else None
+            if name is None or known is None or known[0] != ours:
+                continue
+            stale = STALE + ours[len(POOLER_NAME) :]
+            params = self.shapes[ours][0] if self.shapes and ours in self.shapes else b""
+            self._by_name[name] = (stale, known[1])
+            self.theirs[stale] = name
+            self._stale[stale] = describes[ours] = stale + b"_" + params.hex().encode()
+            renamed[ours] = stale
+        return _renamed(held, renamed, describes) if renamed else held
+
+    def described_as(self, ours: bytes) -> bytes:
+        """The name a Describe of the client's statement ``ours`` goes by."""
+        return self._stale.get(ours, ours) if self._stale else ours
+
+
+def _describe(ours: bytes) -> bytes:
+    return frame(m.DESCRIBE, b"S" + ours + b"\0")
+
+
+def _renamed(data: bytes, binds: dict[bytes, bytes], describes: dict[bytes, bytes]) -> bytes:
+    """Messages with the statements of their Binds renamed by ``binds`` and those of
+    their statement Describes by ``describes`` (a message cut short at the end is left
+    as it is)."""
+    out: list[bytes] = []
+    pos = 0
+    while pos + 5 <= len(data):
+        t = data[pos]
+        end = pos + 1 + int.from_bytes(data[pos + 1 : pos + 5], "big")
+        if end > len(data):
+            break
+        body = data[pos + 5 : end]
+        if t == m.BIND:
+            portal_end = body.find(b"\0")
+            name_end = body.find(b"\0", portal_end + 1)
+            new = binds.get(body[portal_end + 1 : name_end])
+            if new is not None:
+                body = body[: portal_end + 1] + new + body[name_end:]
+        elif t == m.DESCRIBE and body[:1] == b"S":
+            new = describes.get(body[1:-1])
+            if new is not None:
+                body = b"S" + new + b"\0"
+        out.append(frame(t, body))
+        pos = end
+    out.append(data[pos:])
+    return b"".join(out)
+
+
+def same_result(described: bytes, now: bytes) -> bool:
+    """Whether two RowDescription bodies (empty: NoData) give one result type as
+    PostgreSQL compares them (``equalTupleDescs``): the same column names, types and
+    type modifiers; where the columns come from does not count."""
+    return _result_type(described) == _result_type(now)
+
+
+def _result_type(body: bytes) -> list[tuple[bytes, bytes]]:
+    columns = []
+    pos = 2
+    for _ in range(int.from_bytes(body[:2], "big")):
+        end = body.index(b"\0", pos)
+        # Name; then table OID and column number (skipped), type OID, length, modifier.
+        columns.append((body[pos:end], body[end + 7 : end + 17]))
+        pos = end + 19
+    return columns
+
+
+def replanned_error(body: bytes) -> bytes | None:
+    """What PostgreSQL says to a Bind or Describe of a statement whose result type
+    changed, for the server's error ``body`` about a stale name (None: it is not
+    about one)."""
+    start = body.find(b'"' + STALE)
+    if start < 0:
+        return None
+    name = body[start + 1 : body.find(b'"', start + 1)]
+    _, _, params = name[len(STALE) :].partition(b"_")
+    error = frame(m.ERROR_RESPONSE, _REPLANNED)
+    if name.count(b"_") > STALE.count(b"_"):
+        # A Describe: PostgreSQL sends the parameters before it finds the result changed.
+        return frame(_PARAMETER_DESCRIPTION, bytes.fromhex(params.decode())) + error
+    return error
+
+
+# PostgreSQL 15's own error, raised in RevalidateCachedQuery.
+_REPLANNED = (
+    b"SERROR\0VERROR\0C0A000\0Mcached plan must not change result type\0"
+    b"Fplancache.c\0L722\0RRevalidateCachedQuery\0\0"
+)
 
 
 def rewrite_parse(
-    body: bytes, statements: ClientStatements, server: OrderedDict[bytes, None] | None
+    body: bytes,
+    statements: ClientStatements,
+    server: OrderedDict[bytes, None] | None,
+    first: bool = False,
 ) -> tuple[bytes, bytes]:
     """A client's Parse: the message to forward (to a server whose statements are
-    ``server``, None while there is none), and the query text."""
+    ``server``, None while there is none), and the query text.
+
+    A Parse that first names a statement, ``first`` in its request (so that its
+    ParseComplete is the request's first), is followed by a Describe of it, whose
+    answers the server engine keeps (``ServerEngine.keep_description``) and the client
+    never sees: what the statement returns is what PostgreSQL holds it to."""
     nul = body.find(b"\0")
     rest = body[nul + 1 :]
     text = rest[: rest.find(b"\0")]
     if nul <= 0:
         return frame(m.PARSE, body), text
+    new = first and statements.ours(body[:nul]) is None
     ours = statements.parse(body[:nul], rest, server is None)
     if server is not None:
         server[ours] = None
+    if new:
+        return frame(m.PARSE, ours + b"\0" + rest) + _describe(ours), text
     return frame(m.PARSE, ours + b"\0" + rest), text
 
 
@@ -270,6 +413,8 @@ def rewrite_describe_or_close(
         name = body[1 : body.find(b"\0", 1)]
         ours = statements.close(name, errors) if msg_type == m.CLOSE else statements.ours(name)
         if ours is not None:
+            if msg_type != m.CLOSE:
+                ours = statements.described_as(ours)
             return frame(msg_type, b"S" + ours + b"\0")
     return frame(msg_type, body)
 

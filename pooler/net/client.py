@@ -338,7 +338,18 @@ class ClientConnection(asyncio.Protocol):
         if self.engine.cache is not None:
             self.engine.cache.replayed = self.app.cluster.view.nodes[node].replay_lsn
         self._carry_out(server, self.engine.attach(server.engine, writable))
-        if self._paused and not self.engine.ended:
+        if server.engine.holding is not None:
+            # Its requests wait for the prelude's answers; what it sends next must not
+            # pass them.
+            if not self._paused:
+                self._pause()
+        elif self._paused and not self.engine.ended:
+            self._paused = False
+            self.transport.resume_reading()
+
+    def held_sent(self) -> None:
+        """The requests held for a prelude's answers went to the server."""
+        if self._paused and not self.engine.ended and self._checkout is None:
             self._paused = False
             self.transport.resume_reading()
 

@@ -43,6 +43,9 @@ class Client(Protocol):
     def server_answered(self) -> None:
         """Transaction pooling: the server sent something (it may be free now)."""
 
+    def held_sent(self) -> None:
+        """The requests held for a prelude's answers went to the server."""
+
     @property
     def admin_waiting(self) -> bool:
         """An admin command waits for what the server owed before it."""
@@ -212,6 +215,7 @@ class ServerConnection(asyncio.Protocol):
         startup = (("user", user), ("database", database), *self.param_key)
         result = await login(self.reader, self.transport, self.address, startup, creds)
         self.engine = ServerEngine(result.params, result.status, self.owners, self.error_classes)
+        self.engine.send_held = self._send_held
         self.pid, self.key = result.pid, result.key
         rest = self.reader.take_rest()
         self.mode = Mode.IDLE
@@ -231,6 +235,13 @@ class ServerConnection(asyncio.Protocol):
             self.transport.writelines(data)
             if not self.busy_since:
                 self.busy_since = time.monotonic()
+
+    def _send_held(self, data: bytes) -> None:
+        """The prelude was answered: send the client's requests it held back, and let
+        the client be read again."""
+        self.writelines([data])
+        if self.client is not None:
+            self.client.held_sent()
 
     def hand_over(self, data: list[bytes]) -> None:
         """Send the end of the client's stream and end the input: the server answers as

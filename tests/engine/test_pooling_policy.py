@@ -6,8 +6,16 @@ from __future__ import annotations
 from collections import OrderedDict
 
 from parser_api import classify
+from pooler.engine.server import ServerEngine
 from pooler.engine.session_state import SessionState
-from pooler.engine.statements import ClientStatements, rewrite_bind, rewrite_parse, rewrite_sql
+from pooler.engine.statements import (
+    ClientStatements,
+    rewrite_bind,
+    rewrite_describe_or_close,
+    rewrite_parse,
+    rewrite_sql,
+    same_result,
+)
 from pooler.protocol.codec import frame
 
 
@@ -73,10 +81,10 @@ def test_a_server_lacking_the_clients_statements_gets_them_in_a_prelude() -> Non
     assert ours is not None and ours in first and ours in raw and text == b"SELECT 1"
     # Another server: one Parse and one Sync for it, then nothing more.
     other: OrderedDict[bytes, None] = OrderedDict()
-    prelude, parsed = statements.prelude(other)
+    prelude, parsed, _ = statements.prelude(other)
     assert parsed == [ours]
     assert prelude == frame(ord("P"), _parse(ours, b"SELECT 1")) + frame(ord("S"), b"")
-    assert statements.prelude(other) == (b"", [])
+    assert statements.prelude(other) == (b"", [], {})
     # Bind names the pooler's statement; unnamed statements are left alone.
     bind = rewrite_bind(b"\0s1\0\0\0\0\0\0\0", statements)
     assert bind == frame(ord("B"), b"\0" + ours + b"\0\0\0\0\0\0\0")
@@ -90,7 +98,7 @@ def test_a_statement_parsed_while_waiting_is_not_parsed_twice() -> None:
     rewrite_parse(_parse(b"s1", b"SELECT 1"), statements, None)  # held: no server yet
     server: OrderedDict[bytes, None] = OrderedDict()
     # The held Parse creates it: the prelude must not (PostgreSQL would answer 42P05).
-    assert statements.prelude(server) == (b"", [])
+    assert statements.prelude(server) == (b"", [], {})
     assert statements.ours(b"s1") in server
 
 
@@ -123,6 +131,82 @@ def test_sql_prepared_statements_take_the_pooler_names() -> None:
     assert rewrite('DEALLOCATE PREPARE "Q"') == f"DEALLOCATE PREPARE {name}"
     assert rewrite("DEALLOCATE ALL") == "DEALLOCATE ALL"
     # Another server lacking it gets the PREPARE, by its own text.
-    prelude, parsed = statements.prelude(OrderedDict())
+    prelude, parsed, _ = statements.prelude(OrderedDict())
     assert parsed == [ours]
     assert prelude == frame(ord("Q"), f"PREPARE {name} (int) AS SELECT $1\0".encode())
+
+
+def _row_description(*columns: tuple[bytes, int, int, int]) -> bytes:
+    """A RowDescription body: (name, table OID, type OID, type modifier) per column."""
+    body = len(columns).to_bytes(2, "big")
+    for name, table, type_oid, typmod in columns:
+        body += name + b"\0" + table.to_bytes(4, "big") + b"\0\1" + type_oid.to_bytes(4, "big")
+        body += b"\0\4" + typmod.to_bytes(4, "big", signed=True) + b"\0\0"
+    return body
+
+
+def test_a_result_type_is_its_column_names_types_and_modifiers() -> None:
+    a_int = _row_description((b"a", 16384, 23, -1))
+    # A table dropped and made again with the same columns: PostgreSQL runs it.
+    assert same_result(a_int, _row_description((b"a", 16999, 23, -1)))
+    # A column renamed, another type, another modifier, one more, no rows: 0A000.
+    for changed in (
+        _row_description((b"z", 16384, 23, -1)),
+        _row_description((b"a", 16384, 20, -1)),
+        _row_description((b"a", 16384, 23, 14)),
+        _row_description((b"a", 16384, 23, -1), (b"b", 16384, 23, -1)),
+        b"",
+    ):
+        assert not same_result(a_int, changed)
+
+
+def test_a_first_parse_is_described_to_the_pooler_only() -> None:
+    statements = ClientStatements()
+    server = ServerEngine({}, b"I")
+    raw, _ = rewrite_parse(_parse(b"s1", b"SELECT 1"), statements, server.prepared, True)
+    ours = statements.ours(b"s1")
+    assert ours is not None and raw.endswith(frame(ord("D"), b"S" + ours + b"\0"))
+    server.requests.sent([ord("S")])
+    server.keep_description(1, ours, statements)
+    rows = _row_description((b"?column?", 0, 23, -1))
+    answers = frame(ord("1"), b"") + frame(ord("t"), b"\0\0") + frame(ord("T"), rows)
+    # Answers cut anywhere come out whole, without those of the pooler's Describe.
+    out = [server.feed(answers[:7]), server.feed(answers[7:] + frame(ord("Z"), b"I"))]
+    assert out == [frame(ord("1"), b""), frame(ord("Z"), b"I")]
+    assert statements.shapes == {ours: (b"\0\0", rows)}
+    # Not the first Parse of its request: not described (its answers are not found).
+    raw, _ = rewrite_parse(_parse(b"s2", b"SELECT 2"), statements, server.prepared, False)
+    assert raw == frame(ord("P"), _parse(statements.ours(b"s2") or b"", b"SELECT 2"))
+
+
+def test_a_statement_whose_result_type_changed_fails_as_on_postgresql() -> None:
+    statements = ClientStatements()
+    rewrite_parse(_parse(b"s1", b"SELECT * FROM t"), statements, OrderedDict(), True)
+    ours = statements.ours(b"s1")
+    assert ours is not None
+    statements.described(ours, b"\0\0", _row_description((b"a", 1, 23, -1)))
+    server = ServerEngine({}, b"I", owners={})
+    prelude, parsed, checks = statements.prelude(server.prepared)
+    assert prelude.endswith(frame(ord("D"), b"S" + ours + b"\0") + frame(ord("S"), b""))
+    sent: list[bytes] = []
+    server.send_held = sent.append
+    server.prelude_sent(parsed, checks=(checks, statements))
+    bind = rewrite_bind(b"\0s1\0\0\0\0\0\0\0", statements)
+    server.holding = (bind, statements)
+    server.requests.sent([ord("S")])
+    now = _row_description((b"a", 1, 23, -1), (b"b", 1, 23, -1))
+    answers = frame(ord("1"), b"") + frame(ord("t"), b"\0\0") + frame(ord("T"), now)
+    assert server.feed(answers + frame(ord("Z"), b"I")) == b""
+    # The held Bind goes out naming a statement no server has; the server's error
+    # about it reaches the client as PostgreSQL's.
+    stale = statements.ours(b"s1")
+    assert stale is not None and stale != ours
+    assert sent == [rewrite_bind(b"\0s1\0\0\0\0\0\0\0", statements)] and stale in sent[0]
+    missing = b'SERROR\0C26000\0Mprepared statement "' + stale + b'" does not exist\0\0'
+    out = server.feed(frame(ord("E"), missing) + frame(ord("Z"), b"I"))
+    assert isinstance(out, list)
+    error = b"".join(part for part in out if isinstance(part, bytes))
+    assert b"C0A000\0Mcached plan must not change result type\0" in error
+    # Later Describes fail too, after the parameters, as on PostgreSQL.
+    describe = rewrite_describe_or_close(ord("D"), b"Ss1\0", statements, 0)
+    assert describe != frame(ord("D"), b"S" + stale + b"\0") and stale in describe

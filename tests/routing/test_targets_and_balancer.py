@@ -400,5 +400,5 @@ def test_a_statement_whose_parse_got_no_parse_complete_is_forgotten(held: bool) 
     assert engine.statements.ours(b"e1") is not None
     assert engine.statements.ours(b"skipped") is None
     engine.detach()
-    prelude, parsed = engine.statements.prelude(ServerEngine({}, b"I").prepared)
+    prelude, parsed, _ = engine.statements.prelude(ServerEngine({}, b"I").prepared)
     assert len(parsed) == 2 and b"SELECT 2" not in prelude

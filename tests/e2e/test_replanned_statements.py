@@ -1,0 +1,188 @@
+"""A prepared statement whose result type a DDL changed, through transaction pooling.
+
+On PostgreSQL a statement keeps the result type it had when it was parsed: once a DDL
+changes it, every Bind (and Describe) of it fails with 0A000 "cached plan must not change
+result type" until the client closes it and parses it again, and drivers recover from
+that error by preparing again (asyncpg transparently, outside a transaction). The
+pooler parses a client's statements again on each server that lacks them: there the
+text would get the new result type and run, returning rows the client never described.
+
+Each case runs once directly on the primary and once through a pooler with two servers,
+where the client's statement lives on one server and a second client holds that server
+while the first goes on, so that the statement must be parsed again on a fresh one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import asyncpg
+import psycopg
+import pytest
+from conftest import PoolerProcess, StartPooler
+from helpers_clients import direct_dsn, scratch_table, superuser_dsn
+from wire import bind, comparable, connect, execute, message, parse, sync
+
+from pooler.localcluster import LocalCluster
+
+
+@pytest.fixture
+def two_servers(start_pooler: StartPooler) -> PoolerProcess:
+    return start_pooler(
+        pool={"mode": "transaction", "size": 2, "checkout_timeout": 2},
+        load_balance={"enabled": False},
+    )
+
+
+def _app_backends(cluster: LocalCluster) -> set[int]:
+    with psycopg.connect(superuser_dsn(cluster), autocommit=True) as admin:
+        rows = admin.execute(
+            "SELECT pid FROM pg_stat_activity WHERE usename = 'app'"
+            " AND backend_type = 'client backend' AND pid <> pg_backend_pid()"
+        ).fetchall()
+    return {row[0] for row in rows}
+
+
+@contextmanager
+def _holding_the_only_server(cluster: LocalCluster, pooler: PoolerProcess | None) -> Iterator[None]:
+    """Through ``pooler``: another client holds, in a transaction, the one server the
+    pooler has opened so far, so that the next request of anyone else gets a fresh one.
+    Directly (None): nothing."""
+    if pooler is None:
+        yield
+        return
+    before = _app_backends(cluster)
+    assert len(before) == 1, before
+    with psycopg.connect(pooler.dsn(), autocommit=True) as holder:
+        holder.execute("BEGIN")
+        row = holder.execute("SELECT pg_backend_pid()").fetchone()
+        assert row is not None and row[0] in before
+        yield
+        holder.execute("COMMIT")
+
+
+def _alter(cluster: LocalCluster, sql: str) -> None:
+    with psycopg.connect(direct_dsn(cluster), autocommit=True) as conn:
+        conn.execute(sql)
+
+
+def describe_statement(name: str) -> bytes:
+    return message("D", b"S" + name.encode() + b"\0")
+
+
+def close_statement(name: str) -> bytes:
+    return message("C", b"S" + name.encode() + b"\0")
+
+
+def _raw_conversation(
+    cluster: LocalCluster, pooler: PoolerProcess | None, table: str
+) -> list[list[Any]]:
+    primary = cluster.primary
+    address = (pooler.host, pooler.port) if pooler is not None else (primary.host, primary.port)
+    seen: list[list[Any]] = []
+    with connect(address) as wire:
+
+        def ask(data: bytes) -> None:
+            wire.send(data)
+            seen.append([comparable(msg) for msg in wire.read_until("Z")])
+
+        # As asyncpg prepares: Parse, Describe, Sync; another statement, not described.
+        ask(parse("s1", f"SELECT * FROM {table}") + describe_statement("s1") + sync())
+        ask(parse("s2", f"SELECT a FROM {table}") + sync())
+        ask(parse("void", f"UPDATE {table} SET a = a WHERE false") + sync())
+        with _holding_the_only_server(cluster, pooler):
+            _alter(cluster, f"ALTER TABLE {table} ADD COLUMN b int DEFAULT 7")
+            # The result type changed: the Bind fails, the rest up to Sync is skipped.
+            ask(bind("", "s1") + execute() + sync())
+            # A statement whose result type did not change runs, in the same batch as
+            # the one that fails after it.
+            ask(bind("", "s2") + execute() + bind("", "s1") + execute() + sync())
+            # Inside a transaction block the failure fails the block.
+            ask(message("Q", b"BEGIN\0"))
+            ask(bind("", "s1") + execute() + sync())
+            ask(message("Q", b"ROLLBACK\0"))
+            # Later Binds and Describes fail the same way; a statement without rows runs.
+            ask(describe_statement("s1") + sync())
+            ask(bind("", "void") + execute() + bind("", "s1") + execute() + sync())
+            # A statement parsed after the change has the new result type.
+            ask(parse("s3", f"SELECT * FROM {table}") + bind("", "s3") + execute() + sync())
+            # Closed and parsed again, the name works.
+            ask(close_statement("s1") + sync())
+            ask(parse("s1", f"SELECT * FROM {table}") + bind("", "s1") + execute() + sync())
+        _alter(cluster, f"ALTER TABLE {table} DROP COLUMN b")
+    return seen
+
+
+def test_a_statement_whose_result_type_changed_fails_as_on_postgresql(
+    cluster: LocalCluster, two_servers: PoolerProcess
+) -> None:
+    with scratch_table(cluster, "a int") as table:
+        _alter(cluster, f"INSERT INTO {table} VALUES (1)")
+        direct = _raw_conversation(cluster, None, table)
+        pooled = _raw_conversation(cluster, two_servers, table)
+    assert direct[3][0][:4] == ("E", ("S", "ERROR"), ("V", "ERROR"), ("C", "0A000"))
+    for i, (want, got) in enumerate(zip(direct, pooled, strict=True)):
+        assert got == want, f"request {i}"
+
+
+def _asyncpg_conversation(
+    cluster: LocalCluster, pooler: PoolerProcess | None, table: str
+) -> list[Any]:
+    dsn = pooler.dsn() if pooler is not None else direct_dsn(cluster)
+    kwargs: dict[str, Any] = dict(item.split("=", 1) for item in dsn.split())
+    kwargs["database"] = kwargs.pop("dbname")
+
+    async def run() -> list[Any]:
+        conn = await asyncpg.connect(**kwargs)
+        holder = await asyncpg.connect(**kwargs)
+        seen: list[Any] = []
+
+        async def attempt(call: Callable[[], Any]) -> None:
+            try:
+                rows = await call()
+                seen.append([dict(row) for row in rows])
+            except asyncpg.PostgresError as exc:
+                seen.append((type(exc).__name__, exc.sqlstate, str(exc)))
+
+        try:
+            await attempt(lambda: conn.fetch(f"SELECT * FROM {table}"))
+            if pooler is not None:
+                # As _holding_the_only_server, with a client of the same startup
+                # parameters (the pooler's servers are kept apart by them).
+                before = _app_backends(cluster)
+                assert len(before) == 1, before
+                holding = holder.transaction()
+                await holding.start()
+                assert await holder.fetchval("SELECT pg_backend_pid()") in before
+            _alter(cluster, f"ALTER TABLE {table} ADD COLUMN b int DEFAULT 7")
+            # Outside a transaction asyncpg prepares again and answers.
+            await attempt(lambda: conn.fetch(f"SELECT * FROM {table}"))
+            _alter(cluster, f"ALTER TABLE {table} ADD COLUMN c text DEFAULT 'c'")
+            # Inside one it raises.
+            async with conn.transaction():
+                await attempt(lambda: conn.fetch(f"SELECT * FROM {table}"))
+                await attempt(lambda: conn.fetch("SELECT 1 AS one"))
+            await attempt(lambda: conn.fetch(f"SELECT * FROM {table}"))
+        finally:
+            await conn.close()
+            await holder.close()
+        return seen
+
+    try:
+        return asyncio.run(run())
+    finally:
+        _alter(cluster, f"ALTER TABLE {table} DROP COLUMN IF EXISTS b, DROP COLUMN IF EXISTS c")
+
+
+def test_asyncpg_recovers_as_on_postgresql(
+    cluster: LocalCluster, two_servers: PoolerProcess
+) -> None:
+    with scratch_table(cluster, "a int") as table:
+        _alter(cluster, f"INSERT INTO {table} VALUES (1)")
+        direct = _asyncpg_conversation(cluster, None, table)
+        pooled = _asyncpg_conversation(cluster, two_servers, table)
+    assert direct[2][0] == "InvalidCachedStatementError"
+    assert pooled == direct
