@@ -238,7 +238,12 @@ class Pooler:
         engine = ClientEngine(
             self.frontend_limits, classify, target if self.routing else on_primary, admin
         )
-        engine.settings.on_search_path = session.update
+
+        def search_path_set() -> None:
+            if session.update():
+                engine.search_path_changed()
+
+        engine.settings.on_search_path = search_path_set
         engine.defer_begin = self.routing
         return engine
 

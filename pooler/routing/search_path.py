@@ -217,7 +217,8 @@ class SessionCatalog:
         self._read = read
         self._path_of = path_of
         self._user = user
-        self._path: Path = ()
+        # () until read (a path always holds pg_catalog).
+        self._path: Path | None = ()
         self._catalog: PathCatalog | None = None
         #: The catalog for the next statement.
         self.current: Callable[[], Catalog | None] = self._first
@@ -227,15 +228,15 @@ class SessionCatalog:
         self.update()
         return self.current()
 
-    def update(self) -> None:
-        """Read the client's search_path again."""
+    def update(self) -> bool:
+        """Read the client's search_path again: whether it changed."""
         path = self._path_of()
+        if path == self._path:
+            return False
+        self._path = path
         self._catalog = None
-        if path is None:
-            self.current = self._read
-        else:
-            self._path = path
-            self.current = self._on_path
+        self.current = self._read if path is None else self._on_path
+        return True
 
     def _on_path(self) -> Catalog | None:
         base = self._read()
@@ -244,5 +245,6 @@ class SessionCatalog:
         catalog = self._catalog
         if catalog is None or catalog.base is not base:
             # First use, or the database's catalog was read again.
+            assert self._path
             catalog = self._catalog = PathCatalog.of(base, self._path, self._user)
         return catalog
