@@ -498,7 +498,8 @@ def two_schemas(cluster: LocalCluster) -> Iterator[tuple[str, str]]:
             f" CREATE FUNCTION {b}.f() RETURNS int IMMUTABLE LANGUAGE sql AS 'SELECT 2';"
             f" CREATE VIEW {b}.v AS SELECT 2 AS v"
         )
-    replayed = f"SELECT to_regclass('{b}.v') IS NOT NULL AND EXISTS (SELECT FROM {b}.t)"
+    # (One transaction made them all.)
+    replayed = f"SELECT to_regclass('{b}.v') IS NOT NULL"
     for node in cluster.standbys:
         dsn = f"host={node.host} port={node.port} user=app password=app dbname=app"
         with psycopg.connect(dsn, autocommit=True) as standby:
