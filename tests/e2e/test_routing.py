@@ -544,6 +544,9 @@ def test_unqualified_names_resolve_along_the_clients_search_path(
         conn.execute(f"SET search_path = {b}")
         values, ports = _read_ports(conn, 10)
         assert values == {2} and ports - {primary}, ports
+        explained: dict[str, str] = dict(conn.execute("EXPLAIN ROUTE SELECT f()").fetchall())
+        assert explained["route"] == "read"
+        assert explained["search path"] == f"pg_catalog, {b}"
         conn.execute(f"SET search_path = {a}, {b}")
         assert _read_ports(conn, 5) == ({1}, {primary})
     with psycopg.connect(routed.dsn(), autocommit=True, options=f"-c search_path={a}") as conn:
