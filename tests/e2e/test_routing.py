@@ -531,14 +531,18 @@ def _read_ports(conn: psycopg.Connection[Any], times: int) -> tuple[set[int], se
     return values, ports
 
 
+@pytest.mark.parametrize("mode", ["transaction", "session"])
 def test_unqualified_names_resolve_along_the_clients_search_path(
-    cluster: LocalCluster, routed: PoolerProcess, two_schemas: tuple[str, str]
+    cluster: LocalCluster, start_pooler: StartPooler, two_schemas: tuple[str, str], mode: str
 ) -> None:
     """With a.t unlogged and b.t permanent, a.f writing and b.f immutable, a.v calling
     a.f and b.v plain: under search_path b the reads spread over the standbys, under a
     (SET, or the startup packet's options) they run on the primary, which answers them
     (no standby refused one first)."""
     a, b = two_schemas
+    routed = start_pooler(
+        pool={"mode": mode}, load_balance={"enabled": True}, health_check=FAST_CHECKS
+    )
     primary = cluster.primary.port
     with psycopg.connect(routed.dsn(), autocommit=True) as conn:
         conn.execute(f"SET search_path = {b}")
