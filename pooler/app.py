@@ -38,6 +38,7 @@ from pooler.pool import Opener, ParamKey, PooledServer, PoolKey, PoolManager
 from pooler.protocol import messages as m
 from pooler.protocol.codec import frontend_limits
 from pooler.routing.balancer import Balancer, Limits
+from pooler.routing.search_path import SessionCatalog, client_path
 from pooler.routing.targets import Target, on_primary, target_of
 
 if TYPE_CHECKING:
@@ -65,15 +66,16 @@ def _classifier() -> Classify:
 
 def _routed_classifier(
     classifier: Classifier,
+    session: SessionCatalog,
     catalog: Callable[[], DatabaseCatalog | None],
     changed: Callable[[], None],
 ) -> tuple[Classify, TargetOf]:
-    """Classification with one database's catalog, and targets that keep everything on
-    the primary while that catalog is not read."""
+    """Classification with one database's catalog as the client's session sees it, and
+    targets that keep everything on the primary while that catalog is not read."""
 
     def classify(sql: str) -> Classification | None:
         try:
-            classification = classifier.classify(sql, catalog(), offsets=False)
+            classification = classifier.classify(sql, session.current(), offsets=False)
         except ParseError:
             return None
         if classification.route is Route.WRITE and any(
@@ -228,12 +230,20 @@ class Pooler:
         if self.catalogs is None:
             return ClientEngine(self.frontend_limits, self.classify, on_primary, admin)
         catalogs = self.catalogs
+        reader = catalogs.reader(database)
+        session = SessionCatalog(reader, lambda: client_path(client), client.user)
         classify, target = _routed_classifier(
-            self._classifier, catalogs.reader(database), lambda: catalogs.changed(database)
+            self._classifier, session, reader, lambda: catalogs.changed(database)
         )
         engine = ClientEngine(
             self.frontend_limits, classify, target if self.routing else on_primary, admin
         )
+
+        def search_path_set() -> None:
+            if session.update():
+                engine.search_path_changed()
+
+        engine.settings.on_search_path = search_path_set
         engine.defer_begin = self.routing
         return engine
 

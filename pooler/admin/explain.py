@@ -1,7 +1,8 @@
 """``EXPLAIN ROUTE <sql>``: where this connection would run a statement now, and why.
 
 It answers from the same pieces routing uses: the classification with the database's
-catalog (``parser_api``), ``routing.targets.target_of``, the client's transaction and
+catalog as the client's search_path resolves names in it (``parser_api``,
+``routing.search_path``), ``routing.targets.target_of``, the client's transaction and
 pins, its read-your-writes position, and the balancer's candidates with their weights,
 lag and requests in flight. One row per fact, as (item, value).
 """
@@ -10,9 +11,11 @@ from __future__ import annotations
 
 import functools
 
-from parser_api import Classification, Classifier, ParseError
+from parser_api import Catalog, Classification, Classifier, ParseError
 from pooler.admin.state import Context
 from pooler.admin.wire import Result, Value, columns
+from pooler.cluster.catalog import PathCatalog
+from pooler.routing.search_path import Path, client_path
 from pooler.routing.targets import Target, hint_of, target_of
 
 COLUMNS = columns("item", "value")
@@ -23,11 +26,14 @@ def _classifier() -> Classifier:
     return Classifier()
 
 
-def _classified(ctx: Context, sql: str) -> tuple[Classification | None, bool]:
-    """The classification with the client database's catalog (None: it does not
-    parse), and whether that catalog has been read."""
+def _classified(ctx: Context, sql: str, path: Path | None) -> tuple[Classification | None, bool]:
+    """The classification with the client database's catalog, seen along ``path``
+    (None: it does not parse), and whether that catalog has been read."""
     catalogs = ctx.app.catalogs
-    catalog = catalogs.reader(ctx.client.database)() if catalogs is not None else None
+    base = catalogs.reader(ctx.client.database)() if catalogs is not None else None
+    catalog: Catalog | None = base
+    if base is not None and path is not None:
+        catalog = PathCatalog.of(base, path, ctx.client.user)
     try:
         classification = _classifier().classify(sql, catalog, offsets=False)
     except ParseError:
@@ -86,11 +92,18 @@ def explain_route(ctx: Context, sql: str) -> Result:
     candidates and the rule that picks among them, then the cache's answer."""
     app = ctx.app
     client = ctx.client
-    classification, catalog_read = _classified(ctx, sql)
+    path = client_path(client)
+    classification, catalog_read = _classified(ctx, sql, path)
     rows: list[list[Value]] = [["statement", sql]]
     if classification is not None:
         rows += [
             ["route", classification.route.value],
+            [
+                "search path",
+                ", ".join(path)
+                if path is not None
+                else "not known: a name stands for every schema's object of that name",
+            ],
             ["reads tables", _names(classification.reads_tables)],
             ["writes tables", _names(classification.writes_tables)],
             ["functions", _names(classification.functions)],

@@ -1,9 +1,9 @@
 """Which tables a statement reads and which entries a write reaches, from one database's
 catalog (sans-IO).
 
-Names are bare relation names (``app.t`` and ``t`` are both ``t``): the catalog is read
-without the session's search_path, so a write to one schema's ``t`` drops entries that
-read any ``t`` (more than needed, never less).
+Names are bare relation names (``app.t`` and ``t`` are both ``t``): the invalidation
+facts are read without any session's search_path, so a write to one schema's ``t``
+drops entries that read any ``t`` (more than needed, never less).
 
 - A read of a view also reads the relations of its definition, views inside it too.
 - A write to a table is a write to its partitions (or inheritance children) and to the

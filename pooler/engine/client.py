@@ -628,6 +628,16 @@ class ClientEngine:
         self._retryable = units == _RETRYABLE
         return _NEED[target]
 
+    def search_path_changed(self) -> None:
+        """PostgreSQL plans its statements again under the new search_path, where names
+        may stand for other objects than when they were classified: they run on the
+        primary and count as writes from now on."""
+        if self._targets:
+            self._targets = dict.fromkeys(self._targets, Target.PRIMARY)
+            self._writers = set(self._targets)
+        self._unnamed = Target.PRIMARY
+        self._unnamed_writes = True
+
     def wrote(self) -> bool:
         """What ran on the server it has may have written data (a statement the
         grammar and the catalog call a write, one that does not parse, a function

@@ -156,7 +156,7 @@ class ClientSettings:
     """One client's settings: those its committed transactions made (as the statements
     to make them again), and the requests sent since its server was last idle."""
 
-    __slots__ = ("_journal", "committed", "reported", "unsafe")
+    __slots__ = ("_journal", "committed", "on_search_path", "reported", "unsafe")
 
     def __init__(self) -> None:
         #: Parameter -> the statement that sets it as the client has it, oldest first.
@@ -170,6 +170,8 @@ class ClientSettings:
         self.reported: dict[str, str] | None = None
         # Request number on its server -> the operations that ran in it.
         self._journal: dict[int, list[Op]] | None = None
+        #: Called when search_path may have changed (routing resolves names with it).
+        self.on_search_path: Callable[[], None] | None = None
 
     def key(self) -> tuple[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]]:
         """What tells these settings from others (a cache key's part): the statements
@@ -283,11 +285,14 @@ class _Replay:
     def _apply(self, ops: list[Op]) -> None:
         settings = self.settings
         committed = settings.committed
+        search_path = False
         for kind, name, text in ops:
             if kind == RESET_ALL:
+                search_path = search_path or "search_path" in committed
                 committed.clear()
                 settings.unsafe = None
                 continue
+            search_path = search_path or name == "search_path"
             committed.pop(name, None)
             if kind in (SET, UNSAFE_SET):
                 committed[name] = text
@@ -295,6 +300,8 @@ class _Replay:
                 settings.unsafe = (settings.unsafe or set()) | {name}
             elif settings.unsafe:
                 settings.unsafe.discard(name)
+        if search_path and settings.on_search_path is not None:
+            settings.on_search_path()
 
 
 def alignment(

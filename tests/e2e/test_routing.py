@@ -10,11 +10,12 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import psycopg
 import pytest
 from conftest import PoolerProcess, StartPooler
-from helpers_clients import direct_dsn, scratch_table
+from helpers_clients import direct_dsn, scratch_table, unique_name, wait_until
 from wire import Wire, bind, connect, execute, message, parse, sync
 
 from pooler.localcluster import LocalCluster
@@ -476,3 +477,90 @@ def test_a_read_whose_standby_goes_away_runs_on_the_primary(
         thread.join()
         for watcher in watchers:
             watcher.close()
+
+
+@pytest.fixture
+def two_schemas(cluster: LocalCluster) -> Iterator[tuple[str, str]]:
+    """Schemas ``a`` and ``b`` (unique names), each with a table ``t``, a function ``f()``
+    and a view ``v`` of its own: ``a``'s table is unlogged, its function writes (into
+    ``a.log``) and its view calls it; ``b``'s are a permanent table, an immutable function
+    and a plain view. Both are on every standby when it yields."""
+    a, b = unique_name("spa"), unique_name("spb")
+    with psycopg.connect(direct_dsn(cluster), autocommit=True) as direct:
+        direct.execute(
+            f"CREATE SCHEMA {a}; CREATE SCHEMA {b};"
+            f" CREATE UNLOGGED TABLE {a}.t (v int); INSERT INTO {a}.t VALUES (1);"
+            f" CREATE TABLE {a}.log (v int);"
+            f" CREATE FUNCTION {a}.f() RETURNS int VOLATILE LANGUAGE sql"
+            f" AS $$ INSERT INTO {a}.log VALUES (1) RETURNING 1 $$;"
+            f" CREATE VIEW {a}.v AS SELECT {a}.f() AS v;"
+            f" CREATE TABLE {b}.t (v int); INSERT INTO {b}.t VALUES (2);"
+            f" CREATE FUNCTION {b}.f() RETURNS int IMMUTABLE LANGUAGE sql AS 'SELECT 2';"
+            f" CREATE VIEW {b}.v AS SELECT 2 AS v"
+        )
+    # (One transaction made them all.)
+    replayed = f"SELECT to_regclass('{b}.v') IS NOT NULL"
+    for node in cluster.standbys:
+        dsn = f"host={node.host} port={node.port} user=app password=app dbname=app"
+        with psycopg.connect(dsn, autocommit=True) as standby:
+            wait_until(lambda: standby.execute(replayed).fetchone() == (True,), what="replay")
+    try:
+        yield a, b
+    finally:
+        with psycopg.connect(direct_dsn(cluster), autocommit=True) as direct:
+            direct.execute(f"DROP SCHEMA {a} CASCADE; DROP SCHEMA {b} CASCADE")
+
+
+SEARCH_PATH_READS = [
+    "SELECT v, inet_server_port() FROM t",
+    "SELECT f(), inet_server_port()",
+    "SELECT v, inet_server_port() FROM v",
+]
+
+
+def _read_ports(conn: psycopg.Connection[Any], times: int) -> tuple[set[int], set[int]]:
+    """Run each of SEARCH_PATH_READS ``times`` times: the values and the ports seen."""
+    values: set[int] = set()
+    ports: set[int] = set()
+    for _ in range(times):
+        for sql in SEARCH_PATH_READS:
+            row = conn.execute(sql).fetchone()
+            assert row is not None
+            values.add(row[0])
+            ports.add(row[1])
+    return values, ports
+
+
+@pytest.mark.parametrize("mode", ["transaction", "session"])
+def test_unqualified_names_resolve_along_the_clients_search_path(
+    cluster: LocalCluster, start_pooler: StartPooler, two_schemas: tuple[str, str], mode: str
+) -> None:
+    """With a.t unlogged and b.t permanent, a.f writing and b.f immutable, a.v calling
+    a.f and b.v plain: under search_path b the reads spread over the standbys, under a
+    (SET, or the startup packet's options) they run on the primary, which answers them
+    (no standby refused one first)."""
+    a, b = two_schemas
+    routed = start_pooler(
+        pool={"mode": mode}, load_balance={"enabled": True}, health_check=FAST_CHECKS
+    )
+    primary = cluster.primary.port
+    with psycopg.connect(routed.dsn(), autocommit=True) as conn:
+        conn.execute(f"SET search_path = {b}")
+        values, ports = _read_ports(conn, 10)
+        assert values == {2} and ports - {primary}, ports
+        explained: dict[str, str] = dict(conn.execute("EXPLAIN ROUTE SELECT f()").fetchall())
+        assert explained["route"] == "read"
+        assert explained["search path"] == f"pg_catalog, {b}"
+        conn.execute(f"SET search_path = {a}, {b}")
+        assert _read_ports(conn, 5) == ({1}, {primary})
+    with psycopg.connect(routed.dsn(), autocommit=True, options=f"-c search_path={a}") as conn:
+        assert _read_ports(conn, 5) == ({1}, {primary})
+        conn.execute("SET search_path = DEFAULT")
+        assert _read_ports(conn, 1) == ({1}, {primary})
+    with psycopg.connect(routed.dsn(), autocommit=True, options=f"-c search_path={b}") as conn:
+        values, ports = _read_ports(conn, 10)
+        assert values == {2} and ports - {primary}, ports
+    with psycopg.connect(direct_dsn(cluster), autocommit=True) as direct:
+        # f() once and v once per round, a's rounds only.
+        assert direct.execute(f"SELECT count(*) FROM {a}.log").fetchone() == (22,)
+    assert "a standby refused a read" not in routed.log_text()

@@ -402,3 +402,16 @@ def test_a_statement_whose_parse_got_no_parse_complete_is_forgotten(held: bool) 
     engine.detach()
     prelude, parsed, _ = engine.statements.prelude(ServerEngine({}, b"I").prepared)
     assert len(parsed) == 2 and b"SELECT 2" not in prelude
+
+
+def test_statements_parsed_before_a_search_path_change_run_on_the_primary() -> None:
+    """PostgreSQL plans them again under the new path, where their names may stand for
+    other objects than those they were classified with."""
+    engine = _client()
+    engine.feed(parse("r", "SELECT * FROM t") + SYNC)
+    engine.attach(ServerEngine({}, b"I"))
+    engine.detach()
+    engine.search_path_changed()
+    assert _need(engine, bind("r") + EXECUTE + SYNC) is Target.PRIMARY
+    engine.attach(ServerEngine({}, b"I"))
+    assert engine.wrote()
