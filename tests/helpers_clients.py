@@ -37,6 +37,17 @@ def superuser_dsn(cluster: LocalCluster, dbname: str = "app") -> str:
     return direct_dsn(cluster, "postgres", "postgres", dbname)
 
 
+def app_backend_pids(cluster: LocalCluster) -> set[int]:
+    """The pids of the primary's backends serving user ``app`` (the pooler's servers in
+    the tests that use that user), other than the one asking."""
+    with psycopg.connect(superuser_dsn(cluster), autocommit=True) as admin:
+        rows = admin.execute(
+            "SELECT pid FROM pg_stat_activity WHERE usename = 'app'"
+            " AND backend_type = 'client backend' AND pid <> pg_backend_pid()"
+        ).fetchall()
+    return {row[0] for row in rows}
+
+
 @contextlib.contextmanager
 def scratch_table(cluster: LocalCluster, columns: str, prefix: str = "t") -> Iterator[str]:
     """A table owned by ``app`` in database ``app``, created directly on the primary and

@@ -23,7 +23,7 @@ import asyncpg
 import psycopg
 import pytest
 from conftest import PoolerProcess, StartPooler
-from helpers_clients import direct_dsn, scratch_table, superuser_dsn
+from helpers_clients import app_backend_pids, direct_dsn, scratch_table
 from wire import bind, comparable, connect, execute, message, parse, sync
 
 from pooler.localcluster import LocalCluster
@@ -37,15 +37,6 @@ def two_servers(start_pooler: StartPooler) -> PoolerProcess:
     )
 
 
-def _app_backends(cluster: LocalCluster) -> set[int]:
-    with psycopg.connect(superuser_dsn(cluster), autocommit=True) as admin:
-        rows = admin.execute(
-            "SELECT pid FROM pg_stat_activity WHERE usename = 'app'"
-            " AND backend_type = 'client backend' AND pid <> pg_backend_pid()"
-        ).fetchall()
-    return {row[0] for row in rows}
-
-
 @contextmanager
 def _holding_the_only_server(cluster: LocalCluster, pooler: PoolerProcess | None) -> Iterator[None]:
     """Through ``pooler``: another client holds, in a transaction, the one server the
@@ -54,7 +45,7 @@ def _holding_the_only_server(cluster: LocalCluster, pooler: PoolerProcess | None
     if pooler is None:
         yield
         return
-    before = _app_backends(cluster)
+    before = app_backend_pids(cluster)
     assert len(before) == 1, before
     with psycopg.connect(pooler.dsn(), autocommit=True) as holder:
         holder.execute("BEGIN")
@@ -152,7 +143,7 @@ def _asyncpg_conversation(
             if pooler is not None:
                 # As _holding_the_only_server, with a client of the same startup
                 # parameters (the pooler's servers are kept apart by them).
-                before = _app_backends(cluster)
+                before = app_backend_pids(cluster)
                 assert len(before) == 1, before
                 holding = holder.transaction()
                 await holding.start()

@@ -19,7 +19,7 @@ import asyncpg
 import psycopg
 import pytest
 from conftest import PoolerProcess, StartPooler
-from helpers_clients import count_rows, run_threads, scratch_table, superuser_dsn
+from helpers_clients import app_backend_pids, count_rows, run_threads, scratch_table
 
 from pooler.localcluster import LocalCluster
 
@@ -32,15 +32,6 @@ def small_pool(start_pooler: StartPooler) -> PoolerProcess:
         pool={"mode": "transaction", "size": 2, "checkout_timeout": 1},
         load_balance={"enabled": False},
     )
-
-
-def _server_pids(cluster: LocalCluster) -> set[int]:
-    with psycopg.connect(superuser_dsn(cluster), autocommit=True) as admin:
-        rows = admin.execute(
-            "SELECT pid FROM pg_stat_activity WHERE usename = 'app' AND backend_type = "
-            "'client backend'"
-        ).fetchall()
-    return {row[0] for row in rows}
 
 
 def test_many_clients_share_two_servers(cluster: LocalCluster, small_pool: PoolerProcess) -> None:
@@ -59,7 +50,7 @@ def test_many_clients_share_two_servers(cluster: LocalCluster, small_pool: Poole
         run_threads(client, 10)
         assert count_rows(cluster, table) == 200
     # Ten clients, never more than the pool's two server connections.
-    assert len(_server_pids(cluster)) <= 2
+    assert len(app_backend_pids(cluster)) <= 2
 
 
 def test_a_listen_pins_its_client_until_discard_all(small_pool: PoolerProcess) -> None:
