@@ -50,6 +50,7 @@ if TYPE_CHECKING:
 _STOP = frozenset({m.TERMINATE})
 _SYNC_BYTES = frame(m.SYNC, b"")
 _DESCRIBE_PORTAL = frame(m.DESCRIBE, b"P\0")
+_CLOSED_HERE = frame(ord("3"), b"") + m.ready_for_query(b"I")
 _TERMINATE = b"X\x00\x00\x00\x04"
 # Transaction pooling looks inside these: statement texts to classify, statement names
 # to rewrite, and the requests owed a ReadyForQuery, to number those that set something.
@@ -539,6 +540,17 @@ class ClientEngine:
             reply = self._defer(events)
             if reply is not None:
                 return [reply]
+        if (
+            type(events) is list
+            and len(events) == 2
+            and self.server is None
+            and not self._held
+            and not self._deferred
+            and not self.scanner.mid_message()
+        ):
+            closed = self._closed_here(events)
+            if closed is not None:
+                return [closed]
         if isinstance(events, bytes):
             self._held.append(events)
         else:
@@ -565,6 +577,35 @@ class ClientEngine:
         if self._ending is not None:
             return [Close(self._ending[1])]
         return []
+
+    def _closed_here(self, events: list[Event]) -> Reply | None:
+        """A Close and its Sync, all there is, while the client has no server (so no
+        transaction, and no portal: a WITH HOLD cursor pins its server): answered here as
+        PostgreSQL answers it, with no server taken for it. A statement closed is
+        forgotten at once; the servers that prepared it close it when it is their least
+        recently used (pooler names are never reused)."""
+        close, sync = events
+        if (
+            type(close) is not Message
+            or close.type != m.CLOSE
+            or type(sync) is not Message
+            or sync.type != m.SYNC
+        ):
+            return None
+        body = close.body
+        if body[:1] not in (b"S", b"P") or body.find(b"\0") != len(body) - 1:
+            # PostgreSQL's own error for a malformed Close.
+            return None
+        if body[:1] == b"S":
+            name = body[1:-1]
+            self.statements.forget(name)
+            if self.statement_ops:
+                self.statement_ops.pop(name, None)
+            if self.cache is not None:
+                self.cache.closed(name)
+        self.scanner.tracked.clear()
+        self._seg_parses = 0
+        return Reply(_CLOSED_HERE)
 
     def _defer(self, events: bytes | list[Event]) -> Reply | None:
         """A lone BEGIN (or, after one, SET TRANSACTION) in a Query, all there is: the

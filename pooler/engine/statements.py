@@ -5,7 +5,10 @@ the statements it prepared do not exist. Each statement a client parses under a 
 gets a name of the pooler's, unique across all clients, and its Parse is kept; the
 client's Parse, Bind, Describe and Close name the pooler's statement; and before a
 client's transaction starts on a server, the statements of that client the server
-lacks are parsed there first, in a prelude whose answers the client never sees.
+lacks are parsed there first, in a prelude whose answers the client never sees. A
+Close sent alone with its Sync while the client has no server is answered by the pooler
+(``ClientEngine``); the servers that prepared the statement close it when it is their
+least recently used.
 
 SQL ``PREPARE``, ``EXECUTE`` and ``DEALLOCATE`` share that namespace, as they share
 one on PostgreSQL (``PREPARE q3`` then a protocol Parse of ``q3`` gives 42P05): their
@@ -166,6 +169,21 @@ class ClientStatements:
             return None
         self._closing.append((name, errors))
         return known[0]
+
+    def forget(self, name: bytes) -> None:
+        """The client closed ``name`` with nothing in flight (no error can come before
+        the Close): forgotten at once."""
+        known = self._by_name.pop(name, None)
+        if known is None:
+            return
+        ours = known[0]
+        self.theirs.pop(ours, None)
+        if self._sql:
+            self._sql.pop(ours, None)
+        if self.shapes:
+            self.shapes.pop(ours, None)
+        if self._stale:
+            self._stale.pop(ours, None)
 
     def drop_all(self, errors: int | None) -> None:
         """The client sent DEALLOCATE ALL or DISCARD ALL (``errors``: the server's error

@@ -20,6 +20,7 @@ import psycopg
 import pytest
 from conftest import PoolerProcess, StartPooler
 from helpers_clients import app_backend_pids, count_rows, run_threads, scratch_table
+from wire import bind, connect, execute, message, parse, sync
 
 from pooler.localcluster import LocalCluster
 
@@ -128,6 +129,32 @@ def test_error_names_the_clients_statement(small_pool: PoolerProcess) -> None:
         result = conn.pgconn.exec_prepared(b"mine", [b"1"])
         message = (result.error_message or b"").decode()
         assert 'prepared statement "mine" requires 0' in message, message
+
+
+def test_a_close_alone_is_answered_without_a_server(small_pool: PoolerProcess) -> None:
+    """asyncpg closes statements it evicts with a Close and a Sync alone: the pooler
+    answers those itself, so they wait for no server, and the name is free again."""
+    with connect((small_pool.host, small_pool.port)) as wire:
+        wire.send(parse("s1", "SELECT 1") + sync())
+        assert [msg.type for msg in wire.read_until("Z")] == ["1", "Z"]
+        holders = [psycopg.connect(small_pool.dsn()) for _ in range(2)]
+        try:
+            for holder in holders:
+                holder.execute("SELECT 1")  # each holds one of the two servers
+            began = time.monotonic()
+            wire.send(message("C", b"P\0") + sync())
+            wire.send(message("C", b"Ss1\0") + sync())
+            answers = wire.read_until("Z") + wire.read_until("Z")
+            # (A server would have been waited for until checkout_timeout, 1 s, failed.)
+            assert time.monotonic() - began < 0.9
+        finally:
+            for holder in holders:
+                holder.close()
+        assert [msg.type for msg in answers] == ["3", "Z", "3", "Z"]
+        assert [msg.body for msg in answers if msg.type == "Z"] == [b"I", b"I"]
+        wire.send(parse("s1", "SELECT 2") + bind("", "s1") + execute() + sync())
+        rows = [msg.row() for msg in wire.read_until("Z") if msg.type == "D"]
+        assert rows == [[b"2"]]
 
 
 def test_pgbench_prepared_through_five_servers(
