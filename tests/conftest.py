@@ -195,9 +195,11 @@ def _accepts_connections(host: str, port: int) -> bool:
     return False
 
 
-def launch_pooler(config: Mapping[str, Any], workdir: Path) -> PoolerProcess:
+def launch_pooler(config: Mapping[str, Any], workdir: Path, forked: bool = True) -> PoolerProcess:
     """Run ``pooler run`` with ``config`` (written to ``workdir``) until it listens on
-    ``config["listen"]``; the caller stops it.
+    ``config["listen"]``; the caller stops it. ``forked=False``: a process of its own
+    (``python -m pooler run``), for tests that measure its memory: a forked child's
+    resident set counts pages it shares with the zygote.
 
     Raises RuntimeError with the pooler's output when it does not accept TCP
     connections within POOLER_START_TIMEOUT seconds.
@@ -205,7 +207,9 @@ def launch_pooler(config: Mapping[str, Any], workdir: Path) -> PoolerProcess:
     config_path = workdir / "pooler.yaml"
     config_path.write_text(yaml.safe_dump(dict(config), sort_keys=False))
     log_path = workdir / "stderr.log"
-    proc: subprocess.Popen[bytes] | ForkedProcess | None = _fork_pooler(config_path, log_path)
+    proc: subprocess.Popen[bytes] | ForkedProcess | None = (
+        _fork_pooler(config_path, log_path) if forked else None
+    )
     if proc is None:
         with log_path.open("wb") as log:
             proc = subprocess.Popen(
@@ -238,7 +242,7 @@ class StartPooler(Protocol):
     """The ``start_pooler`` fixture: ``start_pooler([cluster], **config_overrides)``."""
 
     def __call__(
-        self, target: LocalCluster | None = None, /, **overrides: Any
+        self, target: LocalCluster | None = None, /, *, forked: bool = True, **overrides: Any
     ) -> PoolerProcess: ...
 
 
@@ -254,7 +258,9 @@ def start_pooler(
     """
     started: list[PoolerProcess] = []
 
-    def start(target: LocalCluster | None = None, /, **overrides: Any) -> PoolerProcess:
+    def start(
+        target: LocalCluster | None = None, /, *, forked: bool = True, **overrides: Any
+    ) -> PoolerProcess:
         served = target if target is not None else cluster
         port = find_free_ports(1)[0]
         if overrides.get("pool", {}).get("mode") == "session" and "load_balance" not in overrides:
@@ -263,7 +269,7 @@ def start_pooler(
             # client keeping one server per node) is asked for by its own tests.
             overrides = {**overrides, "load_balance": {"enabled": False}}
         config = _deep_merge(served.pooler_config(port), overrides)
-        pooler = launch_pooler(config, tmp_path_factory.mktemp("pooler"))
+        pooler = launch_pooler(config, tmp_path_factory.mktemp("pooler"), forked)
         started.append(pooler)
         return pooler
 

@@ -29,7 +29,7 @@ def _rss_mib(pid: int) -> float:
 
 
 def test_client_that_stops_reading_a_large_result_holds_no_memory(start_pooler: Any) -> None:
-    pooler = start_pooler()
+    pooler = start_pooler(forked=False)
     with psycopg.connect(pooler.dsn()) as healthy:
         before = _rss_mib(pooler.proc.pid)
         with Wire((pooler.host, pooler.port)) as slow:
@@ -48,7 +48,7 @@ def test_client_that_stops_reading_a_large_result_holds_no_memory(start_pooler: 
 
 
 def test_large_copy_in_streams_through_without_buffering(start_pooler: Any) -> None:
-    pooler = start_pooler()
+    pooler = start_pooler(forked=False)
     with psycopg.connect(pooler.dsn(), autocommit=True) as conn:
         conn.execute("CREATE TEMP TABLE flow (line text)")
         before = _rss_mib(pooler.proc.pid)
@@ -70,7 +70,7 @@ def test_thousands_of_idle_connections_cost_a_few_kilobytes_each(start_pooler: A
     # Enough connections that per-connection memory dominates the measurement.
     count = min(2000, hard - 200)
     assert count >= 500, f"the open files limit ({hard}) is too low for this test"
-    pooler = start_pooler(pool={"max_clients": 5000})
+    pooler = start_pooler(pool={"max_clients": 5000}, forked=False)
     before = _rss_mib(pooler.proc.pid)
     with ExitStack() as stack:
         for _ in range(count):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from typing import Any
 
 import pytest
 from conftest import PoolerProcess, StartPooler
@@ -79,7 +80,7 @@ class _Pooler:
         routed = mode == "session-routed"
         self._pool = {"size": 1, "mode": "session" if routed else mode}
         # Session mode with routing: each client keeps a server per node it used.
-        self._more = {"load_balance": {"enabled": True}} if routed else {}
+        self._more: dict[str, Any] = {"load_balance": {"enabled": True}} if routed else {}
         self.process: PoolerProcess = start_pooler(pool=self._pool, **self._more)
         self.started = [self.process]
         self.dirty = False
