@@ -824,6 +824,12 @@ class ClientConnection(asyncio.Protocol):
         return self.app.balancer.candidates(self.app.cluster.view, target, floor or None)
 
     @property
+    def startup_params(self) -> ParamKey:
+        """The parameters of its startup packet other than user and database (empty
+        until it logged in)."""
+        return self._params
+
+    @property
     def application_name(self) -> str:
         """The application_name it logged in with ("" if none)."""
         return dict(self._params).get("application_name", "")

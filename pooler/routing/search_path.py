@@ -193,8 +193,7 @@ def session_path(committed: Mapping[str, str], startup: Startup, user: str) -> P
 
 def client_path(client: ClientConnection) -> Path | None:
     """``session_path`` of a logged-in client."""
-    # (net.client keeps the startup parameters to itself; they are read here only.)
-    return session_path(client.engine.settings.committed, client._params, client.user)
+    return session_path(client.engine.settings.committed, client.startup_params, client.user)
 
 
 class SessionCatalog:
