@@ -320,10 +320,11 @@ class ClientEngine:
             self.settings.record(number, ops)
         if parse is not None:
             self.statements.parsed(number, parse[1], parse[0])
-            ours = self.statements.ours(parse[0])
-            if parse[2] and ours is not None and self.server is not None:
+            if parse[2] and self.server is not None:
                 # rewrite_parse added a Describe after it.
-                self.server.keep_description(number, ours, self.statements)
+                ours = self.statements.ours(parse[0])
+                if ours is not None:
+                    self.server.keep_description(number, ours, self.statements)
 
     def _admin_unit(self, events: list[Event]) -> list[bytes | Action]:
         """The scanner stopped at an admin command: what came before it goes its way,

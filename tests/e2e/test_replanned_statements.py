@@ -107,13 +107,22 @@ def _raw_conversation(
     return seen
 
 
+Conversation = Callable[[LocalCluster, PoolerProcess | None, str], list[Any]]
+
+
+def _direct_and_pooled(
+    cluster: LocalCluster, pooler: PoolerProcess, conversation: Conversation
+) -> tuple[list[Any], list[Any]]:
+    """``conversation`` over a fresh table with one row, directly and through ``pooler``."""
+    with scratch_table(cluster, "a int") as table:
+        _alter(cluster, f"INSERT INTO {table} VALUES (1)")
+        return conversation(cluster, None, table), conversation(cluster, pooler, table)
+
+
 def test_a_statement_whose_result_type_changed_fails_as_on_postgresql(
     cluster: LocalCluster, two_servers: PoolerProcess
 ) -> None:
-    with scratch_table(cluster, "a int") as table:
-        _alter(cluster, f"INSERT INTO {table} VALUES (1)")
-        direct = _raw_conversation(cluster, None, table)
-        pooled = _raw_conversation(cluster, two_servers, table)
+    direct, pooled = _direct_and_pooled(cluster, two_servers, _raw_conversation)
     assert direct[3][0][:4] == ("E", ("S", "ERROR"), ("V", "ERROR"), ("C", "0A000"))
     for i, (want, got) in enumerate(zip(direct, pooled, strict=True)):
         assert got == want, f"request {i}"
@@ -171,9 +180,6 @@ def _asyncpg_conversation(
 def test_asyncpg_recovers_as_on_postgresql(
     cluster: LocalCluster, two_servers: PoolerProcess
 ) -> None:
-    with scratch_table(cluster, "a int") as table:
-        _alter(cluster, f"INSERT INTO {table} VALUES (1)")
-        direct = _asyncpg_conversation(cluster, None, table)
-        pooled = _asyncpg_conversation(cluster, two_servers, table)
+    direct, pooled = _direct_and_pooled(cluster, two_servers, _asyncpg_conversation)
     assert direct[2][0] == "InvalidCachedStatementError"
     assert pooled == direct
