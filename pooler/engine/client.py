@@ -732,7 +732,7 @@ class ClientEngine:
         """A server was assigned (``writable``: it takes writes): what to send it now
         (the held bytes), and the held ending if the stream ended meanwhile."""
         self.server = server
-        server.names = self.statements.theirs
+        server.statements = self.statements
         primary = writable
         if self._begins:
             # A read-only transaction on a standby: it runs there to its end (a write
@@ -778,9 +778,10 @@ class ClientEngine:
             self._deferred = []
         self.statements.sent_to(server.errors)
         self._tell(server)
-        if checks and self._ending is None:
-            # A statement parsed again may have changed result type: the requests wait
-            # for the prelude's answers (once per statement and server).
+        if parsed and self._ending is None:
+            # A statement parsed again may have changed result type, or no longer
+            # parse: the requests wait for the prelude's answers (once per statement
+            # and server).
             server.holding = (b"".join(self._held), self.statements)
         else:
             out.extend(self._held)
@@ -815,7 +816,8 @@ class ClientEngine:
             self.cache.detached()
         again = False
         if server is not None:
-            server.names = None
+            server.statements = None
+            self.statements.server_left()
             retry = self._retry
             if retry is not None and (
                 server.refused is not None or (lost and server.probing and not self.ended)

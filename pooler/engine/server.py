@@ -12,13 +12,7 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable, Mapping
 
 from pooler.cache.answer import Capture
-from pooler.engine.statements import (
-    POOLER_NAME,
-    STALE,
-    ClientStatements,
-    replanned_error,
-    same_result,
-)
+from pooler.engine.statements import POOLER_NAME, ClientStatements, same_result
 from pooler.protocol import messages as m
 from pooler.protocol.codec import Event, Message, Scanner, frame
 from pooler.protocol.outstanding import Outstanding
@@ -67,6 +61,7 @@ class ServerEngine:
         "_changed",
         "_checks",
         "_errors_at_reset",
+        "_failed",
         "_held_back",
         "_idle_observe",
         "_let_go",
@@ -82,7 +77,6 @@ class ServerEngine:
         "holding",
         "login_params",
         "marks",
-        "names",
         "owners",
         "params",
         "params_changed",
@@ -94,6 +88,7 @@ class ServerEngine:
         "scanner",
         "send_held",
         "settings",
+        "statements",
         "status",
         "transactions",
     )
@@ -130,8 +125,8 @@ class ServerEngine:
         #: notifications (transaction pooling, where clients have the pooler's pids).
         self.owners = owners
         split = _REWRITTEN if owners is not None else frozenset()
-        #: Pooler statement name -> the client's, for the client attached now.
-        self.names: dict[bytes, bytes] | None = None
+        #: The statements of the client attached now (their names in errors).
+        self.statements: ClientStatements | None = None
         self.scanner = Scanner(split=split, observe=_OBSERVE, ready=True, pause=_PAUSE)
         self._errors_at_reset = 0
         #: ErrorResponses seen since login.
@@ -146,7 +141,10 @@ class ServerEngine:
         # ReadyForQuery), as they arrive.
         self._skipping: bytearray | None = None
         self._prelude: list[bytes] = []
-        self._prelude_error = False
+        # The error of the prelude's request being answered, and the statements whose
+        # Parse failed with theirs.
+        self._prelude_error: bytes | None = None
+        self._failed: dict[bytes, bytes] = {}
         # The prelude's statements whose result type is known (pooler name -> its
         # RowDescription body) and the client they are of; those found changed.
         self._checks: tuple[dict[bytes, bytes], ClientStatements] | None = None
@@ -215,20 +213,16 @@ class ServerEngine:
             elif event.type == m.NOTIFICATION_RESPONSE:
                 pid, rest = m.parse_notification(event.body)
                 out.append(m.notification(owners.get(pid, pid), rest))
-            elif STALE in event.body:
-                out.append(replanned_error(event.body) or event.raw())
+            elif self.statements is not None and POOLER_NAME in event.body:
+                told = self.statements.client_message(event.type, event.body)
+                if self.error_classes is not None and event.type == m.ERROR_RESPONSE:
+                    # Counted as the client sees it (see _observe).
+                    self.error_classes[_class_of(event.body)] -= 1
+                    self.error_classes[_class_of(_last_body(told))] += 1
+                out.append(told)
             else:
-                out.append(frame(event.type, self._client_names(event.body)))
+                out.append(event.raw())
         return out
-
-    def _client_names(self, body: bytes) -> bytes:
-        names = self.names
-        if not names or POOLER_NAME not in body:
-            return body
-        for ours, theirs in names.items():
-            if ours in body:
-                body = body.replace(b'"' + ours + b'"', b'"' + theirs + b'"')
-        return body
 
     def probe(self) -> None:
         """Hold the answers to what is sent now back until the first result shows
@@ -323,7 +317,8 @@ class ServerEngine:
         if self._skipping is None:
             self._skipping = bytearray()
         self._prelude = [*first, *parsed, *[b""] * queries]
-        self._prelude_error = False
+        self._prelude_error = None
+        self._failed = {}
         self._checks = checks
         self._changed = []
 
@@ -392,7 +387,7 @@ class ServerEngine:
 
     def _prelude_answer(self, t: int, body: bytes) -> None:
         if t == m.ERROR_RESPONSE:
-            self._prelude_error = True
+            self._prelude_error = body
         elif t == m.PARAMETER_STATUS:
             # What aligning did: the client was told these values long ago.
             param, value = m.parse_parameter_status(body)
@@ -409,13 +404,15 @@ class ServerEngine:
                 mark = (self.requests.answered, self.status, self.errors, self.parsed)
                 self.marks.append(mark)
             name = self._prelude.pop(0)
-            if self._prelude_error:
+            if self._prelude_error is not None:
                 if name == _ALIGNMENT:
                     self.alignment_failed = True
-                # A statement that no longer parses (its table was dropped): the
-                # client meets "does not exist" when it uses it.
+                elif name:
+                    # A statement that no longer parses (its table was dropped): the
+                    # client meets that error when it uses it here.
+                    self._failed[name] = self._prelude_error
                 self.prepared.pop(name, None)
-                self._prelude_error = False
+                self._prelude_error = None
             if not self._prelude:
                 self._prelude_done()
 
@@ -428,6 +425,8 @@ class ServerEngine:
             data, statements = held
             if self._changed:
                 data = statements.replanned(self._changed, data)
+            if self._failed:
+                data = statements.gone(self._failed, data)
             assert self.send_held is not None
             self.send_held(data)
         elif checks is not None and self._changed:
@@ -507,8 +506,7 @@ class ServerEngine:
             elif t == m.ERROR_RESPONSE:
                 self.errors += 1
                 if self.error_classes is not None:
-                    code = m.parse_fields(msg.body).get("C", "")
-                    self.error_classes[code[:2]] += 1
+                    self.error_classes[_class_of(msg.body)] += 1
                 if requests.copy_in:
                     requests.copy_failed()
                     scanner.set_observe(self._idle_observe, ready=self.marks is None)
@@ -555,3 +553,19 @@ class ServerEngine:
         if not self.requests.idle():
             return None
         return self.errors == self._errors_at_reset and self.idle()
+
+
+def _class_of(error: bytes) -> str:
+    """The SQLSTATE class of an ErrorResponse body."""
+    return m.parse_fields(error).get("C", "")[:2]
+
+
+def _last_body(data: bytes) -> bytes:
+    """The body of the last of the whole messages ``data`` holds."""
+    pos = 0
+    body = b""
+    while pos + 5 <= len(data):
+        end = pos + 1 + int.from_bytes(data[pos + 1 : pos + 5], "big")
+        body = data[pos + 5 : end]
+        pos = end
+    return body

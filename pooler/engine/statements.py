@@ -40,6 +40,13 @@ POOLER_NAME = b"_pooler_"
 #: or Describe of them fails where PostgreSQL's would, and the pooler tells the client
 #: PostgreSQL's error instead of the server's.
 STALE = POOLER_NAME + b"stale_"
+#: What the text starts with that a Parse of a stale name is sent with: a syntax error
+#: naming it, which the pooler tells the client as PostgreSQL's 42P05 (the client's
+#: name is still in use).
+DUPLICATE = POOLER_NAME + b"dup_"
+#: What a statement Describe of a statement whose text no longer parses (see
+#: ``ClientStatements.gone``) names after the pooler's name: no server has it either.
+_DESCRIBED = b"_d"
 _PARAMETER_DESCRIPTION = ord("t")
 
 
@@ -58,6 +65,7 @@ class ClientStatements:
         "_closing",
         "_dropping",
         "_fresh",
+        "_gone",
         "_sql",
         "_stale",
         "shapes",
@@ -67,8 +75,9 @@ class ClientStatements:
 
     def __init__(self) -> None:
         self._by_name: dict[bytes, tuple[bytes, bytes]] = {}
-        # Made by SQL PREPARE: the pooler's name -> that PREPARE, naming it.
-        self._sql: dict[bytes, str] | None = None
+        # Made by SQL PREPARE: the pooler's name -> that PREPARE, naming it, and how to
+        # tell a position in it as one in the client's text (see ``_client_position``).
+        self._sql: dict[bytes, tuple[str, int, int, int]] | None = None
         #: The pooler's name -> the client's, to say the client's names in errors.
         self.theirs: dict[bytes, bytes] = {}
         # Closed, but an error about them may still be on its way.
@@ -94,6 +103,10 @@ class ClientStatements:
         # Statements whose result type changed: stale name -> the name a Describe of
         # it goes by (carrying the ParameterDescription PostgreSQL sends before its error).
         self._stale: dict[bytes, bytes] | None = None
+        # Statements parsed again on the server the client has now whose Parse failed
+        # (their table was dropped): the pooler's name -> the error, as PostgreSQL gives
+        # it to each use of them on that server (it analyzes the text again each time).
+        self._gone: dict[bytes, bytes] | None = None
 
     def __len__(self) -> int:
         return len(self._by_name)
@@ -115,16 +128,27 @@ class ClientStatements:
             self._fresh[ours] = None
         return ours
 
-    def prepare(self, name: bytes, before: str, after: str, held: bool) -> bytes:
+    def prepare(
+        self, name: bytes, text: tuple[str, str, str], offset: int, held: bool
+    ) -> bytes:
         """The client runs SQL PREPARE ``name`` (``held``: while it has no server): the
-        pooler's name for it. The PREPARE's text is ``before``, the name, ``after``."""
+        pooler's name for it. ``text``: the PREPARE's text before the name, the name as
+        written, the text after it; ``offset``: where that text starts in the client's
+        Query."""
         known = self._by_name.get(name)
         if known is not None:
             return known[0]
         ours = self.parse(name, b"", held)
         if self._sql is None:
             self._sql = {}
-        self._sql[ours] = before + ours.decode() + after
+        before, written, after = text
+        mine = ours.decode()
+        self._sql[ours] = (
+            before + mine + after,
+            offset,
+            len(before) + len(mine),
+            len(written) - len(mine),
+        )
         return ours
 
     def parsed(self, number: int, index: int, name: bytes) -> None:
@@ -247,7 +271,7 @@ class ClientStatements:
             elif ours.startswith(STALE):
                 continue
             else:
-                sql = self._sql.get(ours) if self._sql else None
+                sql = self._sql[ours][0] if self._sql and ours in self._sql else None
                 shape = self.shapes.get(ours) if self.shapes else None
                 if sql is not None:
                     parses.append(m.query(sql))
@@ -300,9 +324,88 @@ class ClientStatements:
             renamed[ours] = stale
         return _renamed(held, renamed, describes) if renamed else held
 
+    def gone(self, failed: dict[bytes, bytes], held: bytes) -> bytes:
+        """The statements ``failed`` were parsed again on the server the client has now
+        and failed with those errors (ErrorResponse bodies): until the client has
+        another server, each Bind, EXECUTE and Describe of them fails with that error,
+        as on PostgreSQL. ``held``, the client's messages waiting for that verdict, with
+        their Describes of them renamed (see ``described_as``)."""
+        self._gone = {ours: self._client_position(ours, body) for ours, body in failed.items()}
+        return _renamed(held, {}, {ours: ours + _DESCRIBED for ours in failed})
+
+    def server_left(self) -> None:
+        """The client gave its server up: what failed to parse there may parse on the
+        next (its prelude tries again)."""
+        self._gone = None
+
+    def _client_position(self, ours: bytes, body: bytes) -> bytes:
+        """An error about the SQL PREPARE of ``ours`` the pooler sent, with its position
+        told in the client's text (where the statement name was the client's)."""
+        if not self._sql or ours not in self._sql:
+            return body
+        _, offset, name_end, shift = self._sql[ours]
+        fields = body.split(b"\0")
+        for i, field in enumerate(fields):
+            if field[:1] == b"P" and field[1:].isdigit():
+                position = int(field[1:])
+                if position > name_end:
+                    position += shift
+                fields[i] = b"P%d" % (position + offset)
+        return b"\0".join(fields)
+
     def described_as(self, ours: bytes) -> bytes:
         """The name a Describe of the client's statement ``ours`` goes by."""
+        if self._gone and ours in self._gone:
+            return ours + _DESCRIBED
         return self._stale.get(ours, ours) if self._stale else ours
+
+    def client_message(self, t: int, body: bytes) -> bytes:
+        """A server's message naming pooler statements (an ErrorResponse, whose ``body``
+        holds the name) as the client is told it: PostgreSQL's own error where the
+        server's is about a name the pooler made up, the client's statement names
+        where it is about a real one."""
+        if DUPLICATE in body:
+            return self._duplicate(body)
+        if STALE in body:
+            replanned = replanned_error(body)
+            if replanned is not None:
+                return replanned
+        if self._gone and b"C26000\0" in body:
+            gone = self._gone_error(body)
+            if gone is not None:
+                return gone
+        for ours, theirs in self.theirs.items():
+            if ours in body:
+                body = body.replace(b'"' + ours + b'"', b'"' + theirs + b'"')
+        return frame(t, body)
+
+    def _duplicate(self, body: bytes) -> bytes:
+        """PostgreSQL's 42P05 for the syntax error a Parse of a stale name was sent
+        with (see ``rewrite_parse``)."""
+        start = body.find(DUPLICATE)
+        marker = body[start + len(DUPLICATE) : body.find(b'"', start)]
+        name = self.theirs.get(POOLER_NAME + marker, marker)
+        return frame(m.ERROR_RESPONSE, _DUPLICATE % name)
+
+    def _gone_error(self, body: bytes) -> bytes | None:
+        """The error of a statement's failed Parse, for the server's 26000 about it:
+        what PostgreSQL says to a Bind, EXECUTE or Describe of a statement whose text no
+        longer analyzes (a Describe gets its parameters first)."""
+        assert self._gone is not None
+        start = body.find(b'"' + POOLER_NAME)
+        if start < 0:
+            return None
+        name = body[start + 1 : body.find(b'"', start + 1)]
+        ours = name.removesuffix(_DESCRIBED)
+        error = self._gone.get(ours)
+        if error is None:
+            return None
+        out = frame(m.ERROR_RESPONSE, error)
+        if ours != name:
+            shape = self.shapes.get(ours) if self.shapes else None
+            if shape is not None:
+                out = frame(_PARAMETER_DESCRIPTION, shape[0]) + out
+        return out
 
 
 def _describe(ours: bytes) -> bytes:
@@ -371,7 +474,12 @@ def replanned_error(body: bytes) -> bytes | None:
     return error
 
 
-# PostgreSQL 15's own error, raised in RevalidateCachedQuery.
+# PostgreSQL 15's own errors: raised in StorePreparedStatement (the client's name, as
+# %-formatted), and in RevalidateCachedQuery.
+_DUPLICATE = (
+    b"SERROR\0VERROR\0C42P05\0Mprepared statement \"%s\" already exists\0"
+    b"Fprepare.c\0L412\0RStorePreparedStatement\0\0"
+)
 _REPLANNED = (
     b"SERROR\0VERROR\0C0A000\0Mcached plan must not change result type\0"
     b"Fplancache.c\0L722\0RRevalidateCachedQuery\0\0"
@@ -398,6 +506,11 @@ def rewrite_parse(
         return frame(m.PARSE, body), text
     new = first and statements.ours(body[:nul]) is None
     ours = statements.parse(body[:nul], rest, server is None)
+    if ours.startswith(STALE):
+        # The client's name is in use (PostgreSQL answers 42P05) but no server has it:
+        # sent with a text that fails where it would, the pooler tells PostgreSQL's error.
+        marker = DUPLICATE + ours[len(POOLER_NAME) :]
+        return frame(m.PARSE, ours + b"\0" + marker + b"\0\0\0"), text
     if server is not None:
         server[ours] = None
     if new:
@@ -479,7 +592,8 @@ def rewrite_sql(
             continue
         name = _folded(found.text).encode()
         if keyword == "PREPARE":
-            ours = statements.prepare(name, text[: found.start], text[found.end :], server is None)
+            parts = (text[: found.start], found.text, text[found.end :])
+            ours = statements.prepare(name, parts, statement.start, server is None)
             if server is not None:
                 server[ours] = None
         elif keyword == "EXECUTE":

@@ -68,18 +68,28 @@ def close_statement(name: str) -> bytes:
     return message("C", b"S" + name.encode() + b"\0")
 
 
-def _raw_conversation(
-    cluster: LocalCluster, pooler: PoolerProcess | None, table: str
-) -> list[list[Any]]:
+@contextmanager
+def _asking(
+    cluster: LocalCluster, pooler: PoolerProcess | None, seen: list[list[Any]]
+) -> Iterator[Callable[[bytes], None]]:
+    """A raw connection, to the primary or through ``pooler``: a function that sends a
+    request and notes its answers, up to ReadyForQuery, in ``seen``."""
     primary = cluster.primary
     address = (pooler.host, pooler.port) if pooler is not None else (primary.host, primary.port)
-    seen: list[list[Any]] = []
     with connect(address) as wire:
 
         def ask(data: bytes) -> None:
             wire.send(data)
             seen.append([comparable(msg) for msg in wire.read_until("Z")])
 
+        yield ask
+
+
+def _raw_conversation(
+    cluster: LocalCluster, pooler: PoolerProcess | None, table: str
+) -> list[list[Any]]:
+    seen: list[list[Any]] = []
+    with _asking(cluster, pooler, seen) as ask:
         # As asyncpg prepares: Parse, Describe, Sync; another statement, not described.
         ask(parse("s1", f"SELECT * FROM {table}") + describe_statement("s1") + sync())
         ask(parse("s2", f"SELECT a FROM {table}") + sync())
@@ -98,6 +108,8 @@ def _raw_conversation(
             # Later Binds and Describes fail the same way; a statement without rows runs.
             ask(describe_statement("s1") + sync())
             ask(bind("", "void") + execute() + bind("", "s1") + execute() + sync())
+            # The name is still in use: parsing it again without a Close fails (42P05).
+            ask(parse("s1", f"SELECT * FROM {table}") + sync())
             # A statement parsed after the change has the new result type.
             ask(parse("s3", f"SELECT * FROM {table}") + bind("", "s3") + execute() + sync())
             # Closed and parsed again, the name works.
@@ -183,3 +195,51 @@ def test_asyncpg_recovers_as_on_postgresql(
     direct, pooled = _direct_and_pooled(cluster, two_servers, _asyncpg_conversation)
     assert direct[2][0] == "InvalidCachedStatementError"
     assert pooled == direct
+
+
+def _bind_one(statement: str, value: bytes) -> bytes:
+    """A Bind of the unnamed portal to ``statement`` with one text parameter."""
+    body = b"\0" + statement.encode() + b"\0\0\0\0\x01" + len(value).to_bytes(4, "big") + value
+    return message("B", body + b"\0\0")
+
+
+def _gone_conversation(
+    cluster: LocalCluster, pooler: PoolerProcess | None, table: str
+) -> list[list[Any]]:
+    seen: list[list[Any]] = []
+    with _asking(cluster, pooler, seen) as ask:
+        ask(
+            parse("s1", f"SELECT a FROM {table} WHERE a > $1", [23])
+            + describe_statement("s1")
+            + sync()
+        )
+        ask(parse("s2", f"SELECT a FROM {table}") + sync())
+        ask(message("Q", f"SELECT 1; PREPARE q AS SELECT a FROM {table}\0".encode()))
+        with _holding_the_only_server(cluster, pooler):
+            _alter(cluster, f"ALTER TABLE {table} RENAME TO {table}_gone")
+            try:
+                # Parsed again, the statements' text names no table: each use fails as
+                # PostgreSQL's own re-analysis of it does.
+                ask(_bind_one("s1", b"0") + execute() + sync())
+                ask(describe_statement("s1") + sync())
+                ask(bind("", "s2") + execute() + sync())
+                ask(message("Q", b"EXECUTE q\0"))
+                ask(message("Q", b"BEGIN\0"))
+                ask(bind("", "s2") + execute() + sync())
+                ask(message("Q", b"ROLLBACK\0"))
+            finally:
+                _alter(cluster, f"ALTER TABLE {table}_gone RENAME TO {table}")
+            # The table is back: they run again (a Describe too, sent with no server).
+            ask(describe_statement("s1") + sync())
+            ask(_bind_one("s1", b"0") + execute() + sync())
+            ask(message("Q", b"EXECUTE q\0"))
+    return seen
+
+
+def test_a_statement_whose_table_is_gone_fails_as_on_postgresql(
+    cluster: LocalCluster, two_servers: PoolerProcess
+) -> None:
+    direct, pooled = _direct_and_pooled(cluster, two_servers, _gone_conversation)
+    assert direct[3][0][:4] == ("E", ("S", "ERROR"), ("V", "ERROR"), ("C", "42P01"))
+    for i, (want, got) in enumerate(zip(direct, pooled, strict=True)):
+        assert got == want, f"request {i}"

@@ -3,7 +3,7 @@ statements follow it from server to server."""
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 
 from parser_api import classify
 from pooler.engine.server import ServerEngine
@@ -185,7 +185,9 @@ def test_a_statement_whose_result_type_changed_fails_as_on_postgresql() -> None:
     ours = statements.ours(b"s1")
     assert ours is not None
     statements.described(ours, b"\0\0", _row_description((b"a", 1, 23, -1)))
-    server = ServerEngine({}, b"I", owners={})
+    classes: Counter[str] = Counter()
+    server = ServerEngine({}, b"I", owners={}, error_classes=classes)
+    server.statements = statements  # as ClientEngine.attach does
     prelude, parsed, checks = statements.prelude(server.prepared)
     assert prelude.endswith(frame(ord("D"), b"S" + ours + b"\0") + frame(ord("S"), b""))
     sent: list[bytes] = []
@@ -207,6 +209,8 @@ def test_a_statement_whose_result_type_changed_fails_as_on_postgresql() -> None:
     assert isinstance(out, list)
     error = b"".join(part for part in out if isinstance(part, bytes))
     assert b"C0A000\0Mcached plan must not change result type\0" in error
+    # Counted (metrics) as the client's error, not the server's.
+    assert +classes == Counter({"0A": 1})
     # Later Describes fail too, after the parameters, as on PostgreSQL.
     describe = rewrite_describe_or_close(ord("D"), b"Ss1\0", statements, 0)
     assert describe != frame(ord("D"), b"S" + stale + b"\0") and stale in describe
