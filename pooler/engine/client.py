@@ -672,11 +672,23 @@ class ClientEngine:
 
     def search_path_changed(self) -> None:
         """PostgreSQL plans its statements again under the new search_path, where names
-        may stand for other objects than when they were classified: they run on the
-        primary and count as writes from now on."""
-        if self._targets:
-            self._targets = dict.fromkeys(self._targets, Target.PRIMARY)
-            self._writers = set(self._targets)
+        may stand for other objects than when they were classified: each named statement
+        is classified again (the client's catalog follows the path already); the
+        unnamed one, whose text is not kept, and those of SQL PREPARE run on the primary
+        and count as writes until parsed again."""
+        classify = self._classify
+        assert classify is not None
+        for name in self._targets:
+            text = self.statements.text(name)
+            sql = text.decode("utf-8", "replace") if text is not None else None
+            classification = classify(sql) if sql is not None else None
+            if sql is None or classification is None:
+                target, writes = Target.PRIMARY, True
+            else:
+                target = self._target_of(classification, sql)
+                writes = classification.route is Route.WRITE
+            self._targets[name] = target
+            self._writers = _noted(self._writers, name, writes, False)
         self._unnamed = Target.PRIMARY
         self._unnamed_writes = True
 

@@ -180,6 +180,13 @@ class ClientStatements:
                     gone.append(known[0])
         return gone
 
+    def text(self, name: bytes) -> bytes | None:
+        """The text the client parsed as ``name`` (None: none, or made by SQL PREPARE)."""
+        known = self._by_name.get(name)
+        if known is None or not known[1]:
+            return None
+        return known[1][: known[1].find(b"\0")]
+
     def ours(self, name: bytes) -> bytes | None:
         """The pooler's name for the client's ``name``, or None."""
         known = self._by_name.get(name)

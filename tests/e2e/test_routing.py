@@ -564,3 +564,29 @@ def test_unqualified_names_resolve_along_the_clients_search_path(
         # f() once and v once per round, a's rounds only.
         assert direct.execute(f"SELECT count(*) FROM {a}.log").fetchone() == (22,)
     assert "a standby refused a read" not in routed.log_text()
+
+
+def test_prepared_statements_follow_a_search_path_change(
+    cluster: LocalCluster, start_pooler: StartPooler, two_schemas: tuple[str, str]
+) -> None:
+    """Statements prepared under one search_path are planned again by PostgreSQL under
+    the next: classified again, their reads go where the new path lets them run."""
+    a, b = two_schemas
+    routed = start_pooler(
+        pool={"mode": "transaction"}, load_balance={"enabled": True}, health_check=FAST_CHECKS
+    )
+    primary = cluster.primary.port
+    with psycopg.connect(routed.dsn(), autocommit=True, prepare_threshold=0) as conn:
+        conn.execute(f"SET search_path = {a}, {b}")
+        assert _read_ports(conn, 3) == ({1}, {primary})
+        conn.execute(f"SET search_path = {b}")
+        # (Once the standbys replayed what f() wrote: the client reads its writes.)
+        wait_until(lambda: _read_ports(conn, 1)[1] - {primary}, what="a read on a standby")
+        values, ports = _read_ports(conn, 10)
+        assert values == {2} and ports - {primary}, ports
+        conn.execute(f"SET search_path = {a}, {b}")
+        assert _read_ports(conn, 3) == ({1}, {primary})
+    with psycopg.connect(direct_dsn(cluster), autocommit=True) as direct:
+        # f() once and v once per round under a.
+        assert direct.execute(f"SELECT count(*) FROM {a}.log").fetchone() == (12,)
+    assert "a standby refused a read" not in routed.log_text()

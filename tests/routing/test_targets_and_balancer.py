@@ -8,7 +8,7 @@ from collections import Counter
 
 import pytest
 
-from parser_api import classify
+from parser_api import Persistence, StaticCatalog, classify
 from pooler.cluster.catalog import DatabaseCatalog
 from pooler.cluster.nodes import ClusterView, NodeRole, NodeState, NodeStatus, initial_view
 from pooler.engine.actions import NeedServer, Reply
@@ -404,14 +404,39 @@ def test_a_statement_whose_parse_got_no_parse_complete_is_forgotten(held: bool) 
     assert len(parsed) == 2 and b"SELECT 2" not in prelude
 
 
-def test_statements_parsed_before_a_search_path_change_run_on_the_primary() -> None:
+def test_statements_parsed_before_a_search_path_change_are_classified_again() -> None:
     """PostgreSQL plans them again under the new path, where their names may stand for
     other objects than those they were classified with."""
-    engine = _client()
+    # Schema b's t is unlogged (a standby has no rows of it); a's is not.
+    catalogs = {"a": None, "b": StaticCatalog(relations={"t": Persistence.UNLOGGED})}
+    path = ["a"]
+
+    def classify_on_path(sql: str):  # type: ignore[no-untyped-def]
+        return classify(sql, catalogs[path[0]])
+
+    engine = ClientEngine(frontend_limits(1 << 30), classify_on_path)
     engine.feed(parse("r", "SELECT * FROM t") + SYNC)
     engine.attach(ServerEngine({}, b"I"))
     engine.detach()
+    assert _need(engine, bind("r") + EXECUTE + SYNC) is Target.ANY
+    engine.attach(ServerEngine({}, b"I"))
+    assert not engine.wrote()
+    engine.detach()
+    path[0] = "b"
     engine.search_path_changed()
     assert _need(engine, bind("r") + EXECUTE + SYNC) is Target.PRIMARY
+    engine.attach(ServerEngine({}, b"I"))
+    engine.detach()
+    path[0] = "a"
+    engine.search_path_changed()
+    assert _need(engine, bind("r") + EXECUTE + SYNC) is Target.ANY
+    engine.attach(ServerEngine({}, b"I"))
+    engine.detach()
+    # The unnamed statement's text is not kept: on the primary until parsed again.
+    engine.feed(parse("", "SELECT * FROM t") + SYNC)
+    engine.attach(ServerEngine({}, b"I"))
+    engine.detach()
+    engine.search_path_changed()
+    assert _need(engine, bind("") + EXECUTE + SYNC) is Target.PRIMARY
     engine.attach(ServerEngine({}, b"I"))
     assert engine.wrote()
