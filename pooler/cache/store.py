@@ -22,8 +22,16 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 
-#: What an entry costs beyond its answer bytes and key text (objects, indexes).
-ENTRY_OVERHEAD = 200
+#: What an entry that read one table costs beyond its answer bytes and key text: the
+#: objects holding them and the entry, its place in the LRU and in the indexes by
+#: database and table (about 440 bytes on CPython 3.11, measured with tracemalloc);
+#: each further table read adds its place in the index. Counted, so that ``max_size``
+#: bounds the memory the store takes.
+ENTRY_OVERHEAD = 450
+TABLE_OVERHEAD = 100
+# When an entry was stored, while there is no ttl: the clock is not read (an entry
+# stored then counts as oldest if a reload sets a ttl, and goes).
+_NO_CLOCK = 0.0
 #: Drops remembered for the race rule.
 DROPS_KEPT = 4096
 # A drop of every database (``clear``).
@@ -39,7 +47,7 @@ class Entry:
     database: str
     #: The tables (and views) it read; a write to any of them drops it.
     tables: frozenset[str]
-    #: When it was stored (the store's clock).
+    #: When it was stored (the store's clock; ``_NO_CLOCK`` without a ttl).
     created: float
     #: Bytes counted against ``max_size``.
     size: int
@@ -170,6 +178,8 @@ class Store:
         """Store ``value`` read under ``snapshot``; False when it is too big, or when a
         write moved a version meanwhile (the race rule)."""
         size = len(value) + key_size + ENTRY_OVERHEAD
+        if len(snapshot.tables) > 1:
+            size += TABLE_OVERHEAD * (len(snapshot.tables) - 1)
         if len(value) > self.max_entry_size or size > self.max_size:
             return False
         if not self.unchanged(snapshot):
@@ -178,7 +188,8 @@ class Store:
         if key in self._entries:
             self._remove(key)
         database = snapshot.database
-        entry = Entry(value, database, snapshot.tables, self._clock(), size)
+        created = self._clock() if self.ttl else _NO_CLOCK
+        entry = Entry(value, database, snapshot.tables, created, size)
         self._entries[key] = entry
         self._by_database.setdefault(database, set()).add(key)
         for table in entry.tables:

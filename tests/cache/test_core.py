@@ -3,6 +3,8 @@ rule), keys, relations from a catalog, answers, change-stream lines, freshness."
 
 from __future__ import annotations
 
+import tracemalloc
+
 import pytest
 
 from parser_api import Volatility, classify
@@ -87,6 +89,29 @@ def test_lru_by_bytes_and_entry_limits() -> None:
     assert store.stats.evictions == 1
     assert store.stats.used_bytes == 3 * size
     assert not stored(store, "big", bytes(101), {"t"}), "max_entry_size"
+
+
+@pytest.mark.parametrize(
+    ("answer", "tables"),
+    [(20, 1), (100, 1), (100, 3), (2000, 1)],
+    ids=["tiny", "pgbench-row", "three-tables", "2kB"],
+)
+def test_max_size_bounds_the_memory_the_store_takes(answer: int, tables: int) -> None:
+    """What the store counts against max_size is what its entries take (within 15%),
+    not a fraction of it."""
+    read = frozenset(f"t{n}" for n in range(tables))
+    tracemalloc.start()
+    try:
+        began = tracemalloc.get_traced_memory()[0]
+        store = Store(1 << 40, 1 << 20)
+        for i in range(20_000):
+            key = (0, f"SELECT abalance FROM pgbench_accounts WHERE aid = {i};\0".encode())
+            value = bytes(answer) + b"%d" % i
+            assert store.put(key, value, store.snapshot("db", read), len(key[1]))
+        taken = tracemalloc.get_traced_memory()[0] - began
+    finally:
+        tracemalloc.stop()
+    assert 0.85 < taken / store.stats.used_bytes < 1.15
 
 
 def test_ttl() -> None:
