@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from collections import OrderedDict
 
 import pglast.parser
@@ -22,11 +23,15 @@ _TIME_WORDS = ("now", "today", "tomorrow", "yesterday")
 class _Entry:
     """One cached text: the grammar's analysis and its classification with no session."""
 
-    __slots__ = ("analysis", "default")
+    __slots__ = ("analysis", "changes", "checked", "default")
 
     def __init__(self, analysis: Analysis, default: Classification) -> None:
         self.analysis = analysis
         self.default = default
+        # With snapshot catalogs: the last catalog asked about it (weakly), and whether
+        # that catalog changes its classification.
+        self.checked: weakref.ref[Catalog] | None = None
+        self.changes = False
 
 
 class Classifier:
@@ -37,13 +42,19 @@ class Classifier:
     only in constants (pgbench -S) costs a normalisation instead of a parse; such a
     text is not cached by its own text, lest a stream of them evict useful entries.
     The catalog, prepared statements and cursors passed to `classify` are resolved on
-    every call and never cached across callers. Not thread-safe (one per event loop).
+    every call and never cached across callers, except that with ``snapshot_catalogs``
+    (the caller never changes a catalog object it passed) whether the last catalog
+    passed for a text changes its classification is remembered, and that catalog is
+    not asked again for it. Not thread-safe (one per event loop).
     """
 
-    def __init__(self, maxsize: int = 10_000) -> None:
+    def __init__(self, maxsize: int = 10_000, *, snapshot_catalogs: bool = False) -> None:
         if maxsize < 1:
             raise ValueError("maxsize must be at least 1")
         self.maxsize = maxsize
+        #: The caller never changes a catalog it passed (a new catalog is a new object):
+        #: whether one changes a text's classification is asked once per text.
+        self.snapshot_catalogs = snapshot_catalogs
         # Keys: a text (str), or (constant_free_key,) for the by-key entries: a
         # normalised text is valid SQL too, but its own statement offsets differ.
         self._entries: OrderedDict[str | tuple[str], _Entry] = OrderedDict()
@@ -99,9 +110,24 @@ class Classifier:
         if (prepared is None and cursors is None) or not analysis.has_dependencies:
             if catalog is None or not analysis.asks_catalog:
                 return entry.default
-            if not catalog_changes(analysis, catalog):
+            if not self._changes(entry, catalog):
                 return entry.default
         return resolve(analysis, catalog, prepared, cursors)
+
+    def _changes(self, entry: _Entry, catalog: Catalog) -> bool:
+        """Whether ``catalog`` changes what the grammar alone says of ``entry``."""
+        if not self.snapshot_catalogs:
+            return catalog_changes(entry.analysis, catalog)
+        checked = entry.checked
+        if checked is not None and checked() is catalog:
+            return entry.changes
+        entry.changes = changes = catalog_changes(entry.analysis, catalog)
+        try:
+            entry.checked = weakref.ref(catalog)
+        except TypeError:
+            # Not weakly referenceable: asked every time.
+            entry.checked = None
+        return changes
 
     def _analyze(self, sql: str, key: str) -> _Entry:
         """Parse a text seen neither as it is nor by its constant_free_key ``key``."""

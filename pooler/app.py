@@ -146,7 +146,8 @@ class Pooler:
         self.classify: Classify | None = None
         if config.pool.mode == "transaction" or self.keeps_servers:
             self.classify = _classifier()
-        self._classifier = Classifier()
+        # Catalogs are never changed once read (a refresh makes a new one).
+        self._classifier = Classifier(snapshot_catalogs=True)
         #: Real pid of each server -> the pid of the last client it served, so that a
         #: notification names the client that sent it, also after it left.
         self.server_owners: dict[int, int] = {}

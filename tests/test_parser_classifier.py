@@ -215,3 +215,36 @@ class TestSessionResolution:
         sql = "DECLARE c CURSOR FOR SELECT * FROM t"
         assert classifier.classify(sql).route is Route.READ
         assert classifier.classify(sql, catalog=self.temp_t).route is Route.WRITE
+
+
+class _CountingCatalog(StaticCatalog):
+    """A StaticCatalog that counts the persistence questions it is asked."""
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.asked = 0
+
+    def relation_persistence(self, schema: str | None, name: str) -> Persistence | None:
+        self.asked += 1
+        return super().relation_persistence(schema, name)
+
+
+@pytest.mark.parametrize("snapshots", [False, True])
+def test_snapshot_catalogs_are_asked_once_per_text_and_shape(snapshots: bool) -> None:
+    """With snapshot_catalogs a catalog is asked about a text (or a text of the same
+    shape) once; another catalog object is asked again and its answer counts. Without,
+    every call asks."""
+    classifier = Classifier(snapshot_catalogs=snapshots)
+    plain = _CountingCatalog()
+    for aid in range(5):
+        sql = f"SELECT abalance FROM accounts WHERE aid = {aid}"
+        assert classifier.classify(sql, plain, offsets=False).route is Route.READ
+    assert plain.asked == (1 if snapshots else 5)
+    unlogged = _CountingCatalog(relations={"accounts": Persistence.UNLOGGED})
+    for aid in range(3):
+        sql = f"SELECT abalance FROM accounts WHERE aid = {aid}"
+        assert classifier.classify(sql, unlogged, offsets=False).route is Route.WRITE
+    assert unlogged.asked >= 1
+    sql = "SELECT abalance FROM accounts WHERE aid = 9"
+    assert classifier.classify(sql, plain, offsets=False).route is Route.READ
+    assert classifier.classify(sql, plain, offsets=False) == classify(sql, plain)

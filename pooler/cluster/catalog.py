@@ -116,7 +116,9 @@ def _definitions(definitions: list[str]) -> str | None:
     return "\n".join(definition.rstrip().rstrip(";") + ";" for definition in definitions)
 
 
-@dataclass(frozen=True, slots=True)
+# (weakref_slot: the Classifier remembers, weakly, which catalog it last checked a
+# text against; a catalog is never changed once made.)
+@dataclass(frozen=True, slots=True, weakref_slot=True)
 class DatabaseCatalog:
     """One database's catalog as read at one moment (parser_api ``Catalog``), for a
     session whose search_path is not known; ``PathCatalog`` for one whose path is."""
@@ -203,7 +205,7 @@ class DatabaseCatalog:
         return self.views.get(_key(schema, name))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, weakref_slot=True)
 class PathCatalog:
     """A database's catalog as a session with a known search_path sees it (parser_api
     ``Catalog``): an unqualified name is the object of the first schema on ``path``
