@@ -64,8 +64,10 @@ class SessionState:
             elif kind is EffectKind.SETTING and effect.name in IDENTITY:
                 # Who the session is decides what it may see: never carried.
                 added.append("set role")
-        if any(s.kind == _DO for s in classification.statements):
-            added.append("do block")
+        for statement in classification.statements:
+            if statement.kind == _DO:
+                added.append("do block")
+                break
         for reason in added:
             self.pin(reason, sql)
         return drops_prepared
