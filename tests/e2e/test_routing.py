@@ -581,7 +581,7 @@ def test_prepared_statements_follow_a_search_path_change(
         assert _read_ports(conn, 3) == ({1}, {primary})
         conn.execute(f"SET search_path = {b}")
         # (Once the standbys replayed what f() wrote: the client reads its writes.)
-        wait_until(lambda: _read_ports(conn, 1)[1] - {primary}, what="a read on a standby")
+        wait_until(lambda: bool(_read_ports(conn, 1)[1] - {primary}), what="a read on a standby")
         values, ports = _read_ports(conn, 10)
         assert values == {2} and ports - {primary}, ports
         conn.execute(f"SET search_path = {a}, {b}")
