@@ -98,10 +98,16 @@ NODE_IDENTITY_FUNCTIONS: frozenset[str] = frozenset({
 
 # Run-time parameters whose value says which node answers: a standby reports
 # in_hot_standby on and forces transaction_read_only on. pgJDBC (targetServerType) and
-# libpq (target_session_attrs) ask SHOW transaction_read_only to find the primary. For
-# SHOW and current_setting() of a constant name; SHOW ALL, pg_settings and a computed
-# name stay reads.
-NODE_IDENTITY_SETTINGS: frozenset[str] = frozenset({"in_hot_standby", "transaction_read_only"})
+# libpq (target_session_attrs) ask SHOW transaction_read_only to find the primary. The
+# others name the node itself (its port, cluster name, files, addresses) or its link to
+# a primary, and differ from node to node. For SHOW and current_setting() of a constant
+# name; SHOW ALL, pg_settings and a computed name stay reads.
+NODE_IDENTITY_SETTINGS: frozenset[str] = frozenset({
+    "in_hot_standby", "transaction_read_only",
+    "port", "cluster_name", "listen_addresses", "unix_socket_directories",
+    "data_directory", "config_file", "hba_file", "ident_file", "external_pid_file",
+    "primary_conninfo", "primary_slot_name",
+})
 
 # System views (pg_catalog) whose rows say which node answers, for the same reasons;
 # each is built on functions of NODE_IDENTITY_FUNCTIONS.

@@ -72,6 +72,9 @@ _UNIT_ENDS = frozenset({m.QUERY, m.SYNC})
 # Extended-protocol messages that leave a batch open until its Sync.
 _BATCH = frozenset(b"PBDCE")
 _FLUSH = ord("H")
+_ESCAPES = "standard_conforming_strings off"
+# pg_catalog.set_config's OID (pg_proc.dat), as a FunctionCall names it.
+_SET_CONFIG = (2078).to_bytes(4, "big")
 _S = ord("S")
 _NOT_WHOLE, _WHOLE, _RETRYABLE = range(3)
 
@@ -400,6 +403,10 @@ class ClientEngine:
             self._seg_parses = 0
             return _SYNC_BYTES
         if t in _OWING:
+            if t == FUNCTION_CALL and body[:4] == _SET_CONFIG:
+                # A setting changed where no text shows which, or whether for the
+                # session (pg_catalog.set_config called by the protocol's fast path).
+                self.session.pin("set", "set_config by FunctionCall")
             return frame(t, body)
         if t == m.PARSE:
             name = body[: body.find(b"\0")]
@@ -881,6 +888,11 @@ class ClientEngine:
         if server.params_changed:
             settings.reported = dict(server.params)
         session = self.session
+        escapes = server.params.get("standard_conforming_strings") == "off"
+        if escapes and _ESCAPES not in session.pins:
+            # Backslashes escape in its string literals, which the grammar reads as if
+            # they did not: what its texts set or pin cannot be told from them.
+            session.pin(_ESCAPES)
         # A standby's requests leave no state (what would is the primary's): pins are
         # those of requests held behind it, for the next server.
         if session.pins and self.writable:

@@ -1290,12 +1290,6 @@ KNOWN_DIFFERENCES: list[tuple[str, tuple[str, ...], str]] = [
         "the unnamed statement does not follow the client to another server (26000)",
     ),
     (
-        "scs-off-literal-hides-a-set",
-        TX,
-        "with standard_conforming_strings off the pooler parses a literal as if it were"
-        " on, sees a SET work_mem inside it and replays it on the next server",
-    ),
-    (
         "sql-prepare-and-protocol-views",
         TX,
         "pg_prepared_statements shows the pooler's names (_pooler_N), its rewritten"
@@ -1338,21 +1332,10 @@ KNOWN_DIFFERENCES: list[tuple[str, tuple[str, ...], str]] = [
         " PostgreSQL; the pooler prepares the statement again on the next server",
     ),
     (
-        "function-call-set-config",
-        TX,
-        "set_config of a parameter PostgreSQL does not report, by FunctionCall, does not"
-        " follow the client to the next server",
-    ),
-    (
         "idle-in-transaction-timeout",
         ("tx-lb",),
         "a lone BEGIN is held by the pooler, so no server is idle in a transaction and"
         " idle_in_transaction_session_timeout never ends the session",
-    ),
-    (
-        "server-identity",
-        ("tx-lb",),
-        "a read runs on a standby, whose port and cluster_name differ from the primary's",
     ),
     (
         "unnamed-write-statement-across-sync",
