@@ -822,7 +822,9 @@ class ClientEngine:
         ):
             return ""
         reported = settings.reported if settings.reported is not None else server.login_params
-        return alignment(settings.committed, server.settings, reported, server.params)
+        return alignment(
+            settings.committed, server.settings, reported, server.params, server.login_params
+        )
 
     def detach(self, lost: bool = False) -> bool:
         """Give the server up (at the end of a transaction, or of the session; ``lost``:

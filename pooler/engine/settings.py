@@ -309,18 +309,36 @@ def alignment(
     have: Mapping[str, str],
     want_reported: Mapping[str, str],
     have_reported: Mapping[str, str],
+    login_reported: Mapping[str, str] | None = None,
 ) -> str:
     """The statements that bring a server from ``have`` to ``want`` (settings by
-    statement, and reported values), as one text; "" when it is there already."""
+    statement, and reported values; ``login_reported``: the server's at login, which
+    its client's were too), as one text; "" when it is there already.
+
+    A reported value back to the login's is RESET rather than set, as the client's own
+    session has it: pg_settings then says its source is not the session."""
     out: list[str] = []
+    resetting: set[str] = set()
     for name in have:
         if name not in want:
-            # Names are lower case, as the grammar folds them: quoting keeps them so.
-            out.append("RESET " + ".".join(f'"{part}"' for part in name.split(".")))
+            out.append(_reset(name))
+            resetting.add(name)
     for name, text in want.items():
         if have.get(name) != text:
             out.append(text)
     for name, value in want_reported.items():
-        if name.lower() not in _NOT_SET and have_reported.get(name) != value:
+        lower = name.lower()
+        if lower in _NOT_SET or have_reported.get(name) == value:
+            continue
+        # (One the client set by statement is set, whatever its value.)
+        if lower not in want and login_reported is not None and login_reported.get(name) == value:
+            if lower not in resetting:
+                out.append(_reset(lower))
+        else:
             out.append(f"SELECT pg_catalog.set_config({_literal(name)}, {_literal(value)}, false)")
     return "; ".join(out)
+
+
+def _reset(name: str) -> str:
+    # Names are lower case, as the grammar folds them: quoting keeps them so.
+    return "RESET " + ".".join(f'"{part}"' for part in name.split("."))

@@ -1348,12 +1348,6 @@ KNOWN_DIFFERENCES: list[tuple[str, tuple[str, ...], str]] = [
         "error positions of EXPLAIN EXECUTE and CREATE TABLE AS EXECUTE count from the"
         " rewritten statement name (39 for 32, 51 for 44)",
     ),
-    (
-        "pg-settings-sources",
-        TX,
-        "a TimeZone another client set is put back with a SET: pg_settings shows"
-        " TimeZone with source 'session' where the client set nothing",
-    ),
 ]
 for _name, _configs, _why in KNOWN_DIFFERENCES:
     _found = [sc for sc in SCENARIOS if sc.name == _name]

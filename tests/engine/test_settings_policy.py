@@ -116,6 +116,18 @@ def test_alignment_is_only_the_difference() -> None:
         "RESET \"search_path\"; SET a.b = 1; SELECT pg_catalog.set_config('TimeZone', 'UTC', false)"
     )
     assert alignment(want, dict(want), reported, dict(reported)) == ""
+    # Back to the value of the login: RESET, as the client's own session has it (a
+    # setting the server's last client made by statement is RESET once).
+    login = {"TimeZone": "UTC", "in_hot_standby": "off", "application_name": "a"}
+    assert alignment({}, {}, reported, server, login) == 'RESET "timezone"'
+    assert alignment({}, {"timezone": "SET TimeZone = 'Asia/Tokyo'"}, reported, server, login) == (
+        'RESET "timezone"'
+    )
+    # One the client SET to the login's value itself stays set, as in its session.
+    mine = {"timezone": "SET TimeZone = 'UTC'"}
+    assert alignment(mine, dict(mine), reported, server, login) == (
+        "SELECT pg_catalog.set_config('TimeZone', 'UTC', false)"
+    )
 
 
 def test_a_value_a_standby_refuses_is_marked_until_reset() -> None:
