@@ -73,6 +73,9 @@ _UNIT_ENDS = frozenset({m.QUERY, m.SYNC})
 _BATCH = frozenset(b"PBDCE")
 _FLUSH = ord("H")
 _ESCAPES = "standard_conforming_strings off"
+_DISCARD_SEQUENCES = "DISCARD SEQUENCES"
+# What held messages did to the unnamed statement (``_held_unnamed``).
+_PARSED, _DROPPED = 1, 2
 # pg_catalog.set_config's OID (pg_proc.dat), as a FunctionCall names it.
 _SET_CONFIG = (2078).to_bytes(4, "big")
 _S = ord("S")
@@ -94,7 +97,9 @@ class ClientEngine:
         "_held",
         "_held_ops",
         "_held_owing",
+        "_held_unnamed",
         "_may_write",
+        "_needs_unnamed",
         "_ops",
         "_parse_check",
         "_quiet",
@@ -176,6 +181,11 @@ class ClientEngine:
         self._quiet = False
         # Bytes waiting for a server, and the ending that came after them.
         self._held: list[bytes] = []
+        # What the held messages did to the unnamed statement (_PARSED, _DROPPED, None:
+        # nothing), and whether one of them uses it before that (then the next server
+        # must have the client's: ``ClientStatements.unnamed_prelude``).
+        self._held_unnamed: int | None = None
+        self._needs_unnamed = False
         self._ending: tuple[bytes, bytes] | None = None
         #: The server it has takes writes (False: a standby serving a read-only unit).
         self.writable = True
@@ -394,6 +404,8 @@ class ClientEngine:
             # Session mode splits messages only for the admin port to look at.
             return frame(t, body)
         if t == m.QUERY:
+            # PostgreSQL drops the unnamed statement at every simple Query.
+            self._unnamed_dropped(server)
             target, rewritten, _, _ = self._classified(body[:-1], server, rewrite=True)
             if target > self._target:
                 self._target = target
@@ -427,6 +439,11 @@ class ClientEngine:
             if not name:
                 self._unnamed_writes = writes
                 self._unnamed_begins = begins
+                has = self.statements.parsed_unnamed(body[1:])
+                if server is not None:
+                    server.unnamed = has
+                else:
+                    self._held_unnamed = _PARSED
             else:
                 self._writers = _noted(self._writers, name, writes, known)
                 self._beginners = _noted(self._beginners, name, begins, known)
@@ -452,6 +469,8 @@ class ClientEngine:
             return raw
         if t == m.BIND:
             name = bind_statement(body)
+            if not name and server is None and self._held_unnamed is None:
+                self._needs_unnamed = True
             target = self._targets.get(name, Target.PRIMARY) if name else self._unnamed
             if self._unnamed_writes if not name else _has(self._writers, name):
                 self._may_write = True
@@ -468,10 +487,22 @@ class ClientEngine:
         if body == b"P\0" and t == m.DESCRIBE:
             # The unnamed portal (every Execute of pgbench and most drivers): as it came.
             return _DESCRIBE_PORTAL
+        if body == b"S\0":
+            if t == m.CLOSE:
+                self._unnamed_dropped(server)
+            elif server is None and self._held_unnamed is None:
+                self._needs_unnamed = True
         errors = server.errors if server is not None else None
         if self.cache is not None and t == m.CLOSE and body[:1] == b"S":
             self.cache.closed(body[1:-1])
         return rewrite_describe_or_close(t, body, self.statements, errors)
+
+    def _unnamed_dropped(self, server: ServerEngine | None) -> None:
+        self.statements.dropped_unnamed()
+        if server is not None:
+            server.unnamed = None
+        else:
+            self._held_unnamed = _DROPPED
 
     def _classified(
         self, text: bytes, server: ServerEngine | None, rewrite: bool = False
@@ -607,6 +638,8 @@ class ClientEngine:
         if body[:1] == b"S":
             name = body[1:-1]
             self.statements.forget(name)
+            if not name:
+                self.statements.dropped_unnamed()
             if self.statement_ops:
                 self.statement_ops.pop(name, None)
             if self.cache is not None:
@@ -650,6 +683,7 @@ class ClientEngine:
         if self.cache is not None:
             self.cache.transaction_control(classification)
         self._deferred.append(frame(m.QUERY, msg.body))
+        self._unnamed_dropped(None)
         self._classified_last = None
         # It is answered here: no server owes anything for it.
         self.scanner.tracked.clear()
@@ -773,14 +807,16 @@ class ClientEngine:
         aligning = self._alignment(server)
         prelude, parsed, checks = self.statements.prelude(server.prepared)
         deferred = self._deferred
-        if aligning or prelude or deferred:
+        unnamed = self._unnamed_prelude(server, bool(aligning), bool(deferred))
+        if aligning or prelude or deferred or unnamed:
             if aligning:
                 out.append(m.query(aligning))
                 server.settings = dict(self.settings.committed)
-            out.append(prelude)
+            out.append(unnamed + prelude)
             out.extend(deferred)
             known = (checks, self.statements) if checks else None
-            server.prelude_sent(parsed, len(deferred), bool(aligning), known)
+            synced = [b"", *parsed] if unnamed else parsed
+            server.prelude_sent(synced, len(deferred), bool(aligning), known)
         if self._held_ops:
             requests = server.requests
             base = requests.answered + requests.owed
@@ -811,20 +847,48 @@ class ClientEngine:
             out.append(self._end(server, to_server, reply))
         return out
 
+    def _unnamed_prelude(self, server: ServerEngine, aligning: bool, deferred: bool) -> bytes:
+        """What gives ``server`` the client's unnamed statement (or drops another's)
+        when the held requests use it before making their own (b"": nothing); the
+        server's unnamed statement as it will be once they ran, noted."""
+        statements = self.statements
+        has = None if aligning else server.unnamed  # (a simple Query drops it)
+        unnamed = b""
+        if self._needs_unnamed and not deferred:
+            unnamed = statements.unnamed_prelude(has)
+            if unnamed:
+                has = (statements, statements.unnamed_version) if statements.unnamed else None
+        if deferred or self._held_unnamed == _DROPPED:
+            has = None
+        elif self._held_unnamed == _PARSED:
+            has = (statements, statements.unnamed_version)
+        server.unnamed = has
+        self._held_unnamed = None
+        self._needs_unnamed = False
+        return unnamed
+
     def _alignment(self, server: ServerEngine) -> str:
-        """The statements that give ``server`` this client's settings ("": none)."""
+        """The statements that give ``server`` this client's settings, and rid it of
+        another client's sequence state ("": none)."""
         settings = self.settings
-        if not self.pooling or (
-            not settings.committed
-            and not server.settings
-            and settings.reported is None
-            and not server.params_changed
+        text = ""
+        if self.pooling and (
+            settings.committed
+            or server.settings
+            or settings.reported is not None
+            or server.params_changed
         ):
-            return ""
-        reported = settings.reported if settings.reported is not None else server.login_params
-        return alignment(
-            settings.committed, server.settings, reported, server.params, server.login_params
-        )
+            reported = settings.reported if settings.reported is not None else server.login_params
+            text = alignment(
+                settings.committed, server.settings, reported, server.params, server.login_params
+            )
+        sequences = server.sequences
+        if self.pooling and sequences is not None and sequences is not self.statements:
+            # currval and lastval as another client's writes left them: in a session of
+            # this client's own, they are not yet defined (55000).
+            server.sequences = None
+            return f"{text}; {_DISCARD_SEQUENCES}" if text else _DISCARD_SEQUENCES
+        return text
 
     def detach(self, lost: bool = False) -> bool:
         """Give the server up (at the end of a transaction, or of the session; ``lost``:
@@ -839,6 +903,9 @@ class ClientEngine:
         if server is not None:
             server.statements = None
             self.statements.server_left()
+            if self._may_write:
+                # (A write may call nextval, by a column default as well.)
+                server.sequences = self.statements
             retry = self._retry
             if retry is not None and (
                 server.refused is not None or (lost and server.probing and not self.ended)

@@ -87,10 +87,12 @@ class ServerEngine:
         "requests",
         "scanner",
         "send_held",
+        "sequences",
         "settings",
         "statements",
         "status",
         "transactions",
+        "unnamed",
     )
 
     def __init__(
@@ -127,6 +129,12 @@ class ServerEngine:
         split = _REWRITTEN if owners is not None else frozenset()
         #: The statements of the client attached now (their names in errors).
         self.statements: ClientStatements | None = None
+        #: Whose unnamed statement it has, as ``ClientStatements.parsed_unnamed`` says
+        #: it (None: none).
+        self.unnamed: tuple[ClientStatements, int] | None = None
+        #: Whose writes may have left sequence state here (currval, lastval): the
+        #: statements of that client, or None.
+        self.sequences: ClientStatements | None = None
         self.scanner = Scanner(split=split, observe=_OBSERVE, ready=True, pause=_PAUSE)
         self._errors_at_reset = 0
         #: ErrorResponses seen since login.
@@ -546,6 +554,9 @@ class ServerEngine:
         self.settings = {}
         self.prepared.clear()
         self.alignment_failed = False
+        # (The reset query, a simple Query, dropped the unnamed statement.)
+        self.unnamed = None
+        self.sequences = None
 
     def reset_result(self) -> bool | None:
         """None while the reset query is unanswered; then whether it left the server

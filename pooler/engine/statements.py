@@ -31,6 +31,7 @@ SERVER_CAPACITY = 1000
 
 _names = itertools.count(1)
 _SYNC = frame(m.SYNC, b"")
+_CLOSE_UNNAMED = frame(m.CLOSE, b"S\0") + _SYNC
 
 
 #: What every statement name of the pooler's starts with.
@@ -71,6 +72,8 @@ class ClientStatements:
         "shapes",
         "theirs",
         "unconfirmed",
+        "unnamed",
+        "unnamed_version",
     )
 
     def __init__(self) -> None:
@@ -107,6 +110,12 @@ class ClientStatements:
         # (their table was dropped): the pooler's name -> the error, as PostgreSQL gives
         # it to each use of them on that server (it analyzes the text again each time).
         self._gone: dict[bytes, bytes] | None = None
+        #: The unnamed statement's Parse body after the name (text and parameter
+        #: types), while the client has one: PostgreSQL keeps it across Syncs, until the
+        #: next Parse of it, a Close of it or a simple Query; and a number that changes
+        #: with it (a server has the client's unnamed statement if it has that number).
+        self.unnamed: bytes | None = None
+        self.unnamed_version = 0
 
     def __len__(self) -> int:
         return len(self._by_name)
@@ -179,6 +188,29 @@ class ClientStatements:
                         self._sql.pop(known[0], None)
                     gone.append(known[0])
         return gone
+
+    def parsed_unnamed(self, rest: bytes) -> tuple[ClientStatements, int]:
+        """The client parsed the unnamed statement: what a server it went to has now."""
+        self.unnamed = rest
+        self.unnamed_version += 1
+        return (self, self.unnamed_version)
+
+    def dropped_unnamed(self) -> None:
+        """A simple Query or a Close of the unnamed statement: the client has none."""
+        if self.unnamed is not None:
+            self.unnamed = None
+            self.unnamed_version += 1
+
+    def unnamed_prelude(self, server_has: tuple[ClientStatements, int] | None) -> bytes:
+        """What gives a server whose unnamed statement is ``server_has`` this client's
+        (or none, as the client has none), with a Sync: b"" when it has it already."""
+        if server_has == (self, self.unnamed_version):
+            return b""
+        if self.unnamed is not None:
+            return frame(m.PARSE, b"\0" + self.unnamed) + _SYNC
+        if server_has is not None:
+            return _CLOSE_UNNAMED
+        return b""
 
     def text(self, name: bytes) -> bytes | None:
         """The text the client parsed as ``name`` (None: none, or made by SQL PREPARE)."""

@@ -1279,17 +1279,6 @@ scenario(
 TX = ("tx", "tx-lb")
 KNOWN_DIFFERENCES: list[tuple[str, tuple[str, ...], str]] = [
     (
-        "unnamed-statement-across-sync",
-        ("tx",),
-        "the unnamed statement does not follow the client to another server: Bind and"
-        " Describe in a later batch get 26000 'unnamed prepared statement does not exist'",
-    ),
-    (
-        "unnamed-statement-described-then-bound-later",
-        ("tx",),
-        "the unnamed statement does not follow the client to another server (26000)",
-    ),
-    (
         "sql-prepare-and-protocol-views",
         TX,
         "pg_prepared_statements shows the pooler's names (_pooler_N), its rewritten"
@@ -1306,12 +1295,6 @@ KNOWN_DIFFERENCES: list[tuple[str, tuple[str, ...], str]] = [
         TX,
         "currval/lastval are session state the pooler does not carry: on another server"
         " 55000 'currval of sequence ... is not yet defined in this session'",
-    ),
-    (
-        "another-clients-lastval",
-        TX,
-        "currval/lastval left on a server by another client are seen (no reset between"
-        " clients in transaction pooling)",
     ),
     (
         "close-and-reparse-in-one-batch",
@@ -1336,11 +1319,6 @@ KNOWN_DIFFERENCES: list[tuple[str, tuple[str, ...], str]] = [
         ("tx-lb",),
         "a lone BEGIN is held by the pooler, so no server is idle in a transaction and"
         " idle_in_transaction_session_timeout never ends the session",
-    ),
-    (
-        "unnamed-write-statement-across-sync",
-        TX,
-        "the unnamed statement does not follow the client to another server (26000)",
     ),
     (
         "explain-and-ctas-execute-positions",
