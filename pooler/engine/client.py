@@ -57,9 +57,10 @@ _TERMINATE = b"X\x00\x00\x00\x04"
 _OWING = frozenset({m.QUERY, m.SYNC, FUNCTION_CALL})
 _POOLED = frozenset({m.PARSE, m.BIND, m.DESCRIBE, m.CLOSE}) | _OWING
 
-# A Parse that first names a statement: the name, its place among the Parses of its
-# request, and whether a Describe of it was added (``rewrite_parse``'s ``first``).
-ParseCheck = tuple[bytes, int, bool]
+# A Parse that first names a statement: the name, the pooler's name for it, its place
+# among the Parses of its request, and whether a Describe of it was added
+# (``rewrite_parse``'s ``first``).
+ParseCheck = tuple[bytes, bytes, int, bool]
 
 #: Classifies a statement text; None when it does not parse (PostgreSQL will say why).
 Classify = Callable[[str], Classification | None]
@@ -332,12 +333,11 @@ class ClientEngine:
         if ops:
             self.settings.record(number, ops)
         if parse is not None:
-            self.statements.parsed(number, parse[1], parse[0])
-            if parse[2] and self.server is not None:
+            name, ours, index, described = parse
+            self.statements.parsed(number, index, name, ours)
+            if described and self.server is not None:
                 # rewrite_parse added a Describe after it.
-                ours = self.statements.ours(parse[0])
-                if ours is not None:
-                    self.server.keep_description(number, ours, self.statements)
+                self.server.keep_description(number, ours, self.statements)
 
     def _admin_unit(self, events: list[Event]) -> list[bytes | Action]:
         """The scanner stopped at an admin command: what came before it goes its way,
@@ -429,12 +429,14 @@ class ClientEngine:
             # for sure: it is the first message of what the server is sent.
             first = index == 0 and (self._quiet if server is not None else not self._held)
             self._quiet = False
-            if name and not known:
-                # A statement exists only once the server said ParseComplete.
-                self._parse_check = (name, index, first)
             raw, text = rewrite_parse(
                 body, self.statements, server.prepared if server is not None else None, first
             )
+            if name and not known:
+                # A statement exists only once the server said ParseComplete.
+                ours = self.statements.ours(name)
+                assert ours is not None
+                self._parse_check = (name, ours, index, first)
             target, _, writes, begins = self._classified(text, server)
             if not name:
                 self._unnamed_writes = writes

@@ -88,17 +88,18 @@ class ClientStatements:
         # Closes sent, each with the server's error count then (None: not sent yet).
         # PostgreSQL skips a Close that follows an error before the next Sync, so a
         # statement is forgotten only once its Close is known to have run.
-        self._closing: list[tuple[bytes, int | None]] = []
+        self._closing: list[tuple[bytes, bytes, int | None]] = []
         # Parsed by the client while it had no server: its own Parse, held, will create
         # them on the next server.
         # (A dict: an empty set costs every client three times as much.)
         self._fresh: dict[bytes, None] = {}
         # A DEALLOCATE ALL or DISCARD ALL sent: the names it drops, and the server's
         # error count then (None: not sent yet).
-        self._dropping: tuple[list[bytes], int | None] | None = None
+        self._dropping: tuple[list[tuple[bytes, bytes]], int | None] | None = None
         #: Names first parsed by requests not answered yet: request number on the
-        #: server -> (the Parse's place among that request's Parses, the name).
-        self.unconfirmed: dict[int, list[tuple[int, bytes]]] | None = None
+        #: server -> (the Parse's place among that request's Parses, the name, the
+        #: pooler's name).
+        self.unconfirmed: dict[int, list[tuple[int, bytes, bytes]]] | None = None
         #: The pooler's name -> the statement as the server described it when the client
         #: parsed it (ParameterDescription and RowDescription bodies, the latter empty
         #: for NoData): PostgreSQL holds a statement to that result type.
@@ -125,9 +126,9 @@ class ClientStatements:
         name for it.
 
         A name the client has already is left as it is, so that PostgreSQL answers
-        42P05 as it would.
+        42P05 as it would (unless a Close of it went first: then it is a new statement).
         """
-        known = self._by_name.get(name)
+        known = self._in_use(name)
         if known is not None:
             return known[0]
         ours = new_name()
@@ -144,7 +145,7 @@ class ClientStatements:
         pooler's name for it. ``text``: the PREPARE's text before the name, the name as
         written, the text after it; ``offset``: where that text starts in the client's
         Query."""
-        known = self._by_name.get(name)
+        known = self._in_use(name)
         if known is not None:
             return known[0]
         ours = self.parse(name, b"", held)
@@ -160,12 +161,24 @@ class ClientStatements:
         )
         return ours
 
-    def parsed(self, number: int, index: int, name: bytes) -> None:
-        """The Parse that first named ``name`` is the ``index``-th Parse of the request
-        ``number`` (counting every request owed a ReadyForQuery on the server)."""
+    def _in_use(self, name: bytes) -> tuple[bytes, bytes] | None:
+        """The client's statement ``name`` (the pooler's name, the Parse's rest), unless
+        a Close of it was sent since: the name is free again from there on."""
+        known = self._by_name.get(name)
+        if known is None or not self._closing:
+            return known
+        ours = known[0]
+        if any(closed == ours for _, closed, _ in self._closing):
+            return None
+        return known
+
+    def parsed(self, number: int, index: int, name: bytes, ours: bytes) -> None:
+        """The Parse that first named ``name`` (``ours`` for the pooler) is the
+        ``index``-th Parse of the request ``number`` (counting every request owed a
+        ReadyForQuery on the server)."""
         if self.unconfirmed is None:
             self.unconfirmed = {}
-        self.unconfirmed.setdefault(number, []).append((index, name))
+        self.unconfirmed.setdefault(number, []).append((index, name, ours))
 
     def confirm(self, marks: list[tuple[int, bytes, int, int]]) -> list[bytes]:
         """The server is idle (``marks``: see ``ServerEngine.watch``): forget the names
@@ -179,14 +192,14 @@ class ClientStatements:
             before, after = parsed.get(number - 1), parsed.get(number)
             if before is None or after is None:
                 continue
-            for index, name in entries:
+            for index, name, ours in entries:
                 known = self._by_name.get(name)
-                if index >= after - before and known is not None:
+                if index >= after - before and known is not None and known[0] == ours:
                     del self._by_name[name]
-                    self._closed.append(known[0])
+                    self._closed.append(ours)
                     if self._sql:
-                        self._sql.pop(known[0], None)
-                    gone.append(known[0])
+                        self._sql.pop(ours, None)
+                    gone.append(ours)
         return gone
 
     def parsed_unnamed(self, rest: bytes) -> tuple[ClientStatements, int]:
@@ -230,7 +243,7 @@ class ClientStatements:
         known = self._by_name.get(name)
         if known is None:
             return None
-        self._closing.append((name, errors))
+        self._closing.append((name, known[0], errors))
         return known[0]
 
     def forget(self, name: bytes) -> None:
@@ -251,11 +264,13 @@ class ClientStatements:
     def drop_all(self, errors: int | None) -> None:
         """The client sent DEALLOCATE ALL or DISCARD ALL (``errors``: the server's error
         count, None while it has no server): its statements are forgotten once it ran."""
-        self._dropping = (list(self._by_name), errors)
+        self._dropping = ([(name, ours) for name, (ours, _) in self._by_name.items()], errors)
 
     def sent_to(self, errors: int) -> None:
         """Held Closes went to a server whose error count is ``errors``."""
-        self._closing = [(name, errors if at is None else at) for name, at in self._closing]
+        self._closing = [
+            (name, ours, errors if at is None else at) for name, ours, at in self._closing
+        ]
         if self._dropping is not None and self._dropping[1] is None:
             self._dropping = (self._dropping[0], errors)
 
@@ -270,19 +285,22 @@ class ClientStatements:
             self._dropping = None
             if at == errors:
                 dropped = True
-                for name in names:
-                    self._closing.append((name, errors))
+                for name, ours in names:
+                    self._closing.append((name, ours, errors))
         for ours in self._closed:
             self.theirs.pop(ours, None)
         self._closed.clear()
-        for name, at in self._closing:
-            if at == errors:
-                known = self._by_name.pop(name, None)
-                if known is not None:
-                    self._closed.append(known[0])
-                    if self._sql:
-                        self._sql.pop(known[0], None)
-                    self._fresh.pop(known[0], None)
+        for name, ours, at in self._closing:
+            if at != errors:
+                continue
+            known = self._by_name.get(name)
+            if known is not None and known[0] == ours:
+                # (Else the client parsed the name again after closing it.)
+                del self._by_name[name]
+            self._closed.append(ours)
+            if self._sql:
+                self._sql.pop(ours, None)
+            self._fresh.pop(ours, None)
         self._closing.clear()
         return dropped
 

@@ -1297,12 +1297,6 @@ KNOWN_DIFFERENCES: list[tuple[str, tuple[str, ...], str]] = [
         " 55000 'currval of sequence ... is not yet defined in this session'",
     ),
     (
-        "close-and-reparse-in-one-batch",
-        TX,
-        "Close of s1 then Parse of s1 with a new text in one batch: on the next server"
-        " Bind of s1 gets 26000 'prepared statement \"s1\" does not exist'",
-    ),
-    (
         "close-then-error-in-batch",
         ("tx",),
         "a Close that ran before an error in its batch is forgotten: s1 is parsed again"

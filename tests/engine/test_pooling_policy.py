@@ -214,3 +214,24 @@ def test_a_statement_whose_result_type_changed_fails_as_on_postgresql() -> None:
     # Later Describes fail too, after the parameters, as on PostgreSQL.
     describe = rewrite_describe_or_close(ord("D"), b"Ss1\0", statements, 0)
     assert describe != frame(ord("D"), b"S" + stale + b"\0") and stale in describe
+
+
+def test_a_name_closed_then_parsed_again_is_a_new_statement() -> None:
+    """Close s1 then Parse s1 with another text, in one batch: PostgreSQL has the new
+    s1, which must follow the client (under a new name of the pooler's: servers that
+    had the old text keep it under the old)."""
+    statements = ClientStatements()
+    server: OrderedDict[bytes, None] = OrderedDict()
+    rewrite_parse(_parse(b"s1", b"SELECT 1"), statements, server)
+    old = statements.ours(b"s1")
+    assert statements.settled(errors=0) is False
+    close = rewrite_describe_or_close(ord("C"), b"Ss1\0", statements, 0)
+    assert old is not None and old in close
+    rewrite_parse(_parse(b"s1", b"SELECT 'two'"), statements, server)
+    new = statements.ours(b"s1")
+    assert new is not None and new != old
+    statements.settled(errors=0)
+    assert statements.ours(b"s1") == new and statements.text(b"s1") == b"SELECT 'two'"
+    # Without the Close, a second Parse of the name keeps the first (PostgreSQL: 42P05).
+    rewrite_parse(_parse(b"s1", b"SELECT 3"), statements, server)
+    assert statements.ours(b"s1") == new
