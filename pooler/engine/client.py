@@ -75,6 +75,7 @@ _BATCH = frozenset(b"PBDCE")
 _FLUSH = ord("H")
 _ESCAPES = "standard_conforming_strings off"
 _DISCARD_SEQUENCES = "DISCARD SEQUENCES"
+_IDLE_TIMEOUT = "idle_in_transaction_session_timeout"
 # What held messages did to the unnamed statement (``_held_unnamed``).
 _PARSED, _DROPPED = 1, 2
 # pg_catalog.set_config's OID (pg_proc.dat), as a FunctionCall names it.
@@ -577,7 +578,14 @@ class ClientEngine:
                 # Answered here: no server owes anything for it.
                 self.scanner.tracked.clear()
                 return [hit]
-        if self.defer_begin and self.server is None and not self._held:
+        if (
+            self.defer_begin
+            and self.server is None
+            and not self._held
+            and _IDLE_TIMEOUT not in self.settings.committed
+        ):
+            # (A client that set idle_in_transaction_session_timeout counts on a server
+            # being idle in its transaction from its BEGIN on.)
             reply = self._defer(events)
             if reply is not None:
                 return [reply]

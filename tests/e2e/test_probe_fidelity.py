@@ -1309,12 +1309,6 @@ KNOWN_DIFFERENCES: list[tuple[str, tuple[str, ...], str]] = [
         " PostgreSQL; the pooler prepares the statement again on the next server",
     ),
     (
-        "idle-in-transaction-timeout",
-        ("tx-lb",),
-        "a lone BEGIN is held by the pooler, so no server is idle in a transaction and"
-        " idle_in_transaction_session_timeout never ends the session",
-    ),
-    (
         "explain-and-ctas-execute-positions",
         TX,
         "error positions of EXPLAIN EXECUTE and CREATE TABLE AS EXECUTE count from the"
