@@ -192,9 +192,18 @@ class Store:
         created = self._clock() if self.ttl else _NO_CLOCK
         entry = Entry(value, database, snapshot.tables, created, size)
         self._entries[key] = entry
-        self._by_database.setdefault(database, set()).add(key)
+        # (Not setdefault: its default, a new set, would be made on every store.)
+        keys = self._by_database.get(database)
+        if keys is None:
+            keys = self._by_database[database] = set()
+        keys.add(key)
+        by_table = self._by_table
         for table in entry.tables:
-            self._by_table.setdefault((database, table), set()).add(key)
+            where = (database, table)
+            keys = by_table.get(where)
+            if keys is None:
+                keys = by_table[where] = set()
+            keys.add(key)
         stats = self.stats
         stats.used_bytes += size
         stats.entries += 1
