@@ -219,7 +219,7 @@ class ClientEngine:
         # The held requests start a transaction: it stays on the server they get.
         self._begins = False
         # What went to a probing standby, and the request types it was counted for.
-        self._retry: tuple[list[bytes], list[int]] | None = None
+        self._retry: tuple[list[bytes], list[int], bool, int | None] | None = None
         #: Set by ``detach`` when the server refused what it was sent and it is held
         #: again for the primary: the SQLSTATE of the refusal and the text of the
         #: unit's first statement.
@@ -808,7 +808,12 @@ class ClientEngine:
         if not writable and self._retryable and self._ending is None and not self._deferred:
             # A standby may refuse a read the catalog could not foresee: then it runs
             # again on the primary, as it was sent.
-            self._retry = (list(self._held), list(self.scanner.tracked))
+            self._retry = (
+                list(self._held),
+                list(self.scanner.tracked),
+                self._needs_unnamed,
+                self._held_unnamed,
+            )
             server.probe()
         out: list[bytes | Action] = []
         # The server is brought to the client's settings first, then given the
@@ -920,9 +925,15 @@ class ClientEngine:
             if retry is not None and (
                 server.refused is not None or (lost and server.probing and not self.ended)
             ):
-                held, tracked = retry
+                held, tracked, needs_unnamed, held_unnamed = retry
                 self._held[:0] = held
                 self.scanner.tracked[:0] = tracked
+                # What they do to the unnamed statement comes before what came since.
+                self._needs_unnamed = needs_unnamed or (
+                    held_unnamed is None and self._needs_unnamed
+                )
+                if self._held_unnamed is None:
+                    self._held_unnamed = held_unnamed
                 owing = sum(1 for t in tracked if t in _OWING)
                 self._held_owing += owing
                 if self._held_ops:

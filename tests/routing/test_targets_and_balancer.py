@@ -440,3 +440,28 @@ def test_statements_parsed_before_a_search_path_change_are_classified_again() ->
     assert _need(engine, bind("") + EXECUTE + SYNC) is Target.PRIMARY
     engine.attach(ServerEngine({}, b"I"))
     assert engine.wrote()
+
+
+def test_a_refused_bind_of_the_unnamed_statement_gets_it_parsed_on_the_primary() -> None:
+    """Sent again to the primary, a read that binds the unnamed statement parsed in an
+    earlier batch gets it parsed there first, as it did on the standby."""
+    engine = _client()
+    first = ServerEngine({}, b"I")
+    engine.feed(parse("", "SELECT 1") + SYNC)
+    engine.attach(first)
+    first.feed(msg("1") + msg("Z", b"I"))
+    assert engine.releasable()
+    engine.detach()
+    unit = bind() + EXECUTE + SYNC
+    assert _need(engine, unit) is Target.ANY
+    standby = ServerEngine({}, b"I")
+    out = engine.attach(standby, writable=False)
+    prelude = parse("", "SELECT 1") + SYNC
+    assert b"".join(item for item in out if isinstance(item, bytes)) == prelude + unit
+    assert standby.probed(standby.feed(msg("1") + msg("Z", b"I") + msg("2"))) == b""
+    assert standby.probed(standby.feed(_error("25006") + msg("Z", b"I"))) == b""
+    assert engine.releasable()
+    engine.detach()
+    primary = ServerEngine({}, b"I")
+    out = engine.attach(primary)
+    assert b"".join(item for item in out if isinstance(item, bytes)) == prelude + unit
