@@ -1276,7 +1276,7 @@ scenario(
 
 #: Scenarios whose answers through the pooler differ from PostgreSQL's, by configuration:
 #: (scenario, configurations, why). Each is an xfail(strict=True): once fixed, remove it.
-TX = ("tx", "tx-lb")
+TX = ("tx", "tx-lb", "tx-cache")
 KNOWN_DIFFERENCES: list[tuple[str, tuple[str, ...], str]] = [
     (
         "sql-prepare-and-protocol-views",
@@ -1298,7 +1298,7 @@ KNOWN_DIFFERENCES: list[tuple[str, tuple[str, ...], str]] = [
     ),
     (
         "close-then-error-in-batch",
-        ("tx",),
+        ("tx", "tx-cache"),
         "a Close that ran before an error in its batch is forgotten: s1 is parsed again"
         " on the next server and runs where PostgreSQL says 26000",
     ),
@@ -1550,6 +1550,12 @@ CONFIGS: dict[str, dict[str, Any]] = {
         "weights": [0, 1, 0],
     },
     "session": {"pool": {"mode": "session"}, "load_balance": {"enabled": False}},
+    # The query cache answers repeated reads from memory: they must be PostgreSQL's.
+    "tx-cache": {
+        "pool": {"mode": "transaction"},
+        "load_balance": {"enabled": False},
+        "query_cache": {"enabled": True, "ttl": 0},
+    },
 }
 #: What the holders of each configuration start. With routing they hold the primary's
 #: servers only: a read-only transaction meant to hold a standby's server lands on the
@@ -1557,6 +1563,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
 #: both of the primary's.
 HOLDS: dict[str, list[str]] = {
     "tx": ["BEGIN; SELECT 1"],
+    "tx-cache": ["BEGIN; SELECT 1"],
     "tx-lb": ["BEGIN; SELECT 1"],
 }
 
@@ -1571,6 +1578,8 @@ def poolers(
             config = cluster.pooler_config(find_free_ports(1)[0])
             pool = {**overrides["pool"], "size": 2, "checkout_timeout": 10}
             config.update(pool=pool, load_balance=overrides["load_balance"])
+            if "query_cache" in overrides:
+                config["query_cache"] = overrides["query_cache"]
             backends: list[dict[str, Any]] = config["backends"]  # type: ignore[assignment]
             for backend, weight in zip(backends, overrides.get("weights", []), strict=False):
                 backend["weight"] = weight
@@ -1658,3 +1667,14 @@ def test_the_churn_moves_the_client_from_server_to_server(
         finally:
             churn.release_all()
     assert len(pids) == 4 and all(pids[i] != pids[i + 1] for i in range(3)), pids
+
+
+def test_the_cache_served_some_of_the_answers(poolers: dict[str, PoolerProcess]) -> None:
+    """The premise of tx-cache (run after the scenarios): some reads of theirs were
+    answered from the cache, not only stored."""
+    pooler = poolers["tx-cache"]
+    with psycopg.connect(pooler.dsn(), autocommit=True) as conn:
+        row = conn.execute("SHOW POOL_CACHE").fetchone()
+    assert row is not None
+    hits = int(row[0])
+    assert hits > 0, row
