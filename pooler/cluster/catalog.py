@@ -46,9 +46,12 @@ SELECT n.nspname::text, p.proname::text, p.provolatile::text
 FROM pg_proc AS p JOIN pg_namespace AS n ON n.oid = p.pronamespace
 WHERE {_SYSTEM}"""
 #: Every relation a statement can read (permanent ones too: on a search_path, the first
-#: schema holding the name decides).
+#: schema holding the name decides). A sequence counts as unlogged: a standby's copy runs
+#: ahead of the primary's (nextval WAL-logs values 32 at a time), so its reads go to the
+#: primary.
 RELATIONS_SQL = f"""\
-SELECT n.nspname::text, c.relname::text, c.relpersistence::text,
+SELECT n.nspname::text, c.relname::text,
+       CASE WHEN c.relkind = 'S' THEN 'u' ELSE c.relpersistence::text END,
        CASE WHEN c.relkind = 'v' THEN pg_get_viewdef(c.oid) END AS definition
 FROM pg_class AS c JOIN pg_namespace AS n ON n.oid = c.relnamespace
 WHERE {_SYSTEM} AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')"""

@@ -11,7 +11,9 @@ connection than the one before.
 A scenario is a list of steps: the bytes of one write, and the message types to read up
 to, in turn ("Z" once per Sync or Query, "G" for CopyInResponse, "" for nothing). After
 the last step a final query is sent, so that a stray message would show before its
-answer.
+answer. A step may also be SQL another client runs meanwhile (:func:`other`), a wait
+until the standbys replayed the writes so far (``REPLAYED``), or send a CancelRequest
+some time after its bytes (``Step.cancel``).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from typing import Any
 import psycopg
 import pytest
 from conftest import PoolerProcess, launch_pooler
-from helpers_clients import direct_dsn
+from helpers_clients import direct_dsn, superuser_dsn
 from wire import (
     Closed,
     Msg,
@@ -43,6 +45,7 @@ from wire import (
 
 from pooler.localcluster import LocalCluster, find_free_ports
 from pooler.protocol import messages as m
+from pooler.protocol.codec import build_cancel_request
 
 # --- messages --------------------------------------------------------------------------
 
@@ -128,8 +131,22 @@ class Step:
     until: str = "Z"
     #: Seconds to wait before sending.
     pause: float = 0.0
+    #: Instead of sending anything: SQL another client runs (see :func:`other`).
+    other: str = ""
+    #: ``other`` runs on a connection of its own to the primary, kept for the scenario,
+    #: rather than through the pooler.
+    direct: bool = False
+    #: Instead of sending anything: wait until the standbys replayed what the primary
+    #: has (so that a read routed to a standby sees the scenario's earlier writes).
+    replayed: bool = False
+    #: Seconds after sending ``data`` when a CancelRequest for the session is sent.
+    cancel: float = 0.0
 
     def __repr__(self) -> str:
+        if self.other:
+            return f"other({self.other!r}, direct={self.direct})"
+        if self.replayed:
+            return "REPLAYED"
         data = self.data if len(self.data) <= 300 else self.data[:300] + b"..."
         return f"Step({data!r}, until={self.until!r})"
 
@@ -140,6 +157,18 @@ def q(sql: str | bytes, until: str = "Z") -> Step:
 
 def x(*parts: bytes, until: str = "Z", pause: float = 0.0) -> Step:
     return Step(b"".join(parts), until, pause)
+
+
+def other(sql: str, direct: bool = False) -> Step:
+    """``sql`` run by another client, as one simple Query: through the pooler on a new
+    connection of its own (the holders let go first, so that it finds a server), or with
+    ``direct`` on one connection to the primary kept for the whole scenario (a lock
+    held across steps). Directly, both run on the primary."""
+    return Step(b"", "", other=sql, direct=direct)
+
+
+#: Wait until the standbys replayed every write so far (see ``Step.replayed``).
+REPLAYED = Step(b"", "", replayed=True)
 
 
 @dataclass
@@ -1274,6 +1303,1141 @@ scenario(
 )
 
 
+# === probe 2 ====================================================================================
+# (Tables, functions and sequences these use are made in SETUP: probe_c, probe_ul, probe_lk,
+# probe_counter, probe_seq3, probe_bump(), probe_imm(), probe_count_ul(), probe_notice_imm().)
+
+C1 = "SELECT v FROM probe_c WHERE id = 1"
+C2 = "SELECT v FROM probe_c WHERE id = 2"
+C3 = "SELECT v FROM probe_c WHERE id = 3"
+C4 = "SELECT v FROM probe_c WHERE id = 4"
+CALL = "SELECT id, v FROM probe_c WHERE id <= 3 ORDER BY id"
+SETTINGS_READ = (
+    "SELECT '2020-01-02 03:04:05+00'::timestamptz, 0.1::float8, '\\x01ff'::bytea,"
+    " '-1 day 02:03:04'::interval, '2020-01-02'::date"
+)
+
+
+def _copy_binary(rows: list[tuple[int, bytes]]) -> bytes:
+    out = b"PGCOPY\n\xff\r\n\0" + struct.pack("!ii", 0, 0)
+    for a, b in rows:
+        out += struct.pack("!hii", 2, 4, a) + struct.pack("!i", len(b)) + b
+    return out + struct.pack("!h", -1)
+
+
+# --- the query cache: repeated reads and what must change their answers --------------------
+scenario(
+    "cache-repeat-after-own-write",
+    "UPDATE probe_c SET v = 'a' WHERE id = 1",
+    REPLAYED,
+    C1,
+    C1,
+    "UPDATE probe_c SET v = 'a2' WHERE id = 1",
+    REPLAYED,
+    C1,
+    C1,
+    x(PBE("UPDATE probe_c SET v = 'a3' WHERE id = 1"), S),
+    REPLAYED,
+    x(PBE(C1), S),
+    C1,
+    "UPDATE probe_c SET v = 'a' WHERE id = 1",
+    REPLAYED,
+    x(PBE(C1), S),
+)
+scenario(
+    "cache-write-by-another-client",
+    "UPDATE probe_c SET v = 'b' WHERE id = 2",
+    REPLAYED,
+    C2,
+    C2,
+    other("UPDATE probe_c SET v = 'b2' WHERE id = 2"),
+    REPLAYED,
+    C2,
+    other("UPDATE probe_c SET v = 'b' WHERE id = 2"),
+    REPLAYED,
+    C2,
+    C2,
+)
+scenario(
+    "cache-write-in-own-transaction",
+    "UPDATE probe_c SET v = 'c' WHERE id = 3",
+    REPLAYED,
+    C3,
+    C3,
+    "BEGIN",
+    "UPDATE probe_c SET v = 'c2' WHERE id = 3",
+    C3,
+    "COMMIT",
+    REPLAYED,
+    C3,
+    "BEGIN",
+    "UPDATE probe_c SET v = 'c3' WHERE id = 3",
+    "ROLLBACK",
+    REPLAYED,
+    C3,
+    "UPDATE probe_c SET v = 'c' WHERE id = 3",
+    REPLAYED,
+    C3,
+)
+scenario(
+    "cache-in-failed-transaction",
+    C4,
+    C4,
+    "BEGIN",
+    "SELECT 1/0",
+    C4,
+    x(PBE(C4), S),
+    "ROLLBACK",
+    "BEGIN READ ONLY",
+    C4,
+    "SELECT 1/0",
+    C4,
+    x(PBE(C4), S),
+    "ROLLBACK",
+    C4,
+)
+scenario(
+    "cache-read-only-transactions",
+    C4,
+    "BEGIN READ ONLY",
+    C4,
+    C4,
+    "SHOW transaction_read_only",
+    "COMMIT",
+    "START TRANSACTION READ ONLY, ISOLATION LEVEL READ COMMITTED",
+    C4,
+    x(PBE(C4), S),
+    "ROLLBACK",
+    "BEGIN",
+    "SET TRANSACTION READ ONLY",
+    C4,
+    "SELECT pg_current_xact_id_if_assigned() IS NULL",
+    "COMMIT",
+    "BEGIN READ ONLY",
+    C4,
+    "COMMIT AND CHAIN",
+    C4,
+    "SHOW transaction_read_only",
+    "COMMIT",
+)
+scenario(
+    "cache-read-only-transaction-write-refused",
+    C4,
+    "BEGIN READ ONLY",
+    C4,
+    "INSERT INTO probe_w VALUES (1, 'ro-cache')",
+    C4,
+    "ROLLBACK",
+    "BEGIN READ ONLY",
+    C4,
+    "SELECT probe_bump()",
+    C4,
+    "ROLLBACK",
+)
+scenario(
+    "cache-read-only-transaction-savepoints",
+    C4,
+    "BEGIN READ ONLY",
+    C4,
+    "SAVEPOINT a",
+    C4,
+    "SELECT 1/0",
+    C4,
+    "ROLLBACK TO SAVEPOINT a",
+    C4,
+    "RELEASE a",
+    C4,
+    "COMMIT",
+)
+scenario(
+    "cache-repeatable-read-sees-its-snapshot",
+    "UPDATE probe_c SET v = 'd' WHERE id = 4",
+    REPLAYED,
+    C4,
+    "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
+    C4,
+    other("UPDATE probe_c SET v = 'd2' WHERE id = 4"),
+    REPLAYED,
+    C4,
+    "COMMIT",
+    C4,
+    "BEGIN READ ONLY",
+    C4,
+    other("UPDATE probe_c SET v = 'd' WHERE id = 4"),
+    REPLAYED,
+    C4,
+    "COMMIT",
+    C4,
+)
+scenario(
+    "cache-result-formats",
+    x(P("", CALL), B(results=(1,)), E(), S),
+    x(P("", CALL), B(results=(1,)), E(), S),
+    x(P("", CALL), B(results=(0, 1)), E(), S),
+    x(P("", CALL), B(results=(0,)), E(), S),
+    x(P("", CALL), B(), E(), S),
+    x(P("", CALL), B(), D("P"), E(), S),
+    x(P("", CALL), B(results=(1,)), D("P"), E(), S),
+    x(P("", CALL), B(results=(1,)), D("P"), E(), S),
+)
+scenario(
+    "cache-parameter-formats",
+    x(P("", "SELECT v FROM probe_c WHERE id = $1", (23,)), B(params=(b"1",)), E(), S),
+    x(P("", "SELECT v FROM probe_c WHERE id = $1", (23,)), B(params=(b"1",)), E(), S),
+    x(
+        P("", "SELECT v FROM probe_c WHERE id = $1", (23,)),
+        B(params=(struct.pack("!i", 1),), formats=(1,)),
+        E(),
+        S,
+    ),
+    x(
+        P("", "SELECT v FROM probe_c WHERE id = $1", (23,)),
+        B(params=(struct.pack("!i", 2),), formats=(1,)),
+        E(),
+        S,
+    ),
+    x(P("", "SELECT v FROM probe_c WHERE id = $1", (23,)), B(params=(b"2",)), E(), S),
+    x(P("", "SELECT v FROM probe_c WHERE id = $1"), B(params=(b"2",)), E(), S),
+    x(P("", "SELECT v FROM probe_c WHERE id = $1", (20,)), B(params=(b"2",)), E(), S),
+    x(P("", "SELECT v FROM probe_c WHERE id = $1"), B(params=(b"x",)), E(), S),
+)
+scenario(
+    "cache-describe-variants",
+    x(P("", C1), B(), E(), S),
+    x(P("", C1), B(), D("P"), E(), S),
+    x(P("", C1), B(), D("S"), E(), S),
+    x(P("", C1), B(), D("S"), E(), S),
+    x(P("", C1), D("S"), B(), E(), S),
+    x(P("", C1), D("S"), B(), E(), S),
+    x(P("", C1), B(), E(), S),
+    x(P("", C1), B(), D("P"), E(), S),
+)
+scenario(
+    "cache-named-statement-executions",
+    x(P("cn1", "SELECT v FROM probe_c WHERE id = $1", (23,)), S),
+    x(B("", "cn1", (b"1",)), E(), S),
+    x(B("", "cn1", (b"1",)), E(), S),
+    x(B("", "cn1", (b"1",)), D("P"), E(), S),
+    x(B("", "cn1", (b"1",)), D("P"), E(), S),
+    x(CL("S", "cn1"), S),
+    x(B("", "cn1", (b"1",)), E(), S),
+    x(P("cn1", "SELECT 'other: ' || v FROM probe_c WHERE id = $1", (23,)), S),
+    x(B("", "cn1", (b"1",)), E(), S),
+    x(B("", "cn1", (b"1",)), E(), S),
+)
+scenario(
+    "cache-row-limit",
+    x(P("", CALL), B(), E(), S),
+    x(P("", CALL), B(), E("", 2), S),
+    x(P("", CALL), B(), E("", 2), E("", 0), S),
+    x(P("", CALL), B(), E(), S),
+    x(P("", CALL), B(), E("", 1), S),
+    x(P("rl", CALL), S),
+    x(B("", "rl"), E(), S),
+    x(B("", "rl"), E("", 1), S),
+    x(B("", "rl"), E(), S),
+)
+scenario(
+    "cache-settings-between-identical-reads",
+    SETTINGS_READ,
+    SETTINGS_READ,
+    "SET TimeZone = 'Asia/Tokyo'",
+    SETTINGS_READ,
+    "SET DateStyle = 'SQL, DMY'",
+    SETTINGS_READ,
+    "SET extra_float_digits = 0",
+    SETTINGS_READ,
+    "SET bytea_output = 'escape'",
+    SETTINGS_READ,
+    "SET IntervalStyle = 'sql_standard'",
+    SETTINGS_READ,
+    x(PBE(SETTINGS_READ), S),
+    "RESET ALL",
+    SETTINGS_READ,
+    x(PBE(SETTINGS_READ), S),
+)
+scenario(
+    "cache-settings-set-config-between-identical-reads",
+    SETTINGS_READ,
+    "SELECT set_config('TimeZone', 'America/Sao_Paulo', false)",
+    SETTINGS_READ,
+    "SELECT set_config('extra_float_digits', '-2', false)",
+    SETTINGS_READ,
+    "SELECT set_config('bytea_output', 'escape', false)",
+    SETTINGS_READ,
+    "RESET ALL",
+    SETTINGS_READ,
+)
+scenario(
+    "cache-client-encoding-between-identical-reads",
+    "SELECT chr(233), 'x' || chr(228)",
+    "SELECT chr(233), 'x' || chr(228)",
+    "SET client_encoding = 'LATIN1'",
+    "SELECT chr(233), 'x' || chr(228)",
+    "SELECT chr(233), 'x' || chr(228)",
+    "SET client_encoding = 'WIN1252'",
+    "SELECT chr(8364)",
+    "SELECT chr(8364)",
+    "RESET client_encoding",
+    "SELECT chr(8364)",
+    "SELECT chr(233), 'x' || chr(228)",
+)
+scenario(
+    "cache-search-path-between-identical-reads",
+    "SET search_path TO probe_s1",
+    "SELECT v FROM probe_x",
+    "SELECT v FROM probe_x",
+    "SET search_path TO probe_s2",
+    "SELECT v FROM probe_x",
+    "SELECT v FROM probe_x",
+    x(PBE("SELECT v FROM probe_x"), S),
+    "SET search_path TO probe_s1, probe_s2",
+    "SELECT v FROM probe_x",
+    "SELECT set_config('search_path', 'probe_s2', false)",
+    "SELECT v FROM probe_x",
+    "RESET search_path",
+    "SELECT v FROM probe_x",
+    "SELECT v FROM probe_x",
+)
+scenario(
+    "cache-named-statements-same-text-other-search-path",
+    "SET search_path TO probe_s1",
+    x(P("sp1", "SELECT v FROM probe_x"), S),
+    "SET search_path TO probe_s2",
+    x(B("", "sp1"), E(), S),
+    x(P("sp2", "SELECT v FROM probe_x"), S),
+    x(B("", "sp2"), E(), S),
+    x(B("", "sp1"), E(), S),
+    x(B("", "sp2"), E(), S),
+    "RESET search_path",
+)
+scenario(
+    "cache-volatile-function-repeated",
+    "UPDATE probe_counter SET n = 0",
+    "SELECT probe_bump()",
+    "SELECT probe_bump()",
+    x(PBE("SELECT probe_bump()"), S),
+    x(PBE("SELECT probe_bump()"), S),
+    REPLAYED,
+    "SELECT n FROM probe_counter",
+    "SELECT probe_bump()",
+    REPLAYED,
+    "SELECT n FROM probe_counter",
+)
+scenario(
+    "cache-immutable-function-reading-a-table",
+    "UPDATE probe_c SET v = 'e' WHERE id = 5",
+    REPLAYED,
+    "SELECT probe_imm(5)",
+    "SELECT probe_imm(5)",
+    "UPDATE probe_c SET v = 'e2' WHERE id = 5",
+    REPLAYED,
+    "SELECT probe_imm(5)",
+    "UPDATE probe_c SET v = 'e' WHERE id = 5",
+    REPLAYED,
+    "SELECT probe_imm(5)",
+)
+scenario(
+    "cache-notice-from-immutable-function",
+    "SELECT probe_notice_imm('once')",
+    "SELECT probe_notice_imm('once')",
+    x(PBE("SELECT probe_notice_imm('ext')"), S),
+    x(PBE("SELECT probe_notice_imm('ext')"), S),
+)
+scenario(
+    "cache-empty-many-and-wide-results",
+    "SELECT v FROM probe_c WHERE id < 0",
+    "SELECT v FROM probe_c WHERE id < 0",
+    x(PBDE("SELECT v FROM probe_c WHERE id < 0"), S),
+    x(PBDE("SELECT v FROM probe_c WHERE id < 0"), S),
+    "SELECT g, md5(g::text) FROM generate_series(1, 3000) g",
+    "SELECT g, md5(g::text) FROM generate_series(1, 3000) g",
+    "SELECT g, repeat(md5(g::text), 1000) FROM generate_series(1, 40) g",
+    "SELECT g, repeat(md5(g::text), 1000) FROM generate_series(1, 40) g",
+    "SELECT repeat('w', 300000)",
+    "SELECT repeat('w', 300000)",
+)
+scenario(
+    "cache-ddl-between-identical-reads",
+    "DROP TABLE IF EXISTS probe_dd",
+    "CREATE TABLE probe_dd (a int)",
+    "INSERT INTO probe_dd VALUES (1)",
+    REPLAYED,
+    "SELECT to_json(d) FROM probe_dd AS d",
+    "SELECT to_json(d) FROM probe_dd AS d",
+    "ALTER TABLE probe_dd ADD COLUMN b text DEFAULT 'new'",
+    REPLAYED,
+    "SELECT to_json(d) FROM probe_dd AS d",
+    "ALTER TABLE probe_dd RENAME COLUMN b TO c",
+    REPLAYED,
+    "SELECT to_json(d) FROM probe_dd AS d",
+    "CREATE TABLE probe_s1.probe_dd (z int)",
+    "SET search_path TO probe_s1, public",
+    REPLAYED,
+    "SELECT to_json(d) FROM probe_dd AS d",
+    "DROP TABLE probe_s1.probe_dd",
+    REPLAYED,
+    "SELECT to_json(d) FROM probe_dd AS d",
+    "RESET search_path",
+    "DROP TABLE probe_dd",
+    REPLAYED,
+    "SELECT to_json(d) FROM probe_dd AS d",
+)
+
+# --- named statements keep what their Parse saw -------------------------------------------
+scenario(
+    "named-statement-parse-time-datestyle",
+    "SET DateStyle = 'ISO, MDY'",
+    x(P("ds1", "SELECT '01/02/2020'::date AS d"), S),
+    "PREPARE dsq AS SELECT '01/02/2020'::date AS d",
+    "SET DateStyle = 'ISO, DMY'",
+    x(B("", "ds1"), E(), S),
+    "EXECUTE dsq",
+    x(P("ds2", "SELECT '01/02/2020'::date AS d"), S),
+    x(B("", "ds2"), E(), S),
+    x(B("", "ds1"), E(), S),
+    "RESET DateStyle",
+)
+scenario(
+    "named-statement-parse-time-timezone",
+    "SET TimeZone = 'UTC'",
+    x(P("tz1", "SELECT '2020-01-02 03:04:05'::timestamptz AS t"), S),
+    "PREPARE tzq AS SELECT '2020-01-02 03:04:05'::timestamptz AS t",
+    "SET TimeZone = 'Asia/Tokyo'",
+    x(B("", "tz1"), E(), S),
+    "EXECUTE tzq",
+    x(B("", "tz1"), E(), S),
+    "RESET TimeZone",
+)
+scenario(
+    "named-statement-parse-time-now",
+    x(P("nw1", "SELECT 'now'::timestamptz < now() AS parsed_earlier"), S),
+    Step(B("", "nw1") + E() + S, pause=0.2),
+    Step(B("", "nw1") + E() + S, pause=0.05),
+)
+scenario(
+    "named-statement-parsed-in-latin1",
+    "SET client_encoding = 'LATIN1'",
+    x(P("l1", b"SELECT '\xe9' AS v"), S),
+    "PREPARE lq AS SELECT chr(233) AS v",
+    "RESET client_encoding",
+    x(B("", "l1"), E(), S),
+    "EXECUTE lq",
+    x(B("", "l1"), D("P"), E(), S),
+)
+
+# --- routing: what a standby would answer otherwise ----------------------------------------
+scenario(
+    "routing-unlogged-table-reads",
+    "SELECT count(*) FROM probe_ul",
+    x(PBE("SELECT count(*) FROM probe_ul"), S),
+    "SELECT probe_count_ul()",
+    x(PBE("SELECT probe_count_ul()"), S),
+    "COPY probe_ul TO STDOUT",
+    "COPY (SELECT probe_count_ul()) TO STDOUT",
+    "SELECT count(*) FROM probe_t, probe_ul",
+)
+scenario(
+    "routing-sequence-reads",
+    "SELECT setval('probe_seq3', 100)",
+    "SELECT nextval('probe_seq3')",
+    REPLAYED,
+    "SELECT last_value, is_called FROM probe_seq3",
+    x(PBE("SELECT last_value FROM probe_seq3"), S),
+    "SELECT last_value FROM pg_sequences WHERE sequencename = 'probe_seq3'",
+    "BEGIN READ ONLY",
+    "SELECT count(*) FROM probe_t",
+    "SELECT last_value, is_called FROM probe_seq3",
+    "COMMIT",
+)
+scenario(
+    "routing-read-only-transaction-then-node-questions",
+    "BEGIN READ ONLY",
+    "SELECT count(*) FROM probe_t",
+    "SHOW in_hot_standby",
+    "SELECT pg_is_in_recovery()",
+    "SELECT pg_last_wal_replay_lsn() IS NULL",
+    "SHOW transaction_read_only",
+    "COMMIT",
+)
+scenario(
+    "routing-read-only-transaction-then-unlogged",
+    "BEGIN READ ONLY",
+    "SELECT count(*) FROM probe_t",
+    "SELECT count(*) FROM probe_ul",
+    "COMMIT",
+    "BEGIN READ ONLY",
+    x(PBE("SELECT count(*) FROM probe_t"), S),
+    x(PBE("SELECT probe_count_ul()"), S),
+    "ROLLBACK",
+)
+scenario(
+    "routing-read-only-transaction-then-xid",
+    "BEGIN READ ONLY",
+    "SELECT count(*) FROM probe_t",
+    "SELECT pg_current_xact_id_if_assigned() IS NULL",
+    "SELECT txid_current() > 0",
+    "ROLLBACK",
+)
+scenario(
+    "routing-read-only-transaction-then-listen-notify",
+    "BEGIN READ ONLY",
+    "SELECT count(*) FROM probe_t",
+    "LISTEN probe_ro",
+    "COMMIT",
+    "BEGIN READ ONLY",
+    "SELECT count(*) FROM probe_t",
+    "NOTIFY probe_ro",
+    "COMMIT",
+    "UNLISTEN *",
+)
+scenario(
+    "routing-read-only-transaction-then-advisory-lock",
+    "BEGIN READ ONLY",
+    "SELECT count(*) FROM probe_t",
+    "SELECT pg_advisory_xact_lock(4270)",
+    "SELECT pg_try_advisory_lock(4271)",
+    "COMMIT",
+    "SELECT pg_advisory_unlock(4271)",
+)
+scenario(
+    "routing-row-locks",
+    "SELECT a FROM probe_t WHERE a = 1 FOR SHARE",
+    "SELECT a FROM probe_t WHERE a = 2 FOR UPDATE SKIP LOCKED",
+    "SELECT a FROM probe_t WHERE a = 3 FOR KEY SHARE NOWAIT",
+    x(PBE("SELECT a FROM probe_t WHERE a = 4 FOR NO KEY UPDATE"), S),
+    "BEGIN READ ONLY",
+    "SELECT count(*) FROM probe_t",
+    "SELECT a FROM probe_t WHERE a = 1 FOR SHARE",
+    "ROLLBACK",
+)
+scenario(
+    "routing-writes-inside-reads",
+    "WITH w AS (INSERT INTO probe_w VALUES (1, 'cte') RETURNING a) SELECT count(*) FROM w",
+    "EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY OFF)"
+    " INSERT INTO probe_w VALUES (1, 'explained')",
+    "SELECT count(*) > 0 FROM (SELECT probe_bump()) AS s",
+    "SELECT * FROM probe_t WHERE a = 1 AND probe_bump() > 0",
+    "SELECT nextval('probe_seq3') > 0",
+    "SELECT pg_notify('probe_none', 'x')",
+    "SELECT lo_unlink(lo_create(0)) = 1",
+)
+scenario(
+    "routing-serializable-transactions",
+    "BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY",
+    "SELECT count(*) FROM probe_t",
+    "SHOW transaction_isolation",
+    "SELECT pg_is_in_recovery()",
+    "COMMIT",
+    "BEGIN READ ONLY",
+    "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE",
+    "SELECT count(*) FROM probe_t",
+    "SELECT pg_is_in_recovery()",
+    "COMMIT",
+    "BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY DEFERRABLE",
+    "SELECT count(*) FROM probe_t",
+    "COMMIT",
+    "SET default_transaction_isolation = 'serializable'",
+    "SELECT count(*) FROM probe_t",
+    "BEGIN READ ONLY",
+    "SELECT count(*) FROM probe_t",
+    "SHOW transaction_isolation",
+    "SELECT pg_is_in_recovery()",
+    "COMMIT",
+    "RESET default_transaction_isolation",
+)
+scenario(
+    "routing-set-transaction-after-begin",
+    "BEGIN",
+    "SET TRANSACTION READ ONLY",
+    "SELECT count(*) FROM probe_t",
+    "SET TRANSACTION READ WRITE",
+    "ROLLBACK",
+    "BEGIN",
+    "SET transaction_read_only = on",
+    "SELECT count(*) FROM probe_t",
+    "COMMIT",
+    "BEGIN",
+    "SET LOCAL transaction_read_only = on",
+    "SELECT count(*) FROM probe_t",
+    "COMMIT",
+    "BEGIN READ ONLY",
+    "SET TRANSACTION READ WRITE",
+    "SELECT count(*) FROM probe_t",
+    "INSERT INTO probe_w VALUES (1, 'rw')",
+    "ROLLBACK",
+    "SET transaction_isolation = 'serializable'",
+    "SET TRANSACTION READ ONLY",
+)
+scenario(
+    "routing-savepoints-in-read-only-transaction",
+    "BEGIN READ ONLY",
+    "SELECT count(*) FROM probe_t",
+    "SAVEPOINT a",
+    "SELECT 1/0",
+    "ROLLBACK TO SAVEPOINT a",
+    "SELECT count(*) FROM probe_t",
+    "RELEASE a",
+    "SAVEPOINT b",
+    "ROLLBACK TO b",
+    "COMMIT",
+    x(PBE("BEGIN READ ONLY"), PBE("SELECT 1"), PBE("SAVEPOINT c"), PBE("SELECT 1/0"), S),
+    x(PBE("ROLLBACK TO c"), PBE("SELECT 2"), PBE("COMMIT"), S),
+)
+scenario(
+    "routing-temp-table-reads",
+    "CREATE TEMP TABLE probe_tmp3 AS SELECT 1 AS a",
+    "SELECT a + 0 AS a FROM pg_temp.probe_tmp3",
+    x(PBE("SELECT count(*) FROM probe_tmp3"), S),
+    "BEGIN READ ONLY; SELECT a + 0 AS a FROM probe_tmp3; COMMIT",
+    "COPY probe_tmp3 TO STDOUT",
+)
+
+scenario(
+    "routing-settings-the-client-set",
+    "SET work_mem = '3MB'",
+    "SELECT current_setting('work_mem')",
+    "SHOW work_mem",
+    "SET probe.custom = 'v1'",
+    "SELECT current_setting('probe.custom')",
+    "SHOW probe.custom",
+    "RESET probe.custom",
+    "SHOW probe.custom",
+    "SELECT current_setting('probe.custom', true)",
+    "RESET ALL",
+    "SHOW work_mem",
+    "SHOW probe.custom",
+)
+
+# --- session state --------------------------------------------------------------------------
+scenario(
+    "custom-setting-placeholder-left-by-others",
+    "SHOW probe.leak",
+    "SELECT current_setting('probe.leak', true)",
+    "SELECT count(*) FROM pg_settings WHERE name = 'probe.leak'",
+    prelude="SET probe.leak = 'x'",
+)
+scenario(
+    "statement-timeout-follows-the-client",
+    "SET statement_timeout = '100ms'",
+    "SELECT pg_sleep(0.3)",
+    "SELECT pg_sleep(0.3)",
+    x(PBE("SELECT pg_sleep(0.3)"), S),
+    "BEGIN",
+    "SELECT pg_sleep(0.3)",
+    "ROLLBACK",
+    "SHOW statement_timeout",
+    "RESET statement_timeout",
+)
+scenario(
+    "lock-timeout-against-another-client",
+    other("BEGIN; LOCK TABLE probe_lk IN ACCESS EXCLUSIVE MODE", direct=True),
+    "SET lock_timeout = '100ms'",
+    "INSERT INTO probe_lk VALUES (1)",
+    x(PBE("INSERT INTO probe_lk VALUES (2)"), S),
+    other("ROLLBACK", direct=True),
+    other("SELECT pg_advisory_lock(4280)", direct=True),
+    "SELECT pg_advisory_xact_lock(4280)",
+    "SELECT pg_advisory_lock(4280)",
+    other("SELECT pg_advisory_unlock(4280)", direct=True),
+)
+
+scenario(
+    "application-name-in-pg-stat-activity",
+    "SELECT application_name FROM pg_stat_activity WHERE pid = pg_backend_pid()",
+    "SET application_name = 'probe_psa'",
+    "SELECT application_name, state, query FROM pg_stat_activity WHERE pid = pg_backend_pid()",
+    "RESET application_name",
+    "SELECT application_name FROM pg_stat_activity WHERE pid = pg_backend_pid()",
+)
+scenario(
+    "startup-application-name-in-pg-stat-activity",
+    "SELECT application_name, usename, datname, backend_type"
+    " FROM pg_stat_activity WHERE pid = pg_backend_pid()",
+    "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'probe_start'",
+    startup=(("application_name", "probe_start"),),
+)
+scenario(
+    "client-and-server-addresses",
+    "SELECT inet_client_addr(), inet_server_addr(), inet_server_port() IS NOT NULL",
+    "SELECT client_addr, client_hostname FROM pg_stat_activity WHERE pid = pg_backend_pid()",
+    "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+)
+scenario(
+    "default-read-only-then-begin-write",
+    "SET default_transaction_read_only = on",
+    "BEGIN",
+    "SHOW transaction_read_only",
+    "INSERT INTO probe_w VALUES (1, 'dro')",
+    "ROLLBACK",
+    x(PBE("BEGIN"), PBE("UPDATE probe_t SET b = b WHERE a = 0"), S),
+    x(PBE("ROLLBACK"), S),
+    "BEGIN READ WRITE",
+    "UPDATE probe_t SET b = b WHERE a = 0",
+    "ROLLBACK",
+    "SELECT probe_bump()",
+    "RESET default_transaction_read_only",
+)
+scenario(
+    "session-characteristics-read-only-then-begin-write",
+    "SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY",
+    "SHOW default_transaction_read_only",
+    "BEGIN",
+    "UPDATE probe_t SET b = b WHERE a = 0",
+    "ROLLBACK",
+    "COPY probe_w FROM STDIN",
+    "SELECT count(*) FROM probe_t",
+    "SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE",
+    "UPDATE probe_t SET b = b WHERE a = 0",
+)
+scenario(
+    "role-and-authorization-resets",
+    "RESET ROLE",
+    "SET ROLE NONE",
+    "SELECT current_user, session_user",
+    "SET LOCAL ROLE app",
+    "SET SESSION AUTHORIZATION app",
+    "SELECT current_user, session_user",
+    "RESET SESSION AUTHORIZATION",
+)
+
+scenario(
+    "set-local-reported-and-search-path",
+    "BEGIN",
+    "SET LOCAL TimeZone = 'Asia/Tokyo'",
+    "SET LOCAL application_name = 'local_app'",
+    "SHOW TimeZone",
+    "COMMIT",
+    "SHOW TimeZone",
+    "SHOW application_name",
+    "BEGIN",
+    "SET LOCAL search_path = probe_s2",
+    "SELECT v FROM probe_x",
+    "COMMIT",
+    "SELECT v FROM probe_x",
+)
+scenario(
+    "setseed-then-random",
+    "SELECT setseed(0.25)",
+    "SELECT random()",
+    "SELECT random()",
+    x(PBE("SELECT random()"), S),
+)
+scenario(
+    "log-statement-messages",
+    "SET client_min_messages = log",
+    "SET log_statement = 'all'",
+    "SELECT 1",
+    "SELECT 2",
+    x(PBE("SELECT 3"), S),
+    x(P("lsx", "SELECT 4"), S),
+    x(B("", "lsx"), E(), S),
+    "PREPARE lsq AS SELECT 5",
+    "EXECUTE lsq",
+    "RESET log_statement",
+    "RESET client_min_messages",
+)
+
+# --- statement names and parameter types -------------------------------------------------------
+N70 = "s" + "x" * 69
+N63 = N70[:63]
+scenario(
+    "statement-names-odd-characters",
+    x(P("my stmt", "SELECT 'spaced'"), P('a"b', "SELECT 'quoted'"), P("it's", "SELECT 'apos'"), S),
+    x(P("\u2603", "SELECT 'snow'"), S),
+    x(B("", "my stmt"), E(), B("", 'a"b'), E(), B("", "it's"), E(), B("", "\u2603"), E(), S),
+    'PREPARE "my stmt" AS SELECT 1',
+    'EXECUTE "my stmt"',
+    'EXECUTE "a""b"',
+    'DEALLOCATE "it\'s"',
+    x(B("", "it's"), E(), S),
+    'DEALLOCATE "\u2603"',
+    x(D("S", "\u2603"), S),
+)
+scenario(
+    "statement-names-longer-than-identifiers",
+    x(P(N70, "SELECT 'proto70'"), S),
+    x(B("", N70), E(), S),
+    x(B("", N63), E(), S),
+    f"PREPARE {N70} AS SELECT 'sql70'",
+    x(B("", N63), E(), S),
+    f"EXECUTE {N70}",
+    f"EXECUTE {N63}",
+    f"DEALLOCATE {N70}",
+    x(B("", N63), E(), S),
+    x(B("", N70), E(), S),
+    f"EXECUTE {N70}",
+)
+scenario(
+    "same-text-under-many-names",
+    x(*[P(f"dup{i}", "SELECT $1::int + 1", (23,)) for i in range(30)], S),
+    x(*[B("", f"dup{i}", (str(i).encode(),)) + E() for i in range(0, 30, 3)], S),
+    x(*[B("", f"dup{i}", (str(i).encode(),)) + E() for i in range(1, 30, 7)], S),
+    x(*[CL("S", f"dup{i}") for i in range(0, 30, 2)], S),
+    x(*[B("", f"dup{i}", (b"0",)) + E() for i in range(0, 6)], S),
+)
+scenario(
+    "deallocate-all-variants",
+    x(P("da1", "SELECT 'p1'"), S),
+    "PREPARE daq AS SELECT 'q1'",
+    "DEALLOCATE PREPARE ALL",
+    x(B("", "da1"), E(), S),
+    "EXECUTE daq",
+    x(P("da1", "SELECT 'p2'"), S),
+    x(B("", "da1"), E(), S),
+    "DEALLOCATE ALL",
+    x(D("S", "da1"), S),
+    "PREPARE daq AS SELECT 'q2'",
+    "EXECUTE daq",
+)
+scenario(
+    "sql-statements-on-protocol-statements",
+    x(P("ps1", "SELECT $1::int * 3", (23,)), S),
+    "EXECUTE ps1(5)",
+    "EXPLAIN (COSTS OFF) EXECUTE ps1(5)",
+    "DEALLOCATE ps1",
+    x(B("", "ps1", (b"1",)), E(), S),
+    "DEALLOCATE PREPARE ps1",
+    "PREPARE ps1(int) AS SELECT $1 * 4",
+    x(B("", "ps1", (b"2",)), E(), S),
+    x(D("S", "ps1"), S),
+)
+scenario(
+    "parameter-types-given-and-inferred",
+    x(P("t1", "SELECT $1", (0,)), D("S", "t1"), S),
+    x(P("t2", "SELECT $1 + 1"), D("S", "t2"), S),
+    x(P("t3", "SELECT $1::int", (20,)), D("S", "t3"), S),
+    x(P("t4", "SELECT $1, $2", (23,)), D("S", "t4"), S),
+    x(P("t5", "SELECT $1::text, $2", (0, 1700)), D("S", "t5"), S),
+    x(D("S", "t1"), D("S", "t2"), D("S", "t3"), D("S", "t4"), D("S", "t5"), S),
+    x(B("", "t4", (b"1", b"x")), D("P"), E(), S),
+    x(B("", "t3", (b"99999999999",)), E(), S),
+    x(B("", "t5", (b"a", b"1.50")), D("P"), E(), S),
+)
+scenario(
+    "parameter-types-undeterminable",
+    x(P("", "SELECT $2::int"), D("S"), S),
+    x(P("", "SELECT $1 = $2"), D("S"), S),
+    x(P("u1", "SELECT $1 IS NULL"), D("S", "u1"), S),
+    x(P("u2", "SELECT $1::unknown"), D("S", "u2"), S),
+    x(P("", "SELECT $1", (705,)), D("S"), S),
+    x(P("", "SELECT $1 FROM probe_t WHERE a = $1"), D("S"), S),
+)
+
+# --- pipelines ------------------------------------------------------------------------------------
+scenario(
+    "pipeline-queries-and-batches-with-errors",
+    x(
+        Qb("SELECT 1"),
+        PBE("SELECT 1/0"),
+        PBE("SELECT 2"),
+        S,
+        Qb("SELECT 3"),
+        PBE("SELECT 4"),
+        S,
+        until="ZZZZ",
+    ),
+    x(PBE("SELECT 1"), S, PBE("SELECT 1/0"), S, PBE("SELECT 3"), S, until="ZZZ"),
+    x(Qb("SELECT 1/0; SELECT 2"), PBE("SELECT 3"), S, Qb("SELECT 4"), until="ZZZ"),
+)
+scenario(
+    "pipeline-transaction-over-several-syncs",
+    x(
+        PBE("BEGIN"),
+        S,
+        PBE("INSERT INTO probe_w VALUES (8, 'pipe2')"),
+        S,
+        PBE("SELECT count(*) FROM probe_w WHERE b = 'pipe2'"),
+        S,
+        PBE("ROLLBACK"),
+        S,
+        until="ZZZZ",
+    ),
+    x(PBE("BEGIN"), S, PBE("SELECT 1/0"), S, PBE("SELECT 2"), S, PBE("ROLLBACK"), S, until="ZZZZ"),
+    x(Qb("BEGIN"), PBE("SELECT 1"), S, Qb("COMMIT"), PBE("SELECT 2"), S, until="ZZZZ"),
+)
+scenario(
+    "pipeline-set-then-show",
+    x(Qb("SET work_mem = '4MB'"), Qb("SHOW work_mem"), until="ZZ"),
+    x(PBE("SET application_name = 'pp'"), S, PBE("SHOW application_name"), S, until="ZZ"),
+    x(Qb("RESET ALL"), Qb("SHOW work_mem"), Qb("SHOW application_name"), until="ZZZ"),
+    x(PBE("SET search_path TO probe_s2"), S, PBE("SELECT v FROM probe_x"), S, until="ZZ"),
+    "RESET search_path",
+)
+scenario(
+    "pipeline-flush-then-sync-later",
+    x(P("f1", "SELECT 1 AS one"), H, until="1"),
+    x(B("", "f1"), E(), H, until="C"),
+    x(P("f2", "SELECT 2 AS two"), B("", "f2"), D("P"), E(), H, until="C"),
+    x(S),
+    x(B("", "f1"), E(), B("", "f2"), E(), S),
+)
+scenario(
+    "pipeline-copy-in-without-waiting",
+    x(Qb("COPY probe_w FROM STDIN"), CD(b"1\tpipecopy\n"), COPY_DONE, Qb("SELECT 1"), until="ZZ"),
+    x(PBE("COPY probe_w FROM STDIN"), CD(b"2\tpc\n"), COPY_DONE, S, PBE("SELECT 2"), S, until="ZZ"),
+    x(Qb("COPY probe_w FROM STDIN"), CD(b"bad\n"), COPY_DONE, Qb("SELECT 3"), until="ZZ"),
+)
+scenario(
+    "pipeline-describe-after-execute-error",
+    x(P("", "SELECT 1/(a - 1) FROM probe_t WHERE a = 1"), B(), E(), D("P"), S),
+    x(P("", "SELECT 1/(a - 1) FROM probe_t WHERE a = 1"), B("pe"), D("P", "pe"), S),
+    x(D("P", "pe"), S),
+)
+
+# --- COPY ---------------------------------------------------------------------------------------
+scenario(
+    "copy-in-read-only-transaction",
+    "BEGIN READ ONLY",
+    "COPY probe_w FROM STDIN",
+    "ROLLBACK",
+    "BEGIN READ ONLY",
+    "COPY (SELECT a FROM probe_t WHERE a < 3 ORDER BY a) TO STDOUT",
+    "COPY probe_c (id) TO STDOUT",
+    "COMMIT",
+    "SET default_transaction_read_only = on",
+    "COPY probe_w FROM STDIN",
+    "RESET default_transaction_read_only",
+)
+scenario(
+    "copy-in-column-count",
+    q("COPY probe_w FROM STDIN", "G"),
+    x(CD(b"1\n"), COPY_DONE),
+    q("COPY probe_w (a) FROM STDIN", "G"),
+    x(CD(b"1\textra\n"), COPY_DONE),
+    q("COPY probe_w FROM STDIN (FORMAT csv)", "G"),
+    x(CD(b'1,"open\n'), COPY_DONE),
+)
+scenario(
+    "copy-in-binary",
+    q("COPY probe_w FROM STDIN (FORMAT binary)", "G"),
+    x(CD(_copy_binary([(1, b"bin1"), (2, b"bin2")])), COPY_DONE),
+    q("COPY probe_w FROM STDIN (FORMAT binary)", "G"),
+    x(CD(b"PGCOPY\n\xff\r\n\1" + b"\0" * 8), COPY_DONE),
+    q("COPY probe_w FROM STDIN (FORMAT binary)", "G"),
+    x(CD(_copy_binary([(3, b"bin3")])[:-2]), COPY_DONE),
+    "COPY (SELECT DISTINCT a, b FROM probe_w WHERE b LIKE 'bin%' ORDER BY a)"
+    " TO STDOUT (FORMAT binary)",
+)
+scenario(
+    "copy-out-many-rows-and-routed",
+    "COPY (SELECT g FROM generate_series(1, 5000) g) TO STDOUT",
+    "COPY probe_t TO STDOUT (FORMAT csv, HEADER, FORCE_QUOTE *)",
+    x(PBE("COPY probe_t (a) TO STDOUT", 3), S),
+)
+
+# --- several statements in one Query --------------------------------------------------------------
+scenario(
+    "multi-mixed-results",
+    "SELECT 1 AS a; INSERT INTO probe_w VALUES (1, 'mixed') RETURNING a;"
+    " SET work_mem = '2MB'; SHOW work_mem; SELECT 2 AS b",
+    "SHOW work_mem",
+    "SHOW work_mem; SHOW application_name; SELECT current_setting('work_mem')",
+    "RESET work_mem; SHOW work_mem",
+    "SELECT 1; SELECT pg_is_in_recovery()",
+    "SELECT count(*) FROM probe_t; SELECT count(*) FROM probe_ul",
+)
+scenario(
+    "multi-empty-statements-and-comments",
+    ";;SELECT 1;;;SELECT 2;",
+    "SELECT 1;;",
+    "-- c1\n;-- c2\n",
+    "/* a */;/* b */",
+    "SELECT 1; -- trailing comment",
+    "; BEGIN; ; COMMIT;",
+    "/* x */ ; /* y */ SELECT 3 /* z */ ;",
+    x(P("", "-- only\n"), B(), D("P"), E(), S),
+    x(P("", "SELECT 4; "), B(), E(), S),
+)
+
+# --- what other clients leave on a server --------------------------------------------------
+scenario(
+    "left-by-others-temp-schema",
+    "SELECT pg_my_temp_schema() = 0",
+    "SELECT current_schemas(true)",
+    "CREATE TEMP TABLE probe_leak_tmp (a int)",
+    "SELECT count(*) FROM probe_leak_tmp",
+    prelude="CREATE TEMP TABLE probe_leak_tmp (a int)",
+)
+scenario(
+    "left-by-others-listen",
+    "SELECT pg_listening_channels()",
+    "NOTIFY probe_leak, 'x'",
+    "SELECT 1",
+    prelude="LISTEN probe_leak",
+)
+scenario(
+    "left-by-others-advisory-lock",
+    "SELECT pg_try_advisory_lock(4260)",
+    "SELECT pg_advisory_unlock(4260)",
+    "SELECT pg_advisory_unlock(4260)",
+    prelude="SELECT pg_try_advisory_lock(4260)",
+)
+scenario(
+    "left-by-others-hold-cursor",
+    "FETCH probe_leak_c",
+    "SELECT count(*) FROM pg_cursors",
+    "DECLARE probe_leak_c CURSOR WITH HOLD FOR SELECT 2",
+    "FETCH probe_leak_c",
+    "CLOSE probe_leak_c",
+    prelude="DECLARE probe_leak_c CURSOR WITH HOLD FOR SELECT 1",
+)
+scenario(
+    "left-by-others-sql-prepare",
+    "EXECUTE probe_leak_p",
+    "PREPARE probe_leak_p AS SELECT 2",
+    "EXECUTE probe_leak_p",
+    prelude="PREPARE probe_leak_p AS SELECT 1",
+)
+scenario(
+    "left-by-others-role-and-seed",
+    "SELECT current_user, session_user",
+    "SELECT random() = random()",
+    prelude="SET ROLE app; SELECT setseed(0.5)",
+)
+
+# --- questions about the node, asked other ways than the routing knows ------------------------
+scenario(
+    "routing-node-settings-through-views",
+    "SELECT name, setting FROM pg_settings"
+    " WHERE name IN ('in_hot_standby', 'transaction_read_only', 'port') ORDER BY 1",
+    "SELECT current_setting(n) FROM (VALUES ('in_hot_standby')) AS v(n)",
+    "SELECT current_setting('IN_HOT_STANDBY'), pg_catalog.current_setting('port') IS NOT NULL",
+    "SELECT setting FROM pg_show_all_settings() WHERE name = 'in_hot_standby'",
+)
+scenario(
+    "routing-node-statistics-and-sizes",
+    "SELECT pg_relation_size('probe_ul') > 0, pg_table_size('probe_ul') > 0",
+    "SELECT n_live_tup > 0 FROM pg_stat_user_tables WHERE relname = 'probe_u'",
+    "SELECT count(*) FROM pg_stat_wal_receiver",
+    "SELECT backend_type, count(*) FROM pg_stat_activity"
+    " WHERE backend_type IN ('walsender', 'walreceiver', 'startup') GROUP BY 1 ORDER BY 1",
+)
+scenario(
+    "routing-recovery-and-wal-functions",
+    "SELECT pg_is_wal_replay_paused()",
+    "SELECT pg_last_xact_replay_timestamp() IS NULL",
+    "SELECT pg_current_wal_lsn() > '0/0'",
+    "SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), '0/0') > 0",
+    "SELECT pg_get_wal_replay_pause_state()",
+)
+
+# --- the cache and locks ------------------------------------------------------------------------
+scenario(
+    "cache-read-while-another-client-locks-the-table",
+    # (Keeps reads on the primary with routing too, as no standby is sure to hold the
+    # primary's lock.)
+    "SET default_transaction_isolation = 'serializable'",
+    C1,
+    C1,
+    other("BEGIN; LOCK TABLE probe_c IN ACCESS EXCLUSIVE MODE", direct=True),
+    C1,
+    x(PBE(C1), S),
+    other("ROLLBACK", direct=True),
+    C1,
+    startup=(("options", "-c lock_timeout=100"),),
+)
+scenario(
+    "setting-made-inside-a-function",
+    "SELECT probe_setter()",
+    "SHOW work_mem",
+    "SHOW work_mem",
+    "BEGIN",
+    "SELECT probe_setter()",
+    "COMMIT",
+    "SELECT current_setting('work_mem')",
+    "RESET work_mem",
+)
+scenario(
+    "advisory-lock-taken-inside-a-function",
+    "SELECT probe_locker()",
+    "SELECT pg_advisory_unlock(4290)",
+    "SELECT pg_advisory_unlock(4290)",
+)
+scenario(
+    "temp-table-made-inside-a-function",
+    "SELECT probe_temp_maker()",
+    "SELECT count(*) FROM tmp_from_fn",
+    "SELECT count(*) FROM tmp_from_fn",
+    "DROP TABLE tmp_from_fn",
+)
+
+# --- cancel requests, time, timeouts ------------------------------------------------------------
+scenario(
+    "cancel-request-variants",
+    Step(Qb("SELECT pg_sleep(3)"), cancel=0.2),
+    Step(PBE("SELECT pg_sleep(3)") + PBE("SELECT 1") + S, cancel=0.2),
+    "BEGIN",
+    Step(Qb("SELECT pg_sleep(3)"), cancel=0.2),
+    "SELECT 1",
+    "ROLLBACK",
+    Step(Qb("COPY probe_w FROM STDIN"), until="G", cancel=0.2),
+    x(CD(b"1\tcancelled\n"), COPY_DONE),
+    Step(Qb("SELECT 1"), cancel=0.2),
+)
+scenario(
+    "transaction-start-time-after-a-pause",
+    "BEGIN",
+    Step(Qb("SELECT statement_timestamp() - now() > interval '0.2 s'"), pause=0.3),
+    "COMMIT",
+    "BEGIN",
+    Step(
+        Qb(
+            "SELECT now() < query_start - interval '0.2 s' FROM pg_stat_activity"
+            " WHERE pid = pg_backend_pid()"
+        ),
+        pause=0.3,
+    ),
+    "COMMIT",
+)
+scenario(
+    "idle-session-timeout",
+    "SET idle_session_timeout = '200ms'",
+    Step(Qb("SELECT 1"), pause=0.5),
+)
+
+# --- statements outlive the transactions that made them -------------------------------------
+scenario(
+    "prepare-and-deallocate-outlive-rolled-back-transactions",
+    "BEGIN",
+    "PREPARE ptx AS SELECT 'kept'",
+    "ROLLBACK",
+    "EXECUTE ptx",
+    x(P("dtx", "SELECT 'proto'"), S),
+    "BEGIN",
+    "DEALLOCATE dtx",
+    "ROLLBACK",
+    x(B("", "dtx"), E(), S),
+    "BEGIN",
+    x(P("ptr", "SELECT 'parsed in tx'"), S),
+    "ROLLBACK",
+    x(B("", "ptr"), E(), S),
+    "BEGIN",
+    "SAVEPOINT a",
+    "PREPARE pts AS SELECT 'savepoint'",
+    "ROLLBACK TO a",
+    "COMMIT",
+    "EXECUTE pts",
+)
+scenario(
+    "notice-at-parse-of-a-named-statement",
+    x(P("nt", "SELECT 1 AS " + "a" * 70), S),
+    x(B("", "nt"), E(), S),
+    x(B("", "nt"), D("P"), E(), S),
+    "PREPARE ntq AS SELECT 2 AS " + "b" * 70,
+    "EXECUTE ntq",
+)
+scenario(
+    "notification-from-another-client",
+    "LISTEN probe_other",
+    other("NOTIFY probe_other, 'from another'"),
+    Step(Qb("SELECT 1"), pause=0.1),
+    other("BEGIN; NOTIFY probe_other, 'a'; NOTIFY probe_other, 'b'; COMMIT"),
+    Step(Qb("SELECT 2"), pause=0.1),
+    "UNLISTEN *",
+)
+
+
 #: Scenarios whose answers through the pooler differ from PostgreSQL's, by configuration:
 #: (scenario, configurations, why). Each is an xfail(strict=True): once fixed, remove it.
 TX = ("tx", "tx-lb", "tx-cache")
@@ -1313,6 +2477,130 @@ KNOWN_DIFFERENCES: list[tuple[str, tuple[str, ...], str]] = [
         TX,
         "error positions of EXPLAIN EXECUTE and CREATE TABLE AS EXECUTE count from the"
         " rewritten statement name (39 for 32, 51 for 44)",
+    ),
+    # --- probe 2 ---
+    (
+        "custom-setting-placeholder-left-by-others",
+        ("tx", "session", "tx-cache"),
+        "a custom setting another client SET stays a placeholder on the server after the"
+        " pooler's reset: SHOW probe.leak gives '' for 42704, current_setting(.., true) ''"
+        " for NULL",
+    ),
+    (
+        "left-by-others-temp-schema",
+        ("tx", "session", "tx-cache"),
+        "the temporary schema of another client's temp table stays the server's:"
+        " pg_my_temp_schema() <> 0, current_schemas(true) = {pg_temp_N,pg_catalog,public}",
+    ),
+    (
+        "log-statement-messages",
+        TX,
+        "log_statement's LOG messages name the pooler's statements: 'execute _pooler_N:"
+        " SELECT 4' for 'execute lsx: ...', 'statement: PREPARE _pooler_N AS ...'",
+    ),
+    (
+        "statement-names-longer-than-identifiers",
+        TX,
+        "PostgreSQL truncates statement names to 63 bytes (a Bind of the 63-byte prefix"
+        " runs the 70-byte one; SQL names with NOTICE 42622): the pooler gives 26000, no"
+        " NOTICE, and a 42P05 naming the 70 bytes",
+    ),
+    (
+        "routing-read-only-transaction-then-node-questions",
+        ("tx-lb",),
+        "a READ ONLY transaction runs whole on the standby its first read went to:"
+        " SHOW in_hot_standby 'on', pg_is_in_recovery() t, pg_last_wal_replay_lsn() set",
+    ),
+    (
+        "routing-read-only-transaction-then-unlogged",
+        ("tx-lb",),
+        "an unlogged table read later in a READ ONLY transaction on the standby: 0A000"
+        " 'cannot access temporary or unlogged relations during recovery', COMMIT -> ROLLBACK",
+    ),
+    (
+        "routing-read-only-transaction-then-xid",
+        ("tx-lb",),
+        "txid_current() later in a READ ONLY transaction on the standby: 25006 'cannot"
+        " execute pg_current_xact_id() during recovery' (PostgreSQL gives t)",
+    ),
+    (
+        "routing-read-only-transaction-then-listen-notify",
+        ("tx-lb",),
+        "LISTEN / NOTIFY later in a READ ONLY transaction on the standby: 25006 'cannot"
+        " execute LISTEN during recovery', COMMIT -> ROLLBACK, no notification",
+    ),
+    (
+        "routing-sequence-reads",
+        ("tx-lb",),
+        "a sequence read through pg_sequences, or inside a READ ONLY transaction placed"
+        " on the standby, shows the standby's value, WAL-logged ahead: 133 where nextval"
+        " gave 101 (a plain read of the sequence goes to the primary)",
+    ),
+    (
+        "routing-unlogged-table-reads",
+        ("tx-lb",),
+        "COPY (SELECT f()) TO STDOUT, f a STABLE function reading an unlogged table, runs"
+        " on the standby: 0A000 (SELECT f() alone runs on the primary)",
+    ),
+    (
+        "routing-node-settings-through-views",
+        ("tx-lb",),
+        "pg_settings, pg_show_all_settings() and current_setting(<computed name>) run on"
+        " the standby: in_hot_standby / transaction_read_only 'on', the standby's port",
+    ),
+    (
+        "routing-node-statistics-and-sizes",
+        ("tx-lb",),
+        "pg_relation_size/pg_table_size of an unlogged table (0 on a standby) and"
+        " pg_stat_user_tables.n_live_tup (not replicated) run on the standby: f for t",
+    ),
+    (
+        "transaction-start-time-after-a-pause",
+        ("tx-lb",),
+        "a lone BEGIN the pooler answers starts the transaction with the next statement:"
+        " now() is that statement's time, not BEGIN's (f for t after 0.3 s)",
+    ),
+    (
+        "cache-immutable-function-reading-a-table",
+        ("tx-cache",),
+        "a read calling an IMMUTABLE user function is cached without the tables the"
+        " function reads: 'e' is served after an UPDATE made it 'e2'",
+    ),
+    (
+        "cache-read-while-another-client-locks-the-table",
+        ("tx-cache",),
+        "a cached read is answered while another session holds ACCESS EXCLUSIVE on its"
+        " table, where PostgreSQL waits (here: 55P03 lock timeout)",
+    ),
+    (
+        "setting-made-inside-a-function",
+        TX,
+        "a setting made inside a function (plpgsql set_config) does not follow the"
+        " client: SHOW work_mem on the next server says 4MB for 7MB",
+    ),
+    (
+        "advisory-lock-taken-inside-a-function",
+        TX,
+        "a session advisory lock taken inside a function does not keep the client on its"
+        " server: the unlock runs elsewhere (WARNING, f for t), and the lock leaks",
+    ),
+    (
+        "temp-table-made-inside-a-function",
+        TX,
+        "a temporary table made inside a function does not keep the client on its"
+        " server: the next read on another server gets 42P01",
+    ),
+    (
+        "cancel-request-variants",
+        ("tx", "tx-lb", "session", "tx-cache"),
+        "a CancelRequest sent while the client is in COPY FROM STDIN is lost: the COPY"
+        " completes (COPY 1) where PostgreSQL fails it with 57014",
+    ),
+    (
+        "idle-session-timeout",
+        TX,
+        "idle_session_timeout never ends the client's session: PostgreSQL sends FATAL"
+        " 57P05 and closes, the pooler answers the next query",
     ),
 ]
 for _name, _configs, _why in KNOWN_DIFFERENCES:
@@ -1435,23 +2723,52 @@ def _prelude(address: Address, sql: str) -> None:
 
 
 def _converse(
-    address: Address, sc: Scenario, churn: _Churns | None, pooled: bool = False
+    address: Address,
+    sc: Scenario,
+    churn: _Churns | None,
+    pooled: bool = False,
+    primary: Address | None = None,
+    replay: Any = None,
 ) -> list[Any]:
     seen: list[Any] = []
     if sc.prelude and pooled:
         _prelude(address, sc.prelude)
     wire, login = _login(address, sc.startup)
     seen.append(["login", *(_norm(msg, None) for msg in login)])
+    side: Wire | None = None
     with wire:
         own_pid = wire.backend_key[0] if wire.backend_key else None
         idle = True
         try:
             for step in [*sc.steps, q("SELECT 'the end'")]:
+                if step.replayed:
+                    if replay is not None:
+                        replay()
+                    seen.append(["replayed"])
+                    continue
+                if step.other:
+                    if step.direct:
+                        if side is None:
+                            side = connect(primary or address)
+                        answer = side.query(step.other)
+                    else:
+                        if churn is not None:
+                            churn.release_all()
+                        with connect(address) as another:
+                            answer = another.query(step.other)
+                    seen.append(["other", *(_norm(msg, None) for msg in answer)])
+                    continue
                 if churn is not None and idle:
                     churn.rotate()
                 if step.pause:
                     time.sleep(step.pause)
                 wire.send(step.data)
+                if step.cancel:
+                    time.sleep(step.cancel)
+                    assert wire.backend_key is not None
+                    with Wire(address) as canceller:
+                        canceller.send(build_cancel_request(*wire.backend_key))
+                        canceller.is_closed()
                 got: list[Msg] = []
                 for until in step.until:
                     got += wire.read_until(until)
@@ -1467,6 +2784,8 @@ def _converse(
         finally:
             if churn is not None:
                 churn.release_all()
+            if side is not None:
+                side.close()
     return seen
 
 
@@ -1499,12 +2818,62 @@ SETUP = [
         RAISE WARNING 'a warning' USING DETAIL = 'some detail', HINT = 'a hint';
         RETURN 2;
     END$$""",
+    "DROP TABLE IF EXISTS probe_c, probe_ul, probe_lk, probe_counter, probe_dd",
+    "DROP SEQUENCE IF EXISTS probe_seq3",
+    "CREATE TABLE probe_c (id int PRIMARY KEY, v text)",
+    "INSERT INTO probe_c VALUES (1, 'a'), (2, 'b'), (3, 'c'), (4, 'd'), (5, 'e')",
+    "CREATE UNLOGGED TABLE probe_ul (a int)",
+    "INSERT INTO probe_ul SELECT generate_series(1, 7)",
+    "CREATE TABLE probe_lk (a int)",
+    "CREATE TABLE probe_counter (n int)",
+    "INSERT INTO probe_counter VALUES (0)",
+    "CREATE SEQUENCE probe_seq3",
+    """CREATE OR REPLACE FUNCTION probe_bump() RETURNS int LANGUAGE sql AS
+    'UPDATE probe_counter SET n = n + 1 RETURNING n'""",
+    # Declared IMMUTABLE, though it reads a table (a common mistake).
+    """CREATE OR REPLACE FUNCTION probe_imm(k int) RETURNS text IMMUTABLE LANGUAGE plpgsql AS $$
+    BEGIN
+        RETURN (SELECT v FROM probe_c WHERE id = k);
+    END$$""",
+    """CREATE OR REPLACE FUNCTION probe_count_ul() RETURNS bigint STABLE LANGUAGE plpgsql AS $$
+    BEGIN
+        RETURN (SELECT count(*) FROM probe_ul);
+    END$$""",
+    """CREATE OR REPLACE FUNCTION probe_notice_imm(msg text) RETURNS int IMMUTABLE
+    LANGUAGE plpgsql AS $$
+    BEGIN
+        RAISE NOTICE 'immutable notice: %', msg;
+        RETURN 3;
+    END$$""",
+    # Session state that the text of the statement calling them does not show.
+    """CREATE OR REPLACE FUNCTION probe_setter() RETURNS int LANGUAGE plpgsql AS $$
+    BEGIN
+        PERFORM set_config('work_mem', '7MB', false);
+        RETURN 1;
+    END$$""",
+    """CREATE OR REPLACE FUNCTION probe_locker() RETURNS bool LANGUAGE plpgsql AS $$
+    BEGIN
+        RETURN pg_try_advisory_lock(4290);
+    END$$""",
+    """CREATE OR REPLACE FUNCTION probe_temp_maker() RETURNS int LANGUAGE plpgsql AS $$
+    BEGIN
+        CREATE TEMP TABLE IF NOT EXISTS tmp_from_fn (a int);
+        INSERT INTO tmp_from_fn VALUES (1);
+        RETURN 1;
+    END$$""",
 ]
+#: Run as the superuser (the scenarios' user, app, is not one).
+SUPERUSER_SETUP = ["GRANT SET ON PARAMETER log_statement TO app"]
+SUPERUSER_TEARDOWN = ["REVOKE SET ON PARAMETER log_statement FROM app"]
 TEARDOWN = [
     "DROP SCHEMA IF EXISTS probe_s1, probe_s2 CASCADE",
     "DROP TABLE IF EXISTS probe_t, probe_w, probe_u",
     "DROP SEQUENCE IF EXISTS probe_seq, probe_seq2",
     "DROP FUNCTION IF EXISTS probe_notice(text), probe_warn()",
+    "DROP FUNCTION IF EXISTS probe_bump(), probe_imm(int), probe_count_ul(),"
+    " probe_notice_imm(text), probe_setter(), probe_locker(), probe_temp_maker()",
+    "DROP TABLE IF EXISTS probe_c, probe_ul, probe_lk, probe_counter, probe_dd",
+    "DROP SEQUENCE IF EXISTS probe_seq3",
 ]
 
 
@@ -1531,10 +2900,16 @@ def probe_tables(cluster: LocalCluster) -> Iterator[None]:
     with psycopg.connect(direct_dsn(cluster), autocommit=True) as conn:
         for sql in SETUP:
             conn.execute(sql)
+    with psycopg.connect(superuser_dsn(cluster), autocommit=True) as conn:
+        for sql in SUPERUSER_SETUP:
+            conn.execute(sql)
     _wait_for_replay(cluster)
     yield
     with psycopg.connect(direct_dsn(cluster), autocommit=True) as conn:
         for sql in TEARDOWN:
+            conn.execute(sql)
+    with psycopg.connect(superuser_dsn(cluster), autocommit=True) as conn:
+        for sql in SUPERUSER_TEARDOWN:
             conn.execute(sql)
 
 
@@ -1625,12 +3000,23 @@ def test_probe_scenario_answers_as_postgres(
     config: str,
     sc: Scenario,
 ) -> None:
+    primary = (cluster.primary.host, cluster.primary.port)
+
+    def replay() -> None:
+        _wait_for_replay(cluster)
+
     if sc.name not in _direct_answers:
-        primary = cluster.primary
-        _direct_answers[sc.name] = _converse((primary.host, primary.port), sc, None)
+        _direct_answers[sc.name] = _converse(primary, sc, None, replay=replay)
     want = _direct_answers[sc.name]
     pooler = poolers[config]
-    got = _converse((pooler.host, pooler.port), sc, churns.get(config), pooled=True)
+    got = _converse(
+        (pooler.host, pooler.port),
+        sc,
+        churns.get(config),
+        pooled=True,
+        primary=primary,
+        replay=replay,
+    )
     differing = [
         f"step {i} ({(['login', *sc.steps, 'final query'] + ['?'] * 99)[i]!r}):"
         f"\n  direct: {w}\n  pooled: {g}"
