@@ -442,9 +442,9 @@ class ClientEngine:
             if not name:
                 self._unnamed_writes = writes
                 self._unnamed_begins = begins
-                has = self.statements.parsed_unnamed(body[1:])
+                number = self.statements.parsed_unnamed(body)
                 if server is not None:
-                    server.unnamed = has
+                    server.unnamed = number
                 else:
                     self._held_unnamed = _PARSED
             else:
@@ -503,7 +503,7 @@ class ClientEngine:
     def _unnamed_dropped(self, server: ServerEngine | None) -> None:
         self.statements.dropped_unnamed()
         if server is not None:
-            server.unnamed = None
+            server.unnamed = 0
         else:
             self._held_unnamed = _DROPPED
 
@@ -867,16 +867,15 @@ class ClientEngine:
         when the held requests use it before making their own (b"": nothing); the
         server's unnamed statement as it will be once they ran, noted."""
         statements = self.statements
-        has = None if aligning else server.unnamed  # (a simple Query drops it)
+        has = 0 if aligning else server.unnamed  # (a simple Query drops it)
         unnamed = b""
         if self._needs_unnamed and not deferred:
             unnamed = statements.unnamed_prelude(has)
-            if unnamed:
-                has = (statements, statements.unnamed_version) if statements.unnamed else None
+            has = statements.unnamed_id
         if deferred or self._held_unnamed == _DROPPED:
-            has = None
+            has = 0
         elif self._held_unnamed == _PARSED:
-            has = (statements, statements.unnamed_version)
+            has = statements.unnamed_id
         server.unnamed = has
         self._held_unnamed = None
         self._needs_unnamed = False

@@ -129,9 +129,9 @@ class ServerEngine:
         split = _REWRITTEN if owners is not None else frozenset()
         #: The statements of the client attached now (their names in errors).
         self.statements: ClientStatements | None = None
-        #: Whose unnamed statement it has, as ``ClientStatements.parsed_unnamed`` says
-        #: it (None: none).
-        self.unnamed: tuple[ClientStatements, int] | None = None
+        #: The number of the unnamed statement it has (``ClientStatements.unnamed_id``;
+        #: 0: none).
+        self.unnamed = 0
         #: Whose writes may have left sequence state here (currval, lastval): the
         #: statements of that client, or None.
         self.sequences: ClientStatements | None = None
@@ -555,7 +555,7 @@ class ServerEngine:
         self.prepared.clear()
         self.alignment_failed = False
         # (The reset query, a simple Query, dropped the unnamed statement.)
-        self.unnamed = None
+        self.unnamed = 0
         self.sequences = None
 
     def reset_result(self) -> bool | None:

@@ -30,6 +30,7 @@ from pooler.protocol.codec import frame
 SERVER_CAPACITY = 1000
 
 _names = itertools.count(1)
+_unnamed_ids = itertools.count(1)
 _SYNC = frame(m.SYNC, b"")
 _CLOSE_UNNAMED = frame(m.CLOSE, b"S\0") + _SYNC
 
@@ -73,7 +74,7 @@ class ClientStatements:
         "theirs",
         "unconfirmed",
         "unnamed",
-        "unnamed_version",
+        "unnamed_id",
     )
 
     def __init__(self) -> None:
@@ -111,12 +112,12 @@ class ClientStatements:
         # (their table was dropped): the pooler's name -> the error, as PostgreSQL gives
         # it to each use of them on that server (it analyzes the text again each time).
         self._gone: dict[bytes, bytes] | None = None
-        #: The unnamed statement's Parse body after the name (text and parameter
-        #: types), while the client has one: PostgreSQL keeps it across Syncs, until the
-        #: next Parse of it, a Close of it or a simple Query; and a number that changes
-        #: with it (a server has the client's unnamed statement if it has that number).
+        #: The unnamed statement's Parse body, while the client has one: PostgreSQL
+        #: keeps it across Syncs, until the next Parse of it, a Close of it or a simple
+        #: Query; and its number, unique in the process (0: none), which a server that
+        #: has it notes (``ServerEngine.unnamed``).
         self.unnamed: bytes | None = None
-        self.unnamed_version = 0
+        self.unnamed_id = 0
 
     def __len__(self) -> int:
         return len(self._by_name)
@@ -202,28 +203,27 @@ class ClientStatements:
                     gone.append(ours)
         return gone
 
-    def parsed_unnamed(self, rest: bytes) -> tuple[ClientStatements, int]:
-        """The client parsed the unnamed statement: what a server it went to has now."""
-        self.unnamed = rest
-        self.unnamed_version += 1
-        return (self, self.unnamed_version)
+    def parsed_unnamed(self, body: bytes) -> int:
+        """The client parsed the unnamed statement (``body``: the Parse's): the number a
+        server it went to has now."""
+        self.unnamed = body
+        self.unnamed_id = next(_unnamed_ids)
+        return self.unnamed_id
 
     def dropped_unnamed(self) -> None:
         """A simple Query or a Close of the unnamed statement: the client has none."""
-        if self.unnamed is not None:
-            self.unnamed = None
-            self.unnamed_version += 1
+        self.unnamed = None
+        self.unnamed_id = 0
 
-    def unnamed_prelude(self, server_has: tuple[ClientStatements, int] | None) -> bytes:
-        """What gives a server whose unnamed statement is ``server_has`` this client's
-        (or none, as the client has none), with a Sync: b"" when it has it already."""
-        if server_has == (self, self.unnamed_version):
+    def unnamed_prelude(self, server_has: int) -> bytes:
+        """What gives a server whose unnamed statement is number ``server_has`` (0:
+        none) this client's, or none as the client has none, with a Sync: b"" when it
+        has it already."""
+        if server_has == self.unnamed_id:
             return b""
         if self.unnamed is not None:
-            return frame(m.PARSE, b"\0" + self.unnamed) + _SYNC
-        if server_has is not None:
-            return _CLOSE_UNNAMED
-        return b""
+            return frame(m.PARSE, self.unnamed) + _SYNC
+        return _CLOSE_UNNAMED
 
     def text(self, name: bytes) -> bytes | None:
         """The text the client parsed as ``name`` (None: none, or made by SQL PREPARE)."""
