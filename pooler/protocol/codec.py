@@ -374,6 +374,7 @@ class Scanner:
             if t in self._split:
                 if run < pos:
                     out.append(data[run:pos])
+                before = last
                 if t in self._stop:
                     if end <= n:
                         out.append(Message(t, data[pos + 5 : end]))
@@ -381,7 +382,6 @@ class Scanner:
                         self._broken = True
                         return out
                 else:
-                    before = last
                     last = t
                     # One that may be diverted once it is whole is counted then.
                     if t in self._track and (end <= n or self._divert is None):

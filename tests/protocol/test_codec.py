@@ -267,3 +267,14 @@ def test_sasl_initial_response_round_trip() -> None:
     ]:
         with pytest.raises(ValueError, match=error):
             m.parse_sasl_initial_response(body)
+
+
+def test_a_stop_message_cut_across_reads_ends_the_stream_once_whole() -> None:
+    """A Terminate with a body, its end in the next read (found by tests/test_native.py:
+    it raised UnboundLocalError)."""
+    scanner = Scanner(stop=frozenset({m.TERMINATE}), limits=LIMITS)
+    stream = frame(m.TERMINATE, b"\0") + frame(m.QUERY, b"SELECT 1\0")
+    assert scanner.feed(stream[:5]) == []
+    events = _events(scanner.feed(stream[5:]))
+    assert [(e.type, e.body) for e in events if isinstance(e, Message)] == [(m.TERMINATE, b"\0")]
+    assert scanner.feed(b"more") == []
