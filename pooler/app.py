@@ -10,6 +10,7 @@ from collections.abc import Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any
 
 from parser_api import Classification, Classifier, ParseError, Route
+from pooler import native
 from pooler.admin.periods import Periods, Totals, database_totals
 from pooler.admin.port import AdminPort
 from pooler.admin.state import ADMIN_DATABASES, AdminState, Context
@@ -406,8 +407,19 @@ class Pooler:
         self._periods_task = loop.create_task(self._stats_periods())
         log.info(
             "listening",
-            extra={"host": cfg.listen.host, "port": cfg.listen.port, "mode": cfg.pool.mode},
+            extra={
+                "host": cfg.listen.host,
+                "port": cfg.listen.port,
+                "mode": cfg.pool.mode,
+                "data_path": native.STATE,
+            },
         )
+        if native.STATE == "stale":
+            log.warning(
+                "the compiled data path is older than its sources: running them instead, "
+                "slower (scripts/setup-venv compiles them again)",
+                extra={"modules": ",".join(native.stale_modules())},
+            )
 
     async def _janitor(self, idle_timeout: float) -> None:
         """Close server connections unused for ``idle_timeout`` seconds."""

@@ -503,27 +503,28 @@ class ClientConnection(asyncio.Protocol):
             self.transport.close()
         except AuthClosed:
             self.transport.abort()
-        except StartupError as exc:
-            log.info("bad startup packet", extra={"peer": self._peer(), "why": exc.message})
-            if exc.sqlstate is None:
+        except StartupError as bad:
+            # One name per clause: compiled code gives a name one type (pooler.native).
+            log.info("bad startup packet", extra={"peer": self._peer(), "why": bad.message})
+            if bad.sqlstate is None:
                 self.transport.abort()
-            elif exc.old_format:
-                self.transport.write(m.error_response_v2("FATAL", exc.message))
+            elif bad.old_format:
+                self.transport.write(m.error_response_v2("FATAL", bad.message))
                 self.transport.close()
             else:
-                self._fatal(exc.sqlstate, exc.message, detail=exc.detail, hint=exc.hint)
-        except ClientAuthError as exc:
+                self._fatal(bad.sqlstate, bad.message, detail=bad.detail, hint=bad.hint)
+        except ClientAuthError as refused:
             log.info(
                 "authentication failed",
-                extra={"user": self.user, "peer": self._peer(), "why": str(exc)},
+                extra={"user": self.user, "peer": self._peer(), "why": str(refused)},
             )
-            self._fatal(exc.sqlstate, exc.message, detail=exc.detail)
-        except LoginError as exc:
+            self._fatal(refused.sqlstate, refused.message, detail=refused.detail)
+        except LoginError as failed:
             log.warning(
                 "server login failed",
-                extra={"user": self.user, "database": self.database, "why": str(exc)},
+                extra={"user": self.user, "database": self.database, "why": str(failed)},
             )
-            self.transport.write(exc.response)
+            self.transport.write(failed.response)
             self.transport.close()
         except TimeoutError:
             self._checkout_timed_out()

@@ -11,26 +11,26 @@ from collections.abc import Iterable
 from pooler.protocol.codec import frame
 
 # Backend message types.
-AUTHENTICATION = ord("R")
-PARAMETER_STATUS = ord("S")
-BACKEND_KEY_DATA = ord("K")
-READY_FOR_QUERY = ord("Z")
-ERROR_RESPONSE = ord("E")
-NOTICE_RESPONSE = ord("N")
-NOTIFICATION_RESPONSE = ord("A")
-COMMAND_COMPLETE = ord("C")
-NEGOTIATE_PROTOCOL_VERSION = ord("v")
-COPY_IN_RESPONSE = ord("G")
+AUTHENTICATION: int = ord("R")
+PARAMETER_STATUS: int = ord("S")
+BACKEND_KEY_DATA: int = ord("K")
+READY_FOR_QUERY: int = ord("Z")
+ERROR_RESPONSE: int = ord("E")
+NOTICE_RESPONSE: int = ord("N")
+NOTIFICATION_RESPONSE: int = ord("A")
+COMMAND_COMPLETE: int = ord("C")
+NEGOTIATE_PROTOCOL_VERSION: int = ord("v")
+COPY_IN_RESPONSE: int = ord("G")
 
 # Frontend message types.
-QUERY = ord("Q")
-PARSE = ord("P")
-BIND = ord("B")
-DESCRIBE = ord("D")
-CLOSE = ord("C")
-TERMINATE = ord("X")
-PASSWORD = ord("p")
-SYNC = ord("S")
+QUERY: int = ord("Q")
+PARSE: int = ord("P")
+BIND: int = ord("B")
+DESCRIBE: int = ord("D")
+CLOSE: int = ord("C")
+TERMINATE: int = ord("X")
+PASSWORD: int = ord("p")
+SYNC: int = ord("S")
 
 # Authentication request codes.
 AUTH_OK = 0
