@@ -35,6 +35,16 @@ COMPILED = (
     "pooler.net.client",
     "pooler.net.server",
     "pooler.pool",
+    "pooler.routing.balancer",
+    "pooler.routing.search_path",
+    "pooler.routing.targets",
+    "pooler.cache.answer",
+    "pooler.cache.key",
+    "pooler.cache.positions",
+    "pooler.cache.query_cache",
+    "pooler.cache.session",
+    "pooler.cache.store",
+    "pooler.app",
 )
 
 #: The directory that holds the ``pooler`` package.

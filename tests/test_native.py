@@ -130,7 +130,8 @@ def _plain(value: object) -> object:
         return value
     if isinstance(value, BaseException):
         return (type(value).__name__, str(value))
-    fields = type(value).__match_args__  # type: ignore[attr-defined]  # dataclasses
+    # (Of the instance: a compiled class keeps it behind a descriptor.)
+    fields: tuple[str, ...] = value.__match_args__  # type: ignore[attr-defined]
     return (type(value).__name__, *(_plain(getattr(value, f)) for f in fields))
 
 

@@ -13,12 +13,12 @@ import functools
 
 from parser_api import Catalog, Classification, Classifier, ParseError
 from pooler.admin.state import Context
-from pooler.admin.wire import Result, Value, columns
+from pooler.admin.wire import Column, Result, Value, columns
 from pooler.cluster.catalog import PathCatalog
 from pooler.routing.search_path import Path, client_path
 from pooler.routing.targets import Target, hint_of, target_of
 
-COLUMNS = columns("item", "value")
+COLUMNS: tuple[Column, ...] = columns("item", "value")
 
 
 @functools.cache

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 from pooler.admin.pgbouncer import config_rows
 from pooler.admin.state import Context
-from pooler.admin.wire import AdminError, Result, Value, columns, syntax_error
+from pooler.admin.wire import AdminError, Column, Result, Value, columns, syntax_error
 from pooler.admin.words import Word
 from pooler.routing.targets import Target
 
-COLUMNS = columns("item", "value", "description")
+COLUMNS: tuple[Column, ...] = columns("item", "value", "description")
 #: Session settings: their values, the default first, and what they do.
 SESSION = {
     "load_balance_mode": (("on", "off"), "off: this session's reads stay on the primary"),

@@ -39,19 +39,25 @@ DROPS_KEPT = 4096
 _EVERYWHERE = ""
 
 
-@dataclass(slots=True)
 class Entry:
     """One cached answer."""
 
-    #: The answer bytes, replayed as they are.
-    value: bytes
-    database: str
-    #: The tables (and views) it read; a write to any of them drops it.
-    tables: frozenset[str]
-    #: When it was stored (the store's clock; ``_NO_CLOCK`` without a ttl).
-    created: float
-    #: Bytes counted against ``max_size``.
-    size: int
+    # Not a dataclass: compiled (pooler.native), a dataclass keeps an __init__ that
+    # dataclasses wrote in Python, run for every answer stored.
+    __slots__ = ("created", "database", "size", "tables", "value")
+
+    def __init__(
+        self, value: bytes, database: str, tables: frozenset[str], created: float, size: int
+    ) -> None:
+        #: The answer bytes, replayed as they are.
+        self.value = value
+        self.database = database
+        #: The tables (and views) it read; a write to any of them drops it.
+        self.tables = tables
+        #: When it was stored (the store's clock; ``_NO_CLOCK`` without a ttl).
+        self.created = created
+        #: Bytes counted against ``max_size``.
+        self.size = size
 
 
 class Snapshot(NamedTuple):

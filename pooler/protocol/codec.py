@@ -77,12 +77,26 @@ class FramingError(Exception):
         self.fatal_message = fatal_message
 
 
-@dataclass(frozen=True, slots=True)
 class Message:
     """One whole message: its type byte as an int and its body (without the header)."""
 
-    type: int
-    body: bytes
+    # Not a dataclass: compiled (pooler.native), a dataclass keeps an __init__ that
+    # dataclasses wrote in Python, run for every message the pooler looks inside.
+    __slots__ = ("body", "type")
+    __match_args__ = ("type", "body")
+
+    def __init__(self, type: int, body: bytes) -> None:
+        self.type = type
+        self.body = body
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Message) and other.type == self.type and other.body == self.body
+
+    def __hash__(self) -> int:
+        return hash((self.type, self.body))
+
+    def __repr__(self) -> str:
+        return f"Message(type={self.type!r}, body={self.body!r})"
 
     def raw(self) -> bytes:
         """The message as it travels on the wire."""
