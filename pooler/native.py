@@ -45,6 +45,8 @@ COMPILED = (
     "pooler.cache.session",
     "pooler.cache.store",
     "pooler.app",
+    "pooler.admin.port",
+    "pooler.admin.words",
 )
 
 #: The directory that holds the ``pooler`` package.

@@ -18,8 +18,6 @@ from dataclasses import dataclass
 
 _INT32 = struct.Struct("!i")
 _UINT32 = struct.Struct("!I")
-_HDR = struct.Struct("!ci")
-_TYPE_AND_LENGTH = struct.Struct("!Bi").unpack_from
 _HDR_BYTES = struct.Struct("!Bi").pack
 unpack_int32 = _INT32.unpack_from
 
@@ -105,7 +103,7 @@ class Message:
 
 def frame(msg_type: int, body: bytes) -> bytes:
     """Build a typed message."""
-    return _HDR.pack(bytes((msg_type,)), len(body) + 4) + body
+    return _HDR_BYTES(msg_type, len(body) + 4) + body
 
 
 Event = bytes | Message | FramingError
@@ -355,11 +353,15 @@ class Scanner:
                             return self._paused(out, data, run, pos)
         special = self._special
         floor = self._floor
-        header = _TYPE_AND_LENGTH
         last = self.last_type
         n4 = n - 4
         while pos < n4:
-            t, length = header(data, pos)
+            # Byte by byte, not struct: compiled (pooler.native), these are C array
+            # reads, where unpack_from is a call that builds a tuple.
+            t = data[pos]
+            length = data[pos + 1] << 24 | data[pos + 2] << 16 | data[pos + 3] << 8 | data[pos + 4]
+            if length > 0x7FFFFFFF:
+                length -= 0x100000000  # a signed Int32
             if t not in special:
                 if length < 4 or (length > floor and length > self._limits[t]):
                     self.last_type = last
