@@ -53,7 +53,9 @@ def _ext_modules() -> list[Extension]:
 
     compiled = runpy.run_path("pooler/native.py")["COMPILED"]
     paths = [name.replace(".", "/") + ".py" for name in compiled]
-    extensions = mypycify(paths, opt_level="3")
+    # The shared library goes inside the package (pooler/compiled__mypyc...so): at the
+    # top level, an editable install's finder would not find it outside the checkout.
+    extensions = mypycify(paths, opt_level="3", group_name="pooler.compiled")
     for ext in extensions:
         _patched_runtime(ext)
     return extensions

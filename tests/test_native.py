@@ -11,6 +11,7 @@ import importlib
 import importlib.util
 import itertools
 import os
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -40,6 +41,19 @@ def test_this_checkout_runs_the_compiled_data_path() -> None:
         "run scripts/setup-venv"
     )
     assert codec.__file__ is not None and codec.__file__.endswith(_SUFFIX)
+
+
+def test_the_compiled_path_loads_from_any_directory(tmp_path: Path) -> None:
+    """As `pooler run` started from elsewhere: an editable install's finder knows the
+    package only, so everything compiled must live inside it."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    probe = "import pooler.native as n, pooler.engine.client as c; print(n.STATE, c.__file__)"
+    done = subprocess.run(
+        [sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    if not os.environ.get("POOLER_PURE_PYTHON"):
+        assert done.stdout.startswith("compiled "), done.stdout
 
 
 def _tree(root: Path, built: dict[str, float | None]) -> None:
