@@ -49,6 +49,9 @@ COMPILED = (
     "pooler.admin.words",
 )
 
+#: The library all of them are compiled into (setup.py's group_name).
+SHARED = "pooler.compiled__mypyc"
+
 #: The directory that holds the ``pooler`` package.
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -85,10 +88,25 @@ def stale_modules(modules: Sequence[str] = COMPILED, root: Path = ROOT) -> list[
     return stale
 
 
-def state_of(modules: Sequence[str] = COMPILED, root: Path = ROOT) -> State:
-    """Whether ``modules`` are compiled, not compiled at all, or compiled but stale."""
+def _library_stale(shared: str, root: Path) -> bool:
+    """The library is missing, or older than the build's own description (setup.py,
+    in a checkout)."""
+    library = extension_path(shared, root)
+    if library is None:
+        return True
+    setup = root / "setup.py"
+    return setup.exists() and setup.stat().st_mtime > library.stat().st_mtime
+
+
+def state_of(
+    modules: Sequence[str] = COMPILED, root: Path = ROOT, shared: str | None = SHARED
+) -> State:
+    """Whether ``modules`` (compiled into ``shared``) are compiled, not compiled at
+    all, or compiled but stale."""
     stale = stale_modules(modules, root)
     if not stale:
+        if shared is not None and _library_stale(shared, root):
+            return "stale"
         return "compiled"
     if len(stale) == len(modules) and all(extension_path(m, root) is None for m in modules):
         return "pure"

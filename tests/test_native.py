@@ -82,7 +82,22 @@ def test_state_follows_the_dates_of_sources_and_extensions(
     tmp_path: Path, built: dict[str, float | None], state: str
 ) -> None:
     _tree(tmp_path, built)
-    assert native.state_of(list(built), tmp_path) == state
+    assert native.state_of(list(built), tmp_path, None) == state
+
+
+def test_a_missing_or_older_library_is_stale(tmp_path: Path) -> None:
+    """The extensions are shims that load one shared library; setup.py says how it is
+    built (its name, the corrections to mypyc's runtime)."""
+    _tree(tmp_path, {"p.a": 2000, "p.lib": 2000})
+    native.source_path("p.lib", tmp_path).unlink()
+    assert native.state_of(["p.a"], tmp_path, "p.lib") == "compiled"
+    setup = tmp_path / "setup.py"
+    setup.write_text("")
+    os.utime(setup, (3000, 3000))
+    assert native.state_of(["p.a"], tmp_path, "p.lib") == "stale"
+    native.extension_path("p.lib", tmp_path).unlink()  # type: ignore[union-attr]
+    os.utime(setup, (1000, 1000))
+    assert native.state_of(["p.a"], tmp_path, "p.lib") == "stale"
 
 
 def test_stale_modules_are_imported_from_source(tmp_path: Path) -> None:
