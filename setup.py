@@ -5,10 +5,12 @@ Set POOLER_PURE_PYTHON=1 to install without compiling (the sources run, slower).
 
 import os
 import runpy
+import sys
 from pathlib import Path
 
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
+from setuptools.errors import CCompilerError, ExecError, PlatformError
 
 # mypyc's bytes slice makes a negative length into an error where Python gives b""
 # (b"S"[1:-1]: a malformed message from a client, found by tests/e2e/test_probe_fidelity).
@@ -22,7 +24,15 @@ class _BuildExt(build_ext):
     its source for stale."""
 
     def run(self) -> None:
-        super().run()
+        try:
+            super().run()
+        except (CCompilerError, ExecError, PlatformError) as exc:
+            # No C compiler or Python headers here: the pooler runs its sources, slower
+            # (pooler.native), rather than not installing at all.
+            print(
+                f"pooler: the data path is not compiled ({exc}); it runs as Python", file=sys.stderr
+            )
+            return
         if self.inplace:
             for ext in self.extensions:
                 os.utime(self.get_ext_fullpath(ext.name))
