@@ -1,6 +1,6 @@
 """The pooler's own CPU per pgbench -S transaction, without sockets or PostgreSQL.
 
-``bench/hot_path [--modes simple,extended,prepared] [--routing] [--profile]``
+``bench/hot_path [--modes simple,extended,prepared] [--routing] [--profile] [--evict MB]``
 
 A real ``Pooler`` (transaction pooling, three backends) with a client connection and
 idle server connections whose transports only collect what is written to them: each
@@ -11,7 +11,9 @@ catalog, routing, checkout and return of a server), and the system calls, the ev
 loop and the other processes do not. The figure is the thread's CPU time per
 transaction (median of nine batches, and the best one: the figure to compare when
 other processes share the cores), stable where pgbench_compare's is not;
-``--profile`` prints cProfile's view of the same loop instead.
+``--profile`` prints cProfile's view of the same loop instead. ``--evict MB`` touches
+that much memory before each request and each answer, as pgbench and PostgreSQL do to
+the caches between two of the pooler's wake-ups: under pgbench the pooler runs cold.
 """
 
 from __future__ import annotations
@@ -84,22 +86,14 @@ def _requests(mode: str) -> tuple[list[bytes], bytes]:
     texts = [_SQL.format(aid) for aid in range(1, 100_001, 37)]
     if mode == "simple":
         return [_frame(b"Q", text.encode() + b"\0") for text in texts], row + ready
-    bind_exec = (
-        _frame(b"D", b"P\0")
-        + _frame(b"E", b"\0\0\0\0\0")
-        + _frame(b"S", b"")
-    )
+    bind_exec = _frame(b"D", b"P\0") + _frame(b"E", b"\0\0\0\0\0") + _frame(b"S", b"")
     if mode == "extended":
         sql = _SQL.format("$1").encode()
         out = []
         for aid in range(1, 100_001, 37):
             value = str(aid).encode()
             bind = b"\0\0\0\0\0\x01" + len(value).to_bytes(4, "big") + value + b"\0\0"
-            out.append(
-                _frame(b"P", b"\0" + sql + b"\0\0\0")
-                + _frame(b"B", bind)
-                + bind_exec
-            )
+            out.append(_frame(b"P", b"\0" + sql + b"\0\0\0") + _frame(b"B", bind) + bind_exec)
         return out, _frame(b"1", b"") + _frame(b"2", b"") + row + ready
     # prepared: Parse once (the first request), then Bind/Execute by name.
     sql = _SQL.format("$1").encode()
@@ -153,7 +147,28 @@ def _client(app: Pooler, database: str, user: str) -> ClientConnection:
     return client
 
 
-async def _measure(mode: str, routing: bool, count: int, profile: bool) -> tuple[float, float]:
+class _Evictor:
+    """Touches every cache line of ``megabytes`` of memory, as the processes that run
+    between two of the pooler's wake-ups do to the CPU's caches (pgbench, PostgreSQL)."""
+
+    def __init__(self, megabytes: int) -> None:
+        self._junk = bytearray(megabytes << 20)
+        self._zeros = bytes(len(self._junk[::64]))
+        #: CPU seconds one eviction costs by itself (subtracted from the figures).
+        self.cost = 0.0
+        if megabytes:
+            began = time.thread_time()
+            for _ in range(200):
+                self()
+            self.cost = (time.thread_time() - began) / 200
+
+    def __call__(self) -> None:
+        self._junk[::64] = self._zeros
+
+
+async def _measure(
+    mode: str, routing: bool, count: int, profile: bool, evict: int = 0
+) -> tuple[float, float]:
     app = Pooler(parse_config(_config(routing)))
     database = user = "bench"
     if app.catalogs is not None:
@@ -167,9 +182,15 @@ async def _measure(mode: str, routing: bool, count: int, profile: bool) -> tuple
         _answer(client, answer[:5] + _frame(b"Z", b"I"))
     cycle = itertools.cycle(requests)
 
+    evictor = _Evictor(evict)
+
     def run(n: int) -> None:
         for request in itertools.islice(cycle, n):
+            if evict:
+                evictor()
             client.data_received(request)
+            if evict:
+                evictor()
             _answer(client, answer)
 
     run(2000)
@@ -182,7 +203,12 @@ async def _measure(mode: str, routing: bool, count: int, profile: bool) -> tuple
     for _ in range(9):
         began = time.thread_time()
         run(count // 9)
-        batches.append((time.thread_time() - began) / (count // 9) * 1e6)
+        spent = (
+            time.thread_time() - began - 2 * evictor.cost * (count // 9)
+            if evict
+            else (time.thread_time() - began)
+        )
+        batches.append(spent / (count // 9) * 1e6)
     return statistics.median(batches), min(batches)
 
 
@@ -200,9 +226,18 @@ def main() -> None:
     parser.add_argument("--routing", action="store_true", help="load_balance.enabled")
     parser.add_argument("--count", type=int, default=90_000)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument(
+        "--evict",
+        type=int,
+        default=0,
+        metavar="MB",
+        help="touch MB of memory before the request and before the answer (caches as "
+        "other processes leave them); its own cost is subtracted",
+    )
     args = parser.parse_args()
+    count = args.count if not args.evict else min(args.count, 9_000)
     for mode in args.modes.split(","):
-        median, best = asyncio.run(_measure(mode, args.routing, args.count, args.profile))
+        median, best = asyncio.run(_measure(mode, args.routing, count, args.profile, args.evict))
         if not args.profile:
             routing = "on" if args.routing else "off"
             print(f"{mode:9} routing={routing}: {median:.1f} us/txn (best batch {best:.1f})")
