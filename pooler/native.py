@@ -103,14 +103,11 @@ def state_of(
 ) -> State:
     """Whether ``modules`` (compiled into ``shared``) are compiled, not compiled at
     all, or compiled but stale."""
-    stale = stale_modules(modules, root)
-    if not stale:
-        if shared is not None and _library_stale(shared, root):
-            return "stale"
-        return "compiled"
-    if len(stale) == len(modules) and all(extension_path(m, root) is None for m in modules):
+    if all(extension_path(module, root) is None for module in modules):
         return "pure"
-    return "stale"
+    if stale_modules(modules, root) or (shared is not None and _library_stale(shared, root)):
+        return "stale"
+    return "compiled"
 
 
 class FromSource(MetaPathFinder):
